@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+with open("README.md", encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="taskutils",
+    version="0.1.0",
+    description="Run any Python callable as a Google App Engine push task: @task",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["taskutils", "taskutils.*"]),
+    package_data={"taskutils": ["py.typed"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "appengine-python-standard>=1.1.6",
+        "cloudpickle>=2.2",
+        "webapp2>=3.0.0b1",
+        "waitress>=2.1",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "webtest>=3", "hypothesis>=6", "flask>=2"],
+    },
+    entry_points={"pytest11": ["taskutils = taskutils.pytest_plugin"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Framework :: Pytest",
+        "License :: OSI Approved :: Apache Software License",
+    ],
+)

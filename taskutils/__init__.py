@@ -1,0 +1,35 @@
+"""Run any Python callable as a Google App Engine push task: ``@task``."""
+
+from .config import configure as configure
+from .config import get_taskroute as get_taskroute
+from .config import set_taskroute as set_taskroute
+from .exc import PayloadTooLargeError as PayloadTooLargeError
+from .exc import PermanentTaskFailure as PermanentTaskFailure
+from .exc import RetryTaskException as RetryTaskException
+from .exc import TaskError as TaskError
+from .exc import UnpicklableArgumentError as UnpicklableArgumentError
+from .handler import TaskInfo as TaskInfo
+from .handler import app as app
+from .handler import current_task as current_task
+from .handler import mount as mount
+from .task import TaskFunction as TaskFunction
+from .task import task as task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PayloadTooLargeError",
+    "PermanentTaskFailure",
+    "RetryTaskException",
+    "TaskError",
+    "TaskFunction",
+    "TaskInfo",
+    "UnpicklableArgumentError",
+    "app",
+    "configure",
+    "current_task",
+    "get_taskroute",
+    "mount",
+    "set_taskroute",
+    "task",
+]

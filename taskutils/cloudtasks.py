@@ -1,0 +1,273 @@
+"""Point the App Engine taskqueue SDK at a local Cloud Tasks emulator.
+
+With ``APPENGINE_USE_CLOUDTASK_PUSH_QUEUE=true`` the ``appengine-python-standard``
+SDK sends push tasks through ``tasks_v2.CloudTasksClient``;
+:func:`use_emulator_from_env` sends them to the ``gcloud-tasks-emulator`` at
+``$CLOUD_TASKS_EMULATOR_HOST``, and :class:`EmulatorProcess` runs that emulator
+from its own virtualenv, bound to loopback. Emulator behaviour and limits:
+``.notes/cloudtasks-emulator.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+logger = logging.getLogger("taskutils.cloudtasks")
+
+EMULATOR_HOST_ENV = "CLOUD_TASKS_EMULATOR_HOST"
+EMULATOR_PACKAGE = "gcloud-tasks-emulator==0.6.2"
+
+_lock = threading.Lock()
+_clients: dict[tuple[str, str, int], Any] = {}
+_original: dict[str, Callable[[], Any]] = {}
+_installed_host: str | None = None
+
+
+def emulator_client(host_port: str, api_version: str = "v2") -> Any:
+    """Return a ``CloudTasksClient`` talking plaintext gRPC to ``host_port``.
+
+    No credentials are looked up: a channel instance passed to the transport
+    makes the client ignore credentials. ``api_version`` is ``"v2"`` (returns a
+    ``tasks_v2.CloudTasksClient``) or ``"v2beta3"``.
+    """
+    import grpc
+
+    if api_version == "v2beta3":
+        from google.cloud import tasks_v2beta3 as tasks
+    else:
+        from google.cloud import tasks_v2 as tasks
+    transport_cls = tasks.services.cloud_tasks.transports.CloudTasksGrpcTransport
+    channel = grpc.insecure_channel(host_port)
+    return tasks.CloudTasksClient(transport=transport_cls(channel=channel))
+
+
+def _cached_client(host_port: str, api_version: str) -> Any:
+    # Keyed by pid like the SDK's own cache: a forked worker must not reuse
+    # its parent's gRPC channel.
+    key = (host_port, api_version, os.getpid())
+    client = _clients.get(key)
+    if client is None:
+        with _lock:
+            client = _clients.get(key)
+            if client is None:
+                client = _clients[key] = emulator_client(host_port, api_version)
+    return client
+
+
+def use_emulator_from_env() -> bool:
+    """Route the SDK's Cloud Tasks calls to ``$CLOUD_TASKS_EMULATOR_HOST``.
+
+    Replaces ``cloudtask._get_client`` (and ``_get_v2beta3_client``) with
+    functions returning emulator clients, so this survives
+    ``cloudtask._reset_clients()`` and forks. Returns True if the emulator is
+    (now) in use, False if the variable is unset; the SDK is then left as it
+    is. Idempotent and cheap to call on every request.
+    """
+    global _installed_host
+    host_port = os.environ.get(EMULATOR_HOST_ENV, "").strip()
+    if not host_port:
+        return False
+    if host_port == _installed_host:
+        return True
+    from google.appengine.api.taskqueue import cloudtask
+
+    with _lock:
+        for name, version in (("_get_client", "v2"), ("_get_v2beta3_client", "v2beta3")):
+            if name not in _original and hasattr(cloudtask, name):
+                _original[name] = getattr(cloudtask, name)
+            if name in _original:
+                setattr(cloudtask, name,
+                        lambda h=host_port, v=version: _cached_client(h, v))
+        _installed_host = host_port
+    if os.environ.get("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE", "").lower() != "true":
+        logger.warning("%s is set but APPENGINE_USE_CLOUDTASK_PUSH_QUEUE is not "
+                       "'true'; taskqueue.add will not use Cloud Tasks", EMULATOR_HOST_ENV)
+    logger.info("Cloud Tasks calls go to the emulator at %s", host_port)
+    return True
+
+
+def restore_default_client() -> None:
+    """Undo :func:`use_emulator_from_env` (for tests)."""
+    global _installed_host
+    from google.appengine.api.taskqueue import cloudtask
+
+    with _lock:
+        for name, func in _original.items():
+            setattr(cloudtask, name, func)
+        _original.clear()
+        _clients.clear()
+        _installed_host = None
+
+
+# Runs inside the emulator's venv. gcloud-tasks-emulator 0.6.2 has no bind
+# flag: APIThread.run always binds "[::]:PORT" (server.py:387). Rebind to the
+# requested host and report the port actually bound (so port 0 works).
+_BOOTSTRAP = """
+import os, sys, grpc
+host, port_file = sys.argv[1], sys.argv[2]
+_orig_server = grpc.server
+def _server(*args, **kwargs):
+    srv = _orig_server(*args, **kwargs)
+    add = srv.add_insecure_port
+    def add_insecure_port(address):
+        bound = add("%s:%s" % (host, address.rsplit(":", 1)[1]))
+        if not bound:
+            raise SystemExit("cannot bind %s" % address)
+        with open(port_file + ".tmp", "w") as f:
+            f.write(str(bound))
+        os.replace(port_file + ".tmp", port_file)
+        return bound
+    srv.add_insecure_port = add_insecure_port
+    return srv
+grpc.server = _server
+sys.argv = ["gcloud-tasks-emulator", "start"] + sys.argv[3:]
+from gcloud_tasks_emulator.__main__ import main
+main()
+"""
+
+
+class EmulatorProcess:
+    """Run ``gcloud-tasks-emulator`` as a subprocess, e.g. for integration tests.
+
+    The emulator pins ``protobuf<5``, so it lives in its own virtualenv at
+    ``venv_dir``, created on first use. ``queues`` are created at start-up;
+    short names become ``projects/{project}/locations/{location}/queues/NAME``
+    (project/location default to ``GOOGLE_CLOUD_PROJECT``/``LOCATION_ID``).
+    Tasks are POSTed to ``http://{target_host}:{target_port}{relative_uri}``.
+    ``max_retries=None`` retries failed tasks forever.
+    """
+
+    def __init__(self, venv_dir: str | os.PathLike[str], host: str = "127.0.0.1",
+                 port: int = 0, queues: Sequence[str] = (), target_port: int = 8080,
+                 target_host: str = "127.0.0.1", project: str | None = None,
+                 location: str | None = None, max_retries: int | None = None,
+                 log_path: str | None = None, startup_timeout: float = 30.0,
+                 package: str = EMULATOR_PACKAGE) -> None:
+        self.venv_dir = os.fspath(venv_dir)
+        self.host, self.port = host, port
+        self.project = project or os.environ.get("GOOGLE_CLOUD_PROJECT", "test-project")
+        self.location = location or os.environ.get("LOCATION_ID", "us-central1")
+        self.queues = [self.queue_path(q) for q in queues]
+        self.target_host, self.target_port = target_host, target_port
+        self.max_retries, self.package = max_retries, package
+        self.startup_timeout = startup_timeout
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the running emulator, for ``CLOUD_TASKS_EMULATOR_HOST``."""
+        return f"{self.host}:{self.port}"
+
+    def queue_path(self, name: str) -> str:
+        """Full queue name for ``name`` (returned unchanged if already full)."""
+        if name.startswith("projects/"):
+            return name
+        return f"projects/{self.project}/locations/{self.location}/queues/{name}"
+
+    @property
+    def python(self) -> str:
+        """The emulator venv's interpreter."""
+        sub = ("Scripts", "python.exe") if os.name == "nt" else ("bin", "python")
+        return os.path.join(self.venv_dir, *sub)
+
+    def ensure_venv(self) -> None:
+        """Create the venv and install the emulator unless already done."""
+        marker = os.path.join(self.venv_dir, ".taskutils-installed")
+        try:
+            with open(marker) as f:
+                if f.read().strip() == self.package and os.path.exists(self.python):
+                    return
+        except OSError:
+            pass
+        logger.info("Installing %s into %s", self.package, self.venv_dir)
+        if not os.path.exists(self.python):
+            subprocess.run([sys.executable, "-m", "venv", self.venv_dir], check=True)
+        subprocess.run([self.python, "-m", "pip", "install", "--quiet",
+                        "--disable-pip-version-check", self.package], check=True)
+        with open(marker, "w") as f:
+            f.write(self.package)
+
+    def start(self) -> EmulatorProcess:
+        """Start the emulator and wait until its port accepts connections."""
+        if self._proc is not None:
+            return self
+        self.ensure_venv()
+        fd, port_file = tempfile.mkstemp(prefix="cloudtasks-emulator-", suffix=".port")
+        os.close(fd)
+        os.unlink(port_file)
+        if self.log_path is None:
+            fd, self.log_path = tempfile.mkstemp(prefix="cloudtasks-emulator-", suffix=".log")
+            os.close(fd)
+        args = [self.python, "-u", "-c", _BOOTSTRAP, self.host, port_file,
+                "--port", str(self.port), "--target-host", self.target_host,
+                "--target-port", str(self.target_port)]
+        for queue in self.queues:
+            args += ["--default-queue", queue]
+        if self.max_retries is not None:
+            args += ["--max-retries", str(self.max_retries)]
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + self.startup_timeout
+        try:
+            while True:
+                if self._proc.poll() is not None:
+                    raise RuntimeError(f"emulator exited with {self._proc.returncode}; "
+                                       f"see {self.log_path}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"emulator not ready after {self.startup_timeout}s; "
+                                       f"see {self.log_path}")
+                if os.path.exists(port_file):
+                    with open(port_file) as f:
+                        self.port = int(f.read())
+                    try:
+                        socket.create_connection((self.host, self.port), timeout=1).close()
+                        break
+                    except OSError:
+                        pass
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            if os.path.exists(port_file):
+                os.unlink(port_file)
+        logger.info("Cloud Tasks emulator pid %s at %s", self._proc.pid, self.address)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Terminate the emulator's process group (SIGTERM, then SIGKILL)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        for sig in (signal.SIGTERM, getattr(signal, "SIGKILL", signal.SIGTERM)):
+            try:
+                if hasattr(os, "killpg"):
+                    os.killpg(proc.pid, sig)
+                else:
+                    proc.terminate()
+                proc.wait(timeout)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+            except ProcessLookupError:
+                return
+
+    def __enter__(self) -> EmulatorProcess:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

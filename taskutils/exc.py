@@ -1,0 +1,47 @@
+"""Every exception taskutils raises or honours, in one place."""
+
+from __future__ import annotations
+
+
+class TaskError(Exception):
+    """Raised when taskutils cannot do what was asked; the base of its own errors."""
+
+
+class PermanentTaskFailure(TaskError):
+    """Raised by a task to drop it for good: the queue will not retry it."""
+
+
+class RetryTaskException(TaskError):
+    """Raised by a task to have the queue retry it, without a traceback in the log."""
+
+
+class PayloadError(TaskError):
+    """Raised when a task's payload cannot be built at the call site."""
+
+
+class UnpicklableArgumentError(PayloadError, TypeError):
+    """Raised when a task's callable or one of its arguments cannot be pickled."""
+
+
+class PayloadTooLargeError(PayloadError, ValueError):
+    """Raised when a task's payload is larger than taskutils can carry."""
+
+
+class SignatureError(TaskError):
+    """Raised when a request's payload is unsigned, forged, tampered or for another URL."""
+
+
+class CorruptPayloadError(TaskError):
+    """Raised when a verified payload cannot be decoded: the task is dropped."""
+
+
+class MissingTaskCodeError(TaskError):
+    """Raised when a task's code cannot be imported, e.g. while a deploy is in flight."""
+
+
+class SpilledPayloadMissingError(TaskError):
+    """Raised when a spilled payload's Datastore entities are gone."""
+
+
+class TaskFailedError(TaskError):
+    """Raised by the test helpers when a drained task answered with a failure."""

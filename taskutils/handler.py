@@ -1,0 +1,296 @@
+"""The WSGI handler that runs tasks posted under the route: ``taskutils.app``."""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import webapp2
+from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPermanentTaskFailure
+from google.appengine.ext.deferred import SingularTaskFailure
+
+from . import codec
+from .config import get_keyring, settings
+from .exc import (
+    CorruptPayloadError,
+    MissingTaskCodeError,
+    PermanentTaskFailure,
+    RetryTaskException,
+    SignatureError,
+    SpilledPayloadMissingError,
+)
+from .task import TAG_HEADER, TaskFunction, resolve
+
+log = logging.getLogger("taskutils.handler")
+
+MAX_BODY = 1 << 20
+TASKQUEUE_SOURCE = "0.1.0.2"
+EXC_INFO_KEY = "taskutils.exc_info"
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """What the queue said about the task being run."""
+
+    task_name: str
+    queue_name: str
+    retry_count: int
+    execution_count: int
+    eta: datetime.datetime | None
+    tag: str | None = None
+
+
+_current: contextvars.ContextVar[TaskInfo | None] = contextvars.ContextVar("taskutils_current_task", default=None)
+
+
+def current_task() -> TaskInfo | None:
+    """The running task's name, queue, retry count, execution count and ETA; None outside a task."""
+    return _current.get()
+
+
+class Headers(Mapping[str, str]):
+    """A read-only, case-insensitive view of a request's headers."""
+
+    def __init__(self, environ: Mapping[str, Any]) -> None:
+        items = {}
+        for key, value in environ.items():
+            if key.startswith("HTTP_"):
+                items[key[5:].replace("_", "-").lower()] = value
+            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+                items[key.replace("_", "-").lower()] = value
+        self._items = items
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def _eta(value: str | None) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.fromtimestamp(float(value), datetime.timezone.utc) if value else None
+    except (ValueError, OverflowError):
+        return None
+
+
+def _task_info(environ: Mapping[str, Any]) -> TaskInfo:
+    queue = environ.get("HTTP_X_APPENGINE_QUEUENAME", "")
+    return TaskInfo(
+        task_name=environ.get("HTTP_X_APPENGINE_TASKNAME", ""),
+        queue_name=queue.rsplit("/", 1)[-1],
+        retry_count=_int(environ.get("HTTP_X_APPENGINE_TASKRETRYCOUNT")),
+        execution_count=_int(environ.get("HTTP_X_APPENGINE_TASKEXECUTIONCOUNT")),
+        eta=_eta(environ.get("HTTP_X_APPENGINE_TASKETA")),
+        tag=environ.get("HTTP_" + TAG_HEADER.upper().replace("-", "_")),
+    )
+
+
+def _read_body(environ: Mapping[str, Any], length: int) -> bytes:
+    stream = environ["wsgi.input"]
+    chunks = []
+    while length > 0:
+        chunk = stream.read(length)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        length -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _find_callable(path: str) -> Callable[..., Any]:
+    """The callable a module-level task's URL names: route/module/qualname."""
+    module, _, qualname = path[len(settings.route) + 1 :].partition("/")
+    try:
+        found = resolve(module, qualname)
+    except Exception as e:
+        raise MissingTaskCodeError(f"cannot import {qualname} from {module}: {e}") from e
+    return found.__wrapped__ if isinstance(found, TaskFunction) else found
+
+
+def _load_call(path: str, flags: int, data: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    try:
+        call = codec.loads(data)
+    except (ImportError, AttributeError) as e:
+        raise MissingTaskCodeError(f"cannot load the code of {path}: {e}") from e
+    except Exception as e:
+        raise CorruptPayloadError(f"cannot unpickle {path}: {type(e).__name__}: {e}") from e
+    try:
+        if flags & codec.BY_URL:
+            args, kwargs = call
+            func = _find_callable(path)
+        else:
+            func, args, kwargs = call
+    except (TypeError, ValueError) as e:
+        raise CorruptPayloadError(f"payload of {path} is not a call") from e
+    return func, args, kwargs
+
+
+class _Run:
+    """One task request, answered by ``answer()`` as (status, extra headers)."""
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.environ = environ
+        self.path = environ.get("PATH_INFO", "")
+        self.info: TaskInfo | None = None
+        self.pointer: bytes | None = None
+        self.key_id = ""
+        self.outcome: tuple[str, int, BaseException | None] = ("ok", logging.INFO, None)
+
+    def refuse(self, status: HTTPStatus, why: str) -> HTTPStatus:
+        log.warning("refused %s %s: %s", self.environ.get("REQUEST_METHOD"), self.path, why)
+        return status
+
+    def answer(self) -> HTTPStatus:
+        environ = self.environ
+        if "HTTP_X_APPENGINE_TASKNAME" not in environ or "HTTP_X_APPENGINE_QUEUENAME" not in environ:
+            return self.refuse(HTTPStatus.FORBIDDEN, "no X-AppEngine-TaskName/QueueName headers")
+        if os.environ.get("GAE_ENV") == "standard" and environ.get("REMOTE_ADDR") != TASKQUEUE_SOURCE:
+            return self.refuse(HTTPStatus.FORBIDDEN, f"source address {environ.get('REMOTE_ADDR')} is not the queue")
+        length = environ.get("CONTENT_LENGTH")
+        if not length or not length.isdigit():
+            return self.refuse(HTTPStatus.BAD_REQUEST, "missing or invalid Content-Length")
+        if int(length) > MAX_BODY:
+            return self.refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes")
+        self.info = _task_info(environ)
+        body = _read_body(environ, int(length))
+        self.key_id = codec.key_id_of(body)
+        try:
+            flags, data = codec.unframe(self.path, body, get_keyring())
+        except SignatureError as e:
+            return self.refuse(HTTPStatus.FORBIDDEN, f"signature check failed: {e}")
+        return self.run(flags, data)
+
+    def run(self, flags: int, data: bytes) -> HTTPStatus:
+        try:
+            if flags & codec.POINTER:
+                from . import spill
+
+                self.pointer = data
+                data = spill.load(data)
+            func, args, kwargs = _load_call(self.path, flags, data)
+            if flags & codec.HEADERS:
+                kwargs["headers"] = Headers(self.environ)
+            token = _current.set(self.info)
+            try:
+                func(*args, **kwargs)
+            finally:
+                _current.reset(token)
+        except (PermanentTaskFailure, DeferredPermanentTaskFailure) as e:
+            self.fail(e, "dropped: permanent failure", logging.ERROR, trace=True)
+            return self.finish(HTTPStatus.OK)
+        except (CorruptPayloadError, SpilledPayloadMissingError) as e:
+            self.fail(e, f"dropped: {e}", logging.ERROR)
+            return self.finish(HTTPStatus.OK)
+        except MissingTaskCodeError as e:
+            self.fail(e, f"retry: {e}", logging.ERROR)
+            return HTTPStatus.SERVICE_UNAVAILABLE
+        except (RetryTaskException, SingularTaskFailure) as e:
+            self.fail(e, "retry requested", logging.INFO)
+            return HTTPStatus.SERVICE_UNAVAILABLE
+        except Exception as e:
+            self.fail(e, "failed", logging.ERROR, trace=True)
+            return HTTPStatus.INTERNAL_SERVER_ERROR
+        return self.finish(HTTPStatus.OK)
+
+    def finish(self, status: HTTPStatus) -> HTTPStatus:
+        if self.pointer is not None:
+            from . import spill
+
+            spill.delete(self.pointer)
+        return status
+
+    def fail(self, error: BaseException, outcome: str, level: int, trace: bool = False) -> None:
+        self.environ[EXC_INFO_KEY] = error
+        self.outcome = (outcome, level, error if trace else None)
+
+
+def _log_line(run: _Run, status: HTTPStatus, started: float) -> None:
+    info = run.info
+    outcome, level, error = run.outcome
+    if info is None or not log.isEnabledFor(level):
+        return
+    log.log(
+        level,
+        "task %s queue=%s name=%s retry=%d key=%s -> %d %s (%.1f ms)",
+        run.path,
+        info.queue_name,
+        info.task_name,
+        info.retry_count,
+        run.key_id or "-",
+        status.value,
+        outcome,
+        (time.perf_counter() - started) * 1000,
+        exc_info=error,
+    )
+
+
+def handle(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+    """Run the task posted in environ and answer as the queue expects."""
+    if environ.get("REQUEST_METHOD") != "POST":
+        start_response("405 Method Not Allowed", [("Allow", "POST"), ("Content-Type", "text/plain")])
+        return [b"tasks are POSTed\n"]
+    started = time.perf_counter()
+    run = _Run(environ)
+    status = run.answer()
+    _log_line(run, status, started)
+    start_response(f"{status.value} {status.phrase}", [("Content-Type", "text/plain"), ("Content-Length", str(len(status.phrase) + 1))])
+    return [status.phrase.encode() + b"\n"]
+
+
+def under_route(path: str) -> bool:
+    """True when a request path is one the task handler serves."""
+    route = settings.route
+    return path.startswith(route) and (len(path) == len(route) or path[len(route)] == "/")
+
+
+class TaskApplication(webapp2.WSGIApplication):
+    """A webapp2 application that runs the tasks posted under the route.
+
+    Task requests take a direct path that reads the body straight from the
+    server's stream; anything else gets webapp2's usual 404.
+    """
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if under_route(environ.get("PATH_INFO", "")):
+            return handle(environ, start_response)
+        return super().__call__(environ, start_response)
+
+
+app = TaskApplication()
+
+
+def mount(wsgi_app: WSGIApp) -> WSGIApp:
+    """One WSGI app: task URLs go to ``taskutils.app``, everything else to wsgi_app."""
+
+    def mounted(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if under_route(environ.get("PATH_INFO", "")):
+            return handle(environ, start_response)
+        return wsgi_app(environ, start_response)
+
+    mounted.__wrapped__ = wsgi_app  # type: ignore[attr-defined]
+    return mounted
