@@ -179,14 +179,11 @@ class _Run:
         self.info = _task_info(environ)
         body = _read_body(environ, int(length))
         self.key_id = codec.key_id_of(body)
+        return self.run(body)
+
+    def run(self, body: bytes) -> HTTPStatus:
         try:
             flags, data = codec.unframe(self.path, body, get_keyring())
-        except SignatureError as e:
-            return self.refuse(HTTPStatus.FORBIDDEN, f"signature check failed: {e}")
-        return self.run(flags, data)
-
-    def run(self, flags: int, data: bytes) -> HTTPStatus:
-        try:
             if flags & codec.POINTER:
                 from . import spill
 
@@ -200,6 +197,9 @@ class _Run:
                 func(*args, **kwargs)
             finally:
                 _current.reset(token)
+        except SignatureError as e:
+            self.outcome = (f"refused: {e}", logging.WARNING, None)
+            return HTTPStatus.FORBIDDEN
         except (PermanentTaskFailure, DeferredPermanentTaskFailure) as e:
             self.fail(e, "dropped: permanent failure", logging.ERROR, trace=True)
             return self.finish(HTTPStatus.OK)

@@ -166,7 +166,9 @@ class TaskFunction(Generic[P, R]):
             found = resolve(self._module, self._qualname)
         except Exception:
             return False
-        return found is self or found is self.__wrapped__
+        if isinstance(found, TaskFunction):
+            found = found.__wrapped__
+        return found is self.__wrapped__
 
     def options(self, **options: Any) -> TaskFunction[P, R]:
         """A new task function with these options merged over the current ones."""
