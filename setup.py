@@ -18,6 +18,8 @@ setup(
         "cloudpickle>=2.2",
         "webapp2>=3.0.0b1",
         "waitress>=2.1",
+        # webapp2 imports cgi, which Python 3.13 no longer ships.
+        "legacy-cgi>=2.6; python_version >= '3.13'",
     ],
     extras_require={
         "test": ["pytest>=7", "webtest>=3", "hypothesis>=6", "flask>=2"],

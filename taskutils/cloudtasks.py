@@ -112,10 +112,16 @@ def restore_default_client() -> None:
 
 # Runs inside the emulator's venv. gcloud-tasks-emulator 0.6.2 has no bind
 # flag: APIThread.run always binds "[::]:PORT" (server.py:387). Rebind to the
-# requested host and report the port actually bound (so port 0 works).
+# requested host and report the port actually bound (so port 0 works). Also
+# exit if our parent dies, so a killed test run leaves no orphan emulator.
 _BOOTSTRAP = """
-import os, sys, grpc
+import os, sys, threading, time, grpc
 host, port_file = sys.argv[1], sys.argv[2]
+def _watch_parent(ppid=os.getppid()):
+    while os.getppid() == ppid:
+        time.sleep(0.5)
+    os._exit(0)
+threading.Thread(target=_watch_parent, daemon=True).start()
 _orig_server = grpc.server
 def _server(*args, **kwargs):
     srv = _orig_server(*args, **kwargs)
