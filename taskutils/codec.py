@@ -3,12 +3,15 @@
 A body is one header byte (version in the high nibble, flags in the low one),
 then, when signed, a key id and an HMAC-SHA256 over the header, the task's URL
 path and the data, then the data: a pickle, or a pointer to a spilled pickle.
+Nothing is unpickled before the signature has been checked.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 import pickle
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,7 +19,9 @@ from typing import Any
 import cloudpickle
 
 from .config import KEY_ID_SIZE, KeyRing
-from .exc import CorruptPayloadError, SignatureError, UnpicklableArgumentError
+from .exc import CorruptPayloadError, PayloadTooLargeError, SignatureError, UnpicklableArgumentError
+
+log = logging.getLogger("taskutils")
 
 VERSION = 1
 POINTER = 0x1  # the data is a pointer to a payload spilled to Datastore
@@ -25,7 +30,13 @@ BY_URL = 0x4  # the callable is named by the URL; the pickle holds (args, kwargs
 HEADERS = 0x8  # the callable takes the request's headers as ``headers=``
 
 MAC_SIZE = hashlib.sha256().digest_size
+SIGNED_PREFIX = 1 + KEY_ID_SIZE + MAC_SIZE
+
+MAX_PAYLOAD = 64 * 1024 * 1024  # the largest pickled call taskutils carries (spilled to Datastore)
+MAX_TRANSACTIONAL_PAYLOAD = 9 * 1024 * 1024  # Datastore commits at most 10 MiB per transaction
+
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+_warned_unsigned = False
 
 
 def dumps(obj: object) -> bytes:
@@ -45,17 +56,38 @@ def dumps(obj: object) -> bytes:
 
 
 def dumps_call(
-    task_name: str, func: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    task_name: str,
+    func: Callable[..., Any] | None,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    *,
+    transactional: bool = False,
 ) -> bytes:
     """Pickle a call; ``func=None`` leaves the callable out (it is named by the URL).
 
-    Raises UnpicklableArgumentError naming the task and the offending argument.
+    Raises UnpicklableArgumentError, or PayloadTooLargeError when the pickle is
+    over what taskutils carries (less inside a transaction), naming the task
+    and the offending argument.
     """
     call = (args, kwargs) if func is None else (func, args, kwargs)
     try:
-        return dumps(call)
+        data = dumps(call)
     except Exception as e:
         raise _unpicklable(task_name, func, args, kwargs, e) from e
+    limit = MAX_TRANSACTIONAL_PAYLOAD if transactional else MAX_PAYLOAD
+    if len(data) > limit:
+        raise _too_large(task_name, func, args, kwargs, len(data), limit, transactional)
+    return data
+
+
+def _suspects(
+    func: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> list[tuple[str, object]]:
+    suspects: list[tuple[str, object]] = [(f"argument {i}", a) for i, a in enumerate(args)]
+    suspects += [(f"argument {name!r}", v) for name, v in kwargs.items()]
+    if func is not None:
+        suspects.insert(0, ("the callable itself", func))
+    return suspects
 
 
 def _unpicklable(
@@ -65,11 +97,7 @@ def _unpicklable(
     kwargs: Mapping[str, Any],
     error: Exception,
 ) -> UnpicklableArgumentError:
-    suspects: list[tuple[str, object]] = [(f"argument {i}", a) for i, a in enumerate(args)]
-    suspects += [(f"argument {name!r}", v) for name, v in kwargs.items()]
-    if func is not None:
-        suspects.insert(0, ("the callable itself", func))
-    for where, value in suspects:
+    for where, value in _suspects(func, args, kwargs):
         try:
             cloudpickle.dumps(value, _PROTOCOL)
         except Exception as e:
@@ -79,23 +107,57 @@ def _unpicklable(
     return UnpicklableArgumentError(f"task {task_name}: the call cannot be pickled: {error}")
 
 
+def _too_large(
+    task_name: str,
+    func: Callable[..., Any] | None,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    size: int,
+    limit: int,
+    transactional: bool,
+) -> PayloadTooLargeError:
+    where = " inside a transaction" if transactional else ""
+    message = f"task {task_name}: payload of {size} bytes is over the {limit} bytes taskutils carries{where}"
+    sizes = [(len(dumps(value)), where, value) for where, value in _suspects(func, args, kwargs)]
+    if sizes:
+        biggest, name, value = max(sizes, key=lambda s: s[0])
+        message += f"; the largest part is {name} ({type(value).__name__}, {biggest} bytes pickled)"
+    return PayloadTooLargeError(message)
+
+
 def loads(data: bytes) -> Any:
     """Unpickle data; only ever called on data whose origin was verified."""
     return pickle.loads(data)
 
 
 def _mac(secret: bytes, header: int, path: str, data: bytes) -> bytes:
+    # The path is length-prefixed so that no (path, data) pair can pass for another.
+    raw_path = path.encode("utf-8", "surrogatepass")
     mac = hmac.new(secret, bytes((header,)), hashlib.sha256)
-    mac.update(path.encode("utf-8"))
-    mac.update(b"\0")
+    mac.update(len(raw_path).to_bytes(4, "big"))
+    mac.update(raw_path)
     mac.update(data)
     return mac.digest()
+
+
+def warn_if_unsigned_in_production() -> None:
+    """Warn once per process when tasks run unsigned on App Engine."""
+    global _warned_unsigned
+    if not _warned_unsigned and os.environ.get("GAE_ENV") == "standard":
+        _warned_unsigned = True
+        log.warning(
+            "taskutils has no signing keys: task payloads are unsigned, and the task handler "
+            "trusts anyone who can send X-AppEngine-* headers, which includes every project "
+            "member. Configure a key ring: see the section 'Signing keys' in the taskutils README."
+        )
 
 
 def frame(path: str, data: bytes, flags: int, keyring: KeyRing) -> bytes:
     """Wrap data for the task at URL path: a header byte, then a signature if keys are set."""
     key = keyring.signing_key
     if key is None:
+        if not _warned_unsigned:
+            warn_if_unsigned_in_production()
         return bytes(((VERSION << 4) | flags,)) + data
     header = (VERSION << 4) | flags | SIGNED
     return b"".join((bytes((header,)), key.key_id, _mac(key.secret, header, path, data), data))
@@ -106,33 +168,35 @@ def unframe(path: str, body: bytes, keyring: KeyRing) -> tuple[int, bytes]:
 
     With keys configured, a body must be signed by one of them for this very
     path; the signature is checked in constant time before anything else.
-    Raises SignatureError, or CorruptPayloadError for a malformed body.
+    Raises SignatureError, or CorruptPayloadError for a malformed body when
+    signing is off.
     """
-    if not body:
-        raise SignatureError("empty body") if keyring else CorruptPayloadError("empty body")
-    header = body[0]
-    flags = header & 0xF
-    if header >> 4 != VERSION:
-        if keyring:
-            raise SignatureError(f"unknown payload version {header >> 4}")
-        raise CorruptPayloadError(f"unknown payload version {header >> 4}")
     if not keyring:
-        if flags & SIGNED:
-            return flags, body[1 + KEY_ID_SIZE + MAC_SIZE :]
-        return flags, body[1:]
-    if not flags & SIGNED:
+        if not _warned_unsigned:
+            warn_if_unsigned_in_production()
+        if not body:
+            raise CorruptPayloadError("empty body")
+        header = body[0]
+        if header >> 4 != VERSION:
+            raise CorruptPayloadError(f"unknown payload version {header >> 4}")
+        return header & 0xF, body[SIGNED_PREFIX if header & SIGNED else 1 :]
+    if not body:
+        raise SignatureError("empty body")
+    header = body[0]
+    if header >> 4 != VERSION:
+        raise SignatureError(f"unknown payload version {header >> 4}")
+    if not header & SIGNED:
         raise SignatureError("payload is not signed")
-    start = 1 + KEY_ID_SIZE + MAC_SIZE
-    if len(body) < start:
+    if len(body) < SIGNED_PREFIX:
         raise SignatureError("payload is truncated")
     key_id = body[1 : 1 + KEY_ID_SIZE]
     key = keyring.find(key_id)
     if key is None:
-        raise SignatureError(f"payload is signed with unknown key id {key_id.hex()}")
-    data = body[start:]
-    if not hmac.compare_digest(body[1 + KEY_ID_SIZE : start], _mac(key.secret, header, path, data)):
+        raise SignatureError(f"payload is signed with key id {key_id.hex()}, which is not in the key ring")
+    data = body[SIGNED_PREFIX:]
+    if not hmac.compare_digest(body[1 + KEY_ID_SIZE : SIGNED_PREFIX], _mac(key.secret, header, path, data)):
         raise SignatureError(f"bad signature (key id {key_id.hex()})")
-    return flags, data
+    return header & 0xF, data
 
 
 def key_id_of(body: bytes) -> str:
