@@ -177,7 +177,7 @@ class TaskFunction(Generic[P, R]):
     def _build(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> taskqueue.Task:
         by_url = self._named_by_url()
         func = None if by_url else self.__wrapped__
-        data = codec.dumps_call(self._suffix[1:], func, args, kwargs)
+        data = codec.dumps_call(self._suffix[1:], func, args, kwargs, transactional=self._transactional)
         path = settings.route + self._suffix
         flags = self._flags | (codec.BY_URL if by_url else 0)
         keyring = get_keyring()
