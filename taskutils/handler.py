@@ -6,7 +6,6 @@ import contextvars
 import datetime
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -252,13 +251,17 @@ def _log_line(run: _Run, status: HTTPStatus, started: float) -> None:
 def handle(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
     """Run the task posted in environ and answer as the queue expects."""
     if environ.get("REQUEST_METHOD") != "POST":
+        log.warning("refused %s %s: tasks are POSTed", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
         start_response("405 Method Not Allowed", [("Allow", "POST"), ("Content-Type", "text/plain")])
         return [b"tasks are POSTed\n"]
     started = time.perf_counter()
     run = _Run(environ)
     status = run.answer()
     _log_line(run, status, started)
-    start_response(f"{status.value} {status.phrase}", [("Content-Type", "text/plain"), ("Content-Length", str(len(status.phrase) + 1))])
+    start_response(
+        f"{status.value} {status.phrase}",
+        [("Content-Type", "text/plain"), ("Content-Length", str(len(status.phrase) + 1))],
+    )
     return [status.phrase.encode() + b"\n"]
 
 

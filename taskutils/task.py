@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import functools
+import logging
+import os
 import re
 import sys
 import types
@@ -15,6 +17,8 @@ from google.appengine.api import taskqueue
 from . import codec
 from .config import get_keyring, settings
 
+log = logging.getLogger("taskutils.task")
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -23,12 +27,48 @@ LIBRARY_HEADERS: Mapping[str, str] = types.MappingProxyType({"Content-Type": "ap
 
 # Options passed straight to google.appengine.api.taskqueue.Task.
 _TASK_KWARGS = ("countdown", "eta", "name", "target", "retry_options", "dispatch_deadline_usec")
-_OPTIONS = frozenset(
-    _TASK_KWARGS + ("queue", "headers", "tag", "transactional", "includeheaders", "logname", "parent")
-)
+_OPTIONS = frozenset(_TASK_KWARGS + ("queue", "headers", "tag", "transactional", "includeheaders", "logname", "parent"))
 _URL_UNSAFE = re.compile(r"[^A-Za-z0-9_.~/-]")
 _MAX_TASKS_PER_ADD = taskqueue.MAX_TASKS_PER_ADD
 _MAX_TRANSACTIONAL_TASKS_PER_ADD = 5
+
+# Cloud Tasks endpoints ("" for Google's, else the emulator's host:port) that answered a batch
+# add with UNIMPLEMENTED: this process adds tasks there one by one from then on.
+_no_batch_endpoints: set[str] = set()
+
+
+def _cloud_tasks_endpoint() -> str | None:
+    """Where the SDK sends push tasks when it uses Cloud Tasks; None on the App Engine Task Queue."""
+    if os.environ.get("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE", "").lower() != "true":
+        return None
+    return os.environ.get("CLOUD_TASKS_EMULATOR_HOST", "")
+
+
+def _is_unimplemented(error: taskqueue.Error) -> bool:
+    """True when the SDK's error wraps gRPC UNIMPLEMENTED / HTTP 501: the backend has no batch RPC."""
+    try:
+        from google.api_core.exceptions import MethodNotImplemented
+    except ImportError:
+        return False
+    return isinstance(error.__cause__, MethodNotImplemented)
+
+
+def _add_batch(queue: taskqueue.Queue, batch: list[taskqueue.Task], transactional: bool) -> list[taskqueue.Task]:
+    """Add tasks in one queue RPC, or one by one where Cloud Tasks has no batch add."""
+    endpoint = None if transactional or len(batch) == 1 else _cloud_tasks_endpoint()
+    if endpoint is None or endpoint not in _no_batch_endpoints:
+        try:
+            return queue.add(batch, transactional=transactional)
+        except taskqueue.Error as e:
+            if endpoint is None or not _is_unimplemented(e):
+                raise
+            _no_batch_endpoints.add(endpoint)
+            log.warning(
+                "Cloud Tasks at %s has no BatchCreateTasks (%s): adding tasks one by one from now on",
+                endpoint or "its default endpoint",
+                e,
+            )
+    return [t if t.was_enqueued else queue.add(t) for t in batch]
 
 
 def _check_type(name: str, value: object, types_: type | tuple[type, ...], what: str) -> None:
@@ -45,8 +85,7 @@ def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(options) - _OPTIONS
     if unknown:
         raise TypeError(
-            f"unknown task option(s): {', '.join(sorted(unknown))}; "
-            f"expected some of: {', '.join(sorted(_OPTIONS))}"
+            f"unknown task option(s): {', '.join(sorted(unknown))}; expected some of: {', '.join(sorted(_OPTIONS))}"
         )
     opts = {k: v for k, v in options.items() if v is not None}
     checks: dict[str, tuple[type | tuple[type, ...], str]] = {
@@ -174,8 +213,9 @@ class TaskFunction(Generic[P, R]):
         """A new task function with these options merged over the current ones."""
         return TaskFunction(self.__wrapped__, merge_options(self._options, validate_options(options)))
 
-    def _build(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> taskqueue.Task:
-        by_url = self._named_by_url()
+    def _build(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], by_url: bool | None = None) -> taskqueue.Task:
+        if by_url is None:
+            by_url = self._named_by_url()
         func = None if by_url else self.__wrapped__
         data = codec.dumps_call(self._suffix[1:], func, args, kwargs, transactional=self._transactional)
         path = settings.route + self._suffix
@@ -186,9 +226,7 @@ class TaskFunction(Generic[P, R]):
         except taskqueue.TaskTooLargeError:
             from . import spill
 
-            pointer = spill.store(
-                self._suffix[1:], data, transactional=self._transactional, parent=self._parent
-            )
+            pointer = spill.store(self._suffix[1:], data, transactional=self._transactional, parent=self._parent)
             payload = codec.frame(path, pointer, flags | codec.POINTER, keyring)
             return taskqueue.Task(payload=payload, url=path, **self._task_kwargs)
 
@@ -197,19 +235,26 @@ class TaskFunction(Generic[P, R]):
         return self._queue.add(self._build(args, kwargs), transactional=self._transactional)
 
     def map(self, iterable: Iterable[Any]) -> list[taskqueue.Task]:
-        """Enqueue one task per item, the item its single argument, in batched queue calls."""
+        """Enqueue one task per item, the item its single argument; return the added tasks in order.
+
+        Tasks go in batches of at most 100 per queue RPC (5 when transactional).
+        Where Cloud Tasks has no batch add (an emulator, an older backend), they
+        are added one by one instead, and this process remembers it.
+        """
         if "name" in self._options:
             raise TypeError("map() adds many tasks: a task function with name= can only add one")
-        size = _MAX_TRANSACTIONAL_TASKS_PER_ADD if self._transactional else _MAX_TASKS_PER_ADD
+        transactional = self._transactional
+        size = _MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else _MAX_TASKS_PER_ADD
+        by_url = self._named_by_url()
         added: list[taskqueue.Task] = []
         batch: list[taskqueue.Task] = []
         for item in iterable:
-            batch.append(self._build((item,), {}))
+            batch.append(self._build((item,), {}, by_url))
             if len(batch) == size:
-                added += self._queue.add(batch, transactional=self._transactional)
+                added += _add_batch(self._queue, batch, transactional)
                 batch = []
         if batch:
-            added += self._queue.add(batch, transactional=self._transactional)
+            added += _add_batch(self._queue, batch, transactional)
         return added
 
 

@@ -117,4 +117,3 @@ class TaskTestbed:
                         raise error
                     raise TaskFailedError(f"task {task.url} answered {status}")
         raise TaskFailedError(f"tasks still enqueue tasks after {MAX_ROUNDS} rounds")
-

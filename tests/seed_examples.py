@@ -1,7 +1,8 @@
 """The seed article's examples, as written there, with bodies that record what ran."""
 
-import tasklib
 from taskutils import task
+
+import tasklib
 
 
 # "You can take any function and make it run in a separate task"

@@ -6,10 +6,11 @@ import pytest
 import webapp2
 import webtest
 
-import tasklib
 import taskutils
 from taskutils import task
 from taskutils.handler import MAX_BODY
+
+import tasklib
 
 TASK_HEADERS = {"X-AppEngine-TaskName": "t1", "X-AppEngine-QueueName": "default", "X-AppEngine-TaskRetryCount": "0"}
 
@@ -75,7 +76,9 @@ def test_in_production_only_the_queue_source_address_is_let_in(client, monkeypat
     url, body = payload_of(tasklib.record, "prod")
     monkeypatch.setenv("GAE_ENV", "standard")
 
-    outsider = client.post(url, body, headers=TASK_HEADERS, extra_environ={"REMOTE_ADDR": "10.0.0.7"}, expect_errors=True)
+    outsider = client.post(
+        url, body, headers=TASK_HEADERS, extra_environ={"REMOTE_ADDR": "10.0.0.7"}, expect_errors=True
+    )
     queue = client.post(url, body, headers=TASK_HEADERS, extra_environ={"REMOTE_ADDR": "0.1.0.2"})
 
     assert outsider.status_int == 403

@@ -5,10 +5,11 @@ import pytest
 from google.appengine.api import taskqueue
 from google.appengine.ext import deferred, ndb
 
-import seed_examples
-import tasklib
 import taskutils
 from taskutils import task
+
+import seed_examples
+import tasklib
 
 
 def test_calling_a_task_function_enqueues_one_task_and_does_not_run_it(task_testbed):

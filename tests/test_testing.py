@@ -3,9 +3,10 @@ import textwrap
 import pytest
 from google.appengine.api import taskqueue
 
-import tasklib
 from taskutils.exc import TaskFailedError
 from taskutils.testing import TaskTestbed
+
+import tasklib
 
 
 def test_drain_runs_tasks_and_the_tasks_they_enqueue_until_the_queue_is_empty(task_testbed):
