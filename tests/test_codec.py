@@ -1,0 +1,208 @@
+"""The payload codec: framing, signing, verifying, and what the call site is told."""
+
+import logging
+import pickle
+
+import pytest
+from google.appengine.ext import ndb
+
+import tasklib
+import taskutils
+from taskutils import codec
+from taskutils.config import KeyRing
+from taskutils.exc import CorruptPayloadError, PayloadTooLargeError, SignatureError, UnpicklableArgumentError
+
+PATH = "/_ah/task/tasklib/record"
+DATA = pickle.dumps(((1, b"\0two\0"), {"three": 3}))
+
+
+@pytest.fixture
+def ring():
+    return KeyRing(["key-new", "key-old"])
+
+
+def test_a_signed_frame_round_trips_with_its_flags(ring):
+    body = codec.frame(PATH, DATA, codec.BY_URL | codec.HEADERS, ring)
+
+    flags, data = codec.unframe(PATH, body, ring)
+
+    assert data == DATA
+    assert flags & codec.BY_URL and flags & codec.HEADERS and flags & codec.SIGNED
+    assert codec.key_id_of(body) == ring.keys[0].key_id.hex()
+
+
+def test_an_unsigned_frame_round_trips_when_signing_is_off():
+    body = codec.frame(PATH, DATA, codec.BY_URL, KeyRing([]))
+
+    assert body[1:] == DATA
+    assert codec.unframe(PATH, body, KeyRing([])) == (codec.BY_URL, DATA)
+    assert codec.key_id_of(body) == ""
+
+
+def test_a_signed_frame_is_still_read_after_signing_is_turned_off(ring):
+    body = codec.frame(PATH, DATA, 0, ring)
+
+    flags, data = codec.unframe(PATH, body, KeyRing([]))
+
+    assert data == DATA
+
+
+def test_the_first_key_signs_and_every_key_in_the_ring_verifies():
+    old_body = codec.frame(PATH, DATA, 0, KeyRing(["key-old"]))
+    rotated = KeyRing(["key-new", "key-old"])
+    new_body = codec.frame(PATH, DATA, 0, rotated)
+
+    assert codec.unframe(PATH, old_body, rotated)[1] == DATA
+    assert codec.key_id_of(new_body) == rotated.keys[0].key_id.hex() != codec.key_id_of(old_body)
+    assert codec.unframe(PATH, new_body, KeyRing(["key-new"]))[1] == DATA
+
+
+def test_a_payload_signed_with_a_key_no_longer_in_the_ring_is_refused_naming_its_key_id():
+    body = codec.frame(PATH, DATA, 0, KeyRing(["key-old"]))
+
+    with pytest.raises(SignatureError, match=KeyRing(["key-old"]).keys[0].key_id.hex()):
+        codec.unframe(PATH, body, KeyRing(["key-new"]))
+
+
+def test_a_same_length_key_with_another_secret_does_not_verify():
+    body = codec.frame(PATH, DATA, 0, KeyRing(["secret-a"]))
+    impostor = KeyRing(["secret-b"])
+    forged = body[:1] + impostor.keys[0].key_id + body[1 + len(impostor.keys[0].key_id) :]
+
+    with pytest.raises(SignatureError, match="bad signature"):
+        codec.unframe(PATH, forged, impostor)
+
+
+def test_changing_any_bit_of_a_signed_body_is_refused(ring):
+    body = codec.frame(PATH, DATA, codec.BY_URL, ring)
+
+    for i in range(len(body)):
+        for bit in range(8):
+            tampered = bytearray(body)
+            tampered[i] ^= 1 << bit
+            with pytest.raises(SignatureError):
+                codec.unframe(PATH, bytes(tampered), ring)
+
+
+def test_every_truncation_and_any_appended_byte_is_refused(ring):
+    body = codec.frame(PATH, DATA, 0, ring)
+
+    for end in range(len(body)):
+        with pytest.raises(SignatureError):
+            codec.unframe(PATH, body[:end], ring)
+    with pytest.raises(SignatureError):
+        codec.unframe(PATH, body + b"\0", ring)
+
+
+def test_an_unsigned_body_is_refused_while_keys_are_set(ring):
+    body = codec.frame(PATH, DATA, 0, KeyRing([]))
+
+    with pytest.raises(SignatureError, match="not signed"):
+        codec.unframe(PATH, body, ring)
+
+
+def test_a_body_signed_for_one_url_is_refused_at_any_other(ring):
+    body = codec.frame(PATH, DATA, 0, ring)
+
+    for other in (PATH + "x", PATH[:-1], PATH + "/", "/_ah/task/tasklib/crash", PATH.upper(), ""):
+        with pytest.raises(SignatureError, match="bad signature"):
+            codec.unframe(other, body, ring)
+
+
+def test_moving_bytes_between_the_url_and_the_data_does_not_keep_a_signature_valid(ring):
+    # A MAC over path + NUL + data would let "PATH\0head" with data "tail" pass for PATH with "head\0tail".
+    data = b"head\0tail"
+    body = codec.frame(PATH, data, 0, ring)
+    spliced = body[: codec.SIGNED_PREFIX] + b"tail"
+
+    with pytest.raises(SignatureError):
+        codec.unframe(PATH + "\0head", spliced, ring)
+
+
+def test_odd_url_paths_are_signed_and_checked_without_crashing(ring):
+    for path in ("/_ah/task/\udcff/x", "/_ah/task/ü/é", "/_ah/task/\0"):
+        body = codec.frame(path, DATA, 0, ring)
+        assert codec.unframe(path, body, ring)[1] == DATA
+        with pytest.raises(SignatureError):
+            codec.unframe(PATH, body, ring)
+
+
+@pytest.mark.parametrize("body", [b"", bytes([0x20]) + DATA, bytes([0xF2]) + b"\0" * 40])
+def test_an_empty_body_or_an_unknown_version_is_refused_while_keys_are_set(ring, body):
+    with pytest.raises(SignatureError):
+        codec.unframe(PATH, body, ring)
+
+
+@pytest.mark.parametrize("body", [b"", bytes([0x20]) + DATA])
+def test_an_empty_body_or_an_unknown_version_is_corrupt_when_signing_is_off(body):
+    with pytest.raises(CorruptPayloadError):
+        codec.unframe(PATH, body, KeyRing([]))
+
+
+def test_an_unpicklable_keyword_argument_is_named_at_the_call_site(task_testbed):
+    with pytest.raises(UnpicklableArgumentError, match=r"tasklib/record: argument 'lock' \(lock\)"):
+        tasklib.record(1, lock=__import__("threading").Lock())
+
+    assert task_testbed.tasks() == []
+
+
+def test_a_payload_over_the_maximum_raises_at_the_call_site_naming_task_and_argument(task_testbed):
+    big = bytes(codec.MAX_PAYLOAD)
+
+    with pytest.raises(PayloadTooLargeError, match=r"tasklib/record: .* the largest part is argument 1 \(bytes"):
+        tasklib.record("small", big)
+    with pytest.raises(PayloadTooLargeError, match=r"largest part is argument 'blob'"):
+        tasklib.record(blob=big)
+
+    assert task_testbed.tasks() == []
+    assert ndb.Query().fetch(keys_only=True) == []
+
+
+@pytest.fixture
+def fresh_warning(monkeypatch):
+    """Forget that the unsigned-payload warning was given, so this test sees the first one."""
+    monkeypatch.setattr(codec, "_warned_unsigned", False)
+
+
+def test_unsigned_tasks_in_production_warn_once_pointing_to_the_readme(task_testbed, fresh_warning, monkeypatch, caplog):
+    monkeypatch.setenv("GAE_ENV", "standard")
+    taskutils.configure(secret_keys=[])
+    caplog.set_level(logging.WARNING, logger="taskutils")
+
+    tasklib.record(1)
+    tasklib.record(2)
+    for queued in task_testbed.tasks():
+        task_testbed.post(queued)
+
+    warnings = [r for r in caplog.records if r.name == "taskutils" and "unsigned" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "Signing keys" in warnings[0].getMessage()
+
+
+def test_the_handler_warns_about_unsigned_payloads_even_if_this_process_enqueued_none(
+    task_testbed, fresh_warning, monkeypatch, caplog
+):
+    taskutils.configure(secret_keys=[])
+    tasklib.record(1)
+    (queued,) = task_testbed.tasks()
+    monkeypatch.setenv("GAE_ENV", "standard")
+    caplog.set_level(logging.WARNING, logger="taskutils")
+
+    status, _ = task_testbed.post(queued)
+
+    assert status == 200
+    assert [r.getMessage() for r in caplog.records if "Signing keys" in r.getMessage()]
+
+
+def test_there_is_no_unsigned_warning_with_keys_or_outside_production(task_testbed, fresh_warning, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING, logger="taskutils")
+    taskutils.configure(secret_keys=[])
+    tasklib.record("dev")
+    task_testbed.drain()
+    monkeypatch.setenv("GAE_ENV", "standard")
+    taskutils.configure(secret_keys=["k"])
+    tasklib.record("prod, signed")
+    task_testbed.drain()
+
+    assert len(tasklib.ran) == 2
+    assert not [r for r in caplog.records if "unsigned" in r.getMessage()]
