@@ -1,0 +1,303 @@
+"""Big payloads: spilled to Datastore, carried as a signed pointer, cleaned up after."""
+
+import logging
+import os
+
+import pytest
+from google.appengine.api import namespace_manager, taskqueue
+from google.appengine.ext import ndb
+from google.appengine.runtime import apiproxy_errors
+
+import tasklib
+from taskutils import PermanentTaskFailure, task
+from taskutils.codec import MAX_TRANSACTIONAL_PAYLOAD
+from taskutils.exc import PayloadError, PayloadTooLargeError
+from taskutils.spill import CHUNK_SIZE, TaskPayloadChunk
+
+ENTITY_LIMIT = 1_048_572  # Datastore's largest entity, key included
+attempts: list[int] = []
+
+
+@task
+def fail_once(blob):
+    attempts.append(len(blob))
+    if len(attempts) == 1:
+        raise RuntimeError("the first attempt fails")
+
+
+@task
+def give_up(blob):
+    raise PermanentTaskFailure("not this one")
+
+
+class Account(ndb.Model):
+    balance = ndb.IntegerProperty(default=0)
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _signed_and_fresh(signed):
+    attempts.clear()
+
+
+def every_entity():
+    return ndb.Query().fetch(keys_only=True)
+
+
+def chunks():
+    return TaskPayloadChunk.query().fetch()
+
+
+@pytest.mark.parametrize("size", [200_000, 2_000_000, 32_000_000], ids=["200KB", "2MB", "32MB"])
+def test_a_big_payload_round_trips_byte_for_byte_and_leaves_no_entity(task_testbed, size):
+    blob = os.urandom(size)
+
+    tasklib.record(blob, name="big")
+
+    (queued,) = task_testbed.tasks()
+    assert len(queued.payload) < 1024
+    assert len(chunks()) >= size // CHUNK_SIZE
+    assert task_testbed.drain() == 1
+    assert tasklib.ran == [((blob,), {"name": "big"})]
+    assert every_entity() == []
+
+
+def test_spilled_entities_stay_under_the_datastore_entity_limit_even_under_a_long_parent_key(task_testbed):
+    parent = ndb.Key(Account, "a" * 500, Account, "b" * 500, Account, "c" * 499)
+    blob = os.urandom(2_500_000)
+
+    @ndb.transactional
+    def enqueue():
+        tasklib.record.options(transactional=True, parent=parent)(blob)
+
+    enqueue()
+
+    stored = chunks()
+    assert [c.key.parent().parent() for c in stored] == [parent] * 3
+    assert max(c._to_pb().ByteSize() for c in stored) < ENTITY_LIMIT
+    task_testbed.drain()
+    assert tasklib.ran == [((blob,), {})]
+    assert every_entity() == []
+
+
+def test_a_committed_transactional_spill_runs_and_is_deleted_after(task_testbed):
+    blob = os.urandom(2_000_000)
+
+    @ndb.transactional
+    def enqueue():
+        tasklib.record.options(transactional=True)(blob)
+
+    enqueue()
+
+    assert len(task_testbed.tasks()) == 1
+    assert len(chunks()) >= 2
+    task_testbed.drain()
+    assert tasklib.ran == [((blob,), {})]
+    assert every_entity() == []
+
+
+def test_a_rolled_back_transactional_spill_leaves_neither_task_nor_entity(task_testbed):
+    @ndb.transactional
+    def enqueue_then_fail():
+        tasklib.record.options(transactional=True)(os.urandom(2_000_000))
+        raise Boom
+
+    with pytest.raises(Boom):
+        enqueue_then_fail()
+
+    assert task_testbed.tasks() == []
+    assert every_entity() == []
+
+
+def test_parent_puts_the_spill_in_the_callers_entity_group(task_testbed):
+    account = Account().put()
+    blob = os.urandom(2_000_000)
+
+    @ndb.transactional  # one entity group: not cross-group
+    def pay():
+        entity = account.get()
+        entity.balance += 10
+        entity.put()
+        tasklib.record.options(transactional=True, parent=account)(blob)
+
+    pay()
+
+    assert {c.key.parent().parent() for c in chunks()} == {account}
+    task_testbed.drain()
+    assert tasklib.ran == [((blob,), {})]
+    assert every_entity() == [account]
+    assert account.get().balance == 10
+
+
+def test_a_rolled_back_spill_under_a_parent_leaves_the_group_as_it_was(task_testbed):
+    account = Account().put()
+
+    @ndb.transactional
+    def pay_then_fail():
+        entity = account.get()
+        entity.balance += 10
+        entity.put()
+        tasklib.record.options(transactional=True, parent=account)(os.urandom(2_000_000))
+        raise Boom
+
+    with pytest.raises(Boom):
+        pay_then_fail()
+
+    assert task_testbed.tasks() == []
+    assert every_entity() == [account]
+    assert account.get().balance == 0
+
+
+def test_a_spill_that_cannot_join_a_single_group_transaction_says_to_give_parent(task_testbed):
+    account = Account().put()
+
+    @ndb.transactional
+    def pay():
+        entity = account.get()
+        entity.balance += 10
+        entity.put()
+        tasklib.record.options(transactional=True)(os.urandom(2_000_000))
+
+    with pytest.raises(PayloadError, match=r"tasklib/record: .*parent=.*xg=True"):
+        pay()
+
+    assert task_testbed.tasks() == []
+    assert every_entity() == [account]
+    assert account.get().balance == 0
+
+
+def test_over_the_transaction_limit_raises_at_the_call_site_before_anything_is_written(task_testbed):
+    @ndb.transactional
+    def enqueue():
+        with pytest.raises(PayloadTooLargeError, match=r"tasklib/record: .*inside a transaction.*argument 0"):
+            tasklib.record.options(transactional=True)(os.urandom(MAX_TRANSACTIONAL_PAYLOAD + 1))
+        Account(balance=1).put()
+
+    enqueue()
+
+    assert task_testbed.tasks() == []
+    assert [k.kind() for k in every_entity()] == ["Account"]
+
+
+def test_spills_in_one_transaction_are_capped_together(task_testbed):
+    first, second = os.urandom(5_000_000), os.urandom(5_000_000)
+
+    @ndb.transactional
+    def enqueue():
+        tasklib.record.options(transactional=True)(first)
+        with pytest.raises(PayloadTooLargeError, match="on top of"):
+            tasklib.record.options(transactional=True)(second)
+
+    enqueue()
+
+    task_testbed.drain()
+    assert tasklib.ran == [((first,), {})]
+    assert every_entity() == []
+
+
+def test_a_plain_task_spilled_inside_a_rolled_back_transaction_still_runs(task_testbed):
+    blob = os.urandom(300_000)
+
+    @ndb.transactional
+    def enqueue_then_fail():
+        tasklib.record(blob)  # not transactional: added now, whatever the transaction does
+        raise Boom
+
+    with pytest.raises(Boom):
+        enqueue_then_fail()
+
+    task_testbed.drain()
+    assert tasklib.ran == [((blob,), {})]
+    assert every_entity() == []
+
+
+@pytest.mark.parametrize("size", [10, 300_000], ids=["small", "spilled"])
+def test_a_transactional_task_outside_a_transaction_is_refused_whatever_its_size(task_testbed, size):
+    with pytest.raises(taskqueue.BadTransactionStateError):
+        tasklib.record.options(transactional=True)(b"x" * size)
+
+    assert task_testbed.tasks() == []
+    assert every_entity() == []
+
+
+def test_a_spill_written_in_a_namespace_is_found_by_the_worker(task_testbed):
+    blob = os.urandom(300_000)
+    namespace_manager.set_namespace("tenant-7")
+    try:
+        tasklib.record(blob)
+    finally:
+        namespace_manager.set_namespace("")
+
+    task_testbed.drain()
+    assert tasklib.ran == [((blob,), {})]
+    assert TaskPayloadChunk.query(namespace="tenant-7").fetch() == []
+
+
+def test_a_missing_entity_is_an_error_and_the_task_is_dropped_not_run(task_testbed, caplog):
+    caplog.set_level(logging.INFO, logger="taskutils")
+    tasklib.record(os.urandom(2_500_000))
+    chunks()[1].key.delete()
+
+    (queued,) = task_testbed.tasks()
+    status, _ = task_testbed.post(queued)
+
+    assert 200 <= status < 300
+    assert tasklib.ran == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("lost 1 of its 3 entities" in m for m in errors)
+    assert every_entity() == []
+
+
+def test_a_spill_that_does_not_match_its_digest_is_dropped_not_run(task_testbed, caplog):
+    caplog.set_level(logging.INFO, logger="taskutils")
+    tasklib.record(os.urandom(2_500_000))
+    chunk = chunks()[0]
+    chunk.data = chunk.data[:-1] + bytes([chunk.data[-1] ^ 1])
+    chunk.put()
+
+    (queued,) = task_testbed.tasks()
+    status, _ = task_testbed.post(queued)
+
+    assert 200 <= status < 300
+    assert tasklib.ran == []
+    assert any("does not match its digest" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert every_entity() == []
+
+
+def test_a_failed_attempt_keeps_the_spill_for_the_retry(task_testbed):
+    blob = os.urandom(1_500_000)
+    fail_once(blob)
+    (queued,) = task_testbed.tasks()
+
+    first, _ = task_testbed.post(queued)
+    assert first == 500
+    assert chunks()
+
+    second, _ = task_testbed.post(queued)
+    assert second == 200
+    assert attempts == [len(blob), len(blob)]
+    assert every_entity() == []
+
+
+def test_a_permanent_failure_deletes_the_spill(task_testbed):
+    give_up(os.urandom(1_500_000))
+
+    task_testbed.drain()
+
+    assert every_entity() == []
+
+
+def test_a_failed_clean_up_is_logged_and_the_finished_task_is_not_run_again(task_testbed, caplog):
+    caplog.set_level(logging.INFO, logger="taskutils")
+    blob = os.urandom(300_000)
+    tasklib.record(blob)
+    datastore = task_testbed.testbed.get_stub("datastore_v3")
+    datastore.SetError(apiproxy_errors.ApplicationError(5, "timeout"), "Delete")  # 5: datastore TIMEOUT
+
+    task_testbed.drain()
+
+    assert tasklib.ran == [((blob,), {})]
+    assert any("left behind" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
