@@ -1,0 +1,120 @@
+"""The command line: ``python -m taskutils serve MODULE:ATTR`` and ``python -m taskutils demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from . import __version__
+from .local import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_THREADS, LocalServer
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _NameStubRecords(logging.Filter):
+    """Give the taskqueue stub's root-logger lines ("will retry in 0.2 seconds") a name."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "root" and record.pathname.endswith("taskqueue_stub.py"):
+            record.name = "taskqueue_stub"
+        return True
+
+
+def configure_logging(verbose: bool = False, stream: object = None) -> None:
+    """One line per task run from taskutils.local; the handler's own lines too when verbose."""
+    handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+    handler.addFilter(_NameStubRecords())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("taskutils.local").setLevel(logging.INFO)
+    logging.getLogger("taskutils.handler").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m taskutils", description="Run taskutils tasks locally.")
+    parser.add_argument("--version", action="version", version=f"taskutils {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve a WSGI app beside taskutils.app and run its tasks as App Engine would",
+        description=(
+            "Serve MODULE:ATTR, mounted beside taskutils.app, with waitress on loopback. Google's "
+            "taskqueue stub runs queued tasks with App Engine's retry and backoff rules, posting each "
+            "to this server over HTTP. Datastore and memcache are Google's stubs too. Ctrl-C stops it."
+        ),
+    )
+    serve.add_argument("app", metavar="MODULE:ATTR", help="the WSGI app to serve, e.g. main:app")
+    serve.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind, 0 for any free one (default: %(default)s)")
+    serve.add_argument("--queue-yaml", metavar="FILE", help="queue.yaml with the app's queues (default: every queue name is accepted)")
+    serve.add_argument("--datastore-path", metavar="FILE", help="keep the datastore in this file between runs (default: in memory)")
+    serve.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="waitress worker threads (default: %(default)s)")
+    serve.add_argument("-v", "--verbose", action="store_true", help="also log the task handler's own line per task")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run example tasks through the local server and exit 0 when all of them ran",
+        description="Start the local server on a free port with an example app, run example tasks, print a summary.",
+    )
+    demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for every task (default: %(default)s)")
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the local server until SIGINT or SIGTERM; 0 after a clean stop."""
+    configure_logging(args.verbose)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("taskutils.local").warning(
+            "binding %s: other machines can reach this server (task requests still need a valid signature)", args.host
+        )
+    server = LocalServer(
+        args.app,
+        host=args.host,
+        port=args.port,
+        queue_yaml=args.queue_yaml,
+        datastore_path=args.datastore_path,
+        threads=args.threads,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C aborts
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            server.start()
+        except (ImportError, AttributeError, TypeError, ValueError, OSError) as e:
+            print(f"taskutils serve: cannot start: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+        print(f"taskutils serve: {server.url} (Ctrl-C to stop)", flush=True)
+        while not stop.wait(0.5):
+            if not server.running:
+                print("taskutils serve: the server stopped unexpectedly", file=sys.stderr)
+                server.stop()
+                return 1
+        server.stop()
+        print("taskutils serve: stopped", flush=True)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m taskutils``."""
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    from . import demo
+
+    return demo.main(timeout=args.timeout)

@@ -1,0 +1,425 @@
+"""The local runtime: Google's App Engine stubs behind a real WSGI server on loopback.
+
+:class:`LocalServer` registers Google's taskqueue, datastore and memcache stubs,
+mounts an app beside ``taskutils.app`` and serves both with waitress. The
+taskqueue stub's background scheduler runs queued tasks with App Engine's retry
+and backoff rules; :class:`HTTPDispatcher` sends each one to the server as a
+real HTTP request, on a kept-alive connection, and logs one line per run.
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from google.appengine.api import apiproxy_rpc, apiproxy_stub_map, datastore_file_stub, request_info
+from google.appengine.api.memcache import memcache_stub
+from google.appengine.api.taskqueue import taskqueue_stub
+from google.appengine.datastore import datastore_stub_util
+from google.appengine.ext import ndb
+
+from . import config
+from .handler import mount
+
+log = logging.getLogger("taskutils.local")
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_PROJECT = "taskutils-local"
+DEFAULT_THREADS = 4
+DISPATCH_TIMEOUT = 600.0  # App Engine gives a push task 10 minutes
+STOP_GRACE = 10.0  # how long stop() lets a running task finish
+
+
+class HTTPDispatcher(request_info.Dispatcher):
+    """Sends each task the stub's scheduler runs to the local server as an HTTP request.
+
+    One kept-alive connection per calling thread (the scheduler has one). A
+    task the server cannot be reached for answers 502, so the queue retries it.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float = DISPATCH_TIMEOUT) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self._local = threading.local()
+        self._busy = threading.Lock()
+        self._closed = False
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn, True
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._local.conn = conn
+        return conn, False
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
+    def _send(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+        for attempt in (1, 2):
+            conn, reused = self._connection()
+            try:
+                conn.putrequest(method, url, skip_host=True, skip_accept_encoding=True)
+                for name, value in headers:
+                    conn.putheader(name, value)
+                conn.endheaders(body)
+                response = conn.getresponse()
+                content = response.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self._drop_connection()
+                if reused and attempt == 1 and not self._closed:
+                    continue  # the server closed an idle kept-alive connection: retry on a new one
+                raise
+            except BaseException:
+                self._drop_connection()
+                raise
+            if response.will_close:
+                self._drop_connection()
+            return f"{response.status} {response.reason}", response.getheaders(), content
+        raise AssertionError("unreachable")
+
+    def add_request(
+        self,
+        method: str,
+        relative_url: str,
+        headers: list[tuple[str, str]],
+        body: bytes | str,
+        source_ip: str,
+        module_name: str | None = None,
+        version: str | None = None,
+        instance_id: str | None = None,
+    ) -> request_info.ResponseTuple:
+        """Post one task to the server and return its answer, as the stub's executor expects."""
+        with self._busy:
+            if self._closed:
+                # Ends the stub's scheduler thread quietly (threads ignore SystemExit);
+                # the task stays in its queue, unrun, as it would on a stopped instance.
+                raise SystemExit
+            data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+            sent = [(k, v) for k, v in headers if v is not None]
+            if not any(k.lower() == "host" for k, _ in sent):
+                sent.append(("Host", f"{self.host}:{self.port}"))
+            found = {k.lower(): v for k, v in sent}
+            started = time.perf_counter()
+            try:
+                status, response_headers, content = self._send(method, relative_url, sent, data)
+            except (OSError, http.client.HTTPException) as e:
+                if self._closed:
+                    raise SystemExit from e
+                status, response_headers, content = "502 Bad Gateway", [], b""
+                log.warning(
+                    "%s %s queue=%s task=%s retry=%s -> no answer from the server: %s: %s",
+                    method, relative_url, found.get("x-appengine-queuename"), found.get("x-appengine-taskname"),
+                    found.get("x-appengine-taskretrycount"), type(e).__name__, e,
+                )
+                return request_info.ResponseTuple(status, response_headers, content)
+            code = int(status.split(" ", 1)[0])
+            log.log(
+                logging.INFO if 200 <= code < 300 else logging.WARNING,
+                "%s %s queue=%s task=%s retry=%s -> %s (%.1f ms)",
+                method, relative_url, found.get("x-appengine-queuename"), found.get("x-appengine-taskname"),
+                found.get("x-appengine-taskretrycount"), status, (time.perf_counter() - started) * 1000,
+            )
+            return request_info.ResponseTuple(status, response_headers, content)
+
+    def close(self, grace: float = STOP_GRACE) -> bool:
+        """Send no more tasks; wait up to grace seconds for the one running. True if it finished."""
+        self._closed = True
+        finished = self._busy.acquire(timeout=grace)
+        if finished:
+            self._busy.release()
+        return finished
+
+
+class _RequestInfo(request_info.RequestInfo):
+    """What the taskqueue stub asks about the current request: one module, our dispatcher."""
+
+    def __init__(self, dispatcher: HTTPDispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    def get_request_url(self, request_id: object) -> str:
+        return f"http://{self._dispatcher.host}:{self._dispatcher.port}/"
+
+    def get_request_environ(self, request_id: object) -> dict[str, str]:
+        return {}
+
+    def get_module(self, request_id: object) -> str:
+        return "default"
+
+    def get_version(self, request_id: object) -> str:
+        return "local"
+
+    def get_instance(self, request_id: object) -> int:
+        return 0
+
+    def get_dispatcher(self) -> HTTPDispatcher:
+        return self._dispatcher
+
+
+class _Serialized:
+    """A stub whose calls run one at a time, as dev_appserver ran stubs not marked THREADSAFE."""
+
+    THREADSAFE = False
+
+    def __init__(self, stub: Any, lock: threading.RLock) -> None:
+        self.stub = stub
+        self._lock = lock
+
+    def CreateRPC(self) -> apiproxy_rpc.RPC:  # noqa: N802 - the stub map's interface
+        return apiproxy_rpc.RPC(stub=self)
+
+    def MakeSyncCall(self, service: str, call: str, request: Any, response: Any, request_id: Any = None) -> Any:  # noqa: N802
+        with self._lock:
+            return self.stub.MakeSyncCall(service, call, request, response, request_id)
+
+
+def load_app(spec: str) -> WSGIApp:
+    """Import ``module:attr`` (``attr`` defaults to ``app``, and may be dotted) and return it."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name:
+        raise ValueError(f"expected MODULE:ATTR, got {spec!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in (attr or "app").split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{spec} is not a WSGI application: {obj!r}")
+    return obj  # type: ignore[no-any-return]
+
+
+def _not_found(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+    start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")])
+    return [b"Not Found\n"]
+
+
+class LocalServer:
+    """An app and ``taskutils.app`` on waitress, with Google's stubs running their tasks.
+
+    ``app`` is a WSGI application or a ``"module:attr"`` string, imported once
+    the stubs are in place (so the module may enqueue tasks when imported).
+    ``port=0`` picks a free port; ``queue_yaml`` configures queues (without one,
+    every queue name is accepted); ``datastore_path`` keeps the datastore in a
+    file between runs. Signing is always on: a per-process random key unless
+    keys are configured. The stubs and ``os.environ`` are process-wide, so run
+    one server per process.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp | str | None = None,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        queue_yaml: str | os.PathLike[str] | None = None,
+        datastore_path: str | os.PathLike[str] | None = None,
+        threads: int = DEFAULT_THREADS,
+    ) -> None:
+        self.app_spec = app
+        self.host = host
+        self.requested_port = port
+        self.queue_yaml = os.fspath(queue_yaml) if queue_yaml is not None else None
+        self.datastore_path = os.fspath(datastore_path) if datastore_path is not None else None
+        self.threads = threads
+        self.project = ""
+        self.port = port
+        self.app: WSGIApp = _not_found
+        self.taskqueue: taskqueue_stub.TaskQueueServiceStub | None = None
+        self.datastore: datastore_file_stub.DatastoreFileStub | None = None
+        self.dispatcher: HTTPDispatcher | None = None
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self._saved_apiproxy: Any = None
+        self._own_keyring: config.KeyRing | None = None
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """The server's base URL, e.g. ``http://127.0.0.1:8080``."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """True while the server thread serves requests."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        # Every request gets a fresh ndb context, as on App Engine: no cache shared between requests.
+        ndb.set_context(ndb.make_default_context())
+        return self.app(environ, start_response)
+
+    def start(self) -> LocalServer:
+        """Bind, register the stubs, load the app, then serve in a background thread."""
+        import waitress.server
+
+        self._server = waitress.server.create_server(
+            self, host=self.host, port=self.requested_port, threads=self.threads,
+            ident="taskutils", clear_untrusted_proxy_headers=False,
+        )
+        self.port = int(self._server.effective_port)
+        try:
+            self._set_environment()
+            self._register_stubs()
+            self._ensure_signing()
+            user_app = load_app(self.app_spec) if isinstance(self.app_spec, str) else self.app_spec
+            self._ensure_signing()
+            self.app = mount(user_app or _not_found)
+        except BaseException:
+            self._close_sockets()
+            self._restore()
+            raise
+        self.taskqueue.StartBackgroundExecution()  # type: ignore[union-attr]
+        self._thread = threading.Thread(target=self._serve, name=f"taskutils-serve-{self.port}", daemon=True)
+        self._thread.start()
+        log.info(
+            "serving %s on %s (project %s, %s, signing key id %s)",
+            self._describe_app(), self.url, self.project,
+            f"queues from {self.queue_yaml}" if self.queue_yaml else "every queue name accepted",
+            config.get_keyring().keys[0].key_id.hex(),
+        )
+        return self
+
+    def _describe_app(self) -> str:
+        if isinstance(self.app_spec, str):
+            return self.app_spec
+        if self.app_spec is None:
+            return "taskutils.app"
+        return getattr(self.app_spec, "__qualname__", type(self.app_spec).__name__)
+
+    def _serve(self) -> None:
+        try:
+            self._server.run()
+        finally:
+            self._stopped.set()
+
+    def _set_environment(self) -> None:
+        project = os.environ.get("GOOGLE_CLOUD_PROJECT") or DEFAULT_PROJECT
+        self.project = project
+        host = f"{self.host}:{self.port}"
+        values = {
+            "GOOGLE_CLOUD_PROJECT": project,
+            "GAE_APPLICATION": project,
+            "APPLICATION_ID": project,
+            "HTTP_HOST": host,
+            "DEFAULT_VERSION_HOSTNAME": host,
+            "SERVER_NAME": self.host,
+            "SERVER_PORT": str(self.port),
+            "CURRENT_MODULE_ID": "default",
+            "CURRENT_VERSION_ID": "local",
+            "GAE_SERVICE": "default",
+            "GAE_VERSION": "local",
+        }
+        for key, value in values.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+        if os.environ.get("GAE_ENV") == "standard":
+            # The handler would then insist on App Engine's source address, which no local request has.
+            log.warning("ignoring GAE_ENV=standard: this is the local server, not App Engine")
+            self._saved_env.setdefault("GAE_ENV", os.environ.pop("GAE_ENV"))
+
+    def _register_stubs(self) -> None:
+        self.dispatcher = HTTPDispatcher(self.host, self.port)
+        stubs = apiproxy_stub_map.APIProxyStubMap()
+        lock = threading.RLock()
+        if self.queue_yaml is not None and not os.path.isfile(self.queue_yaml):
+            raise FileNotFoundError(f"queue.yaml not found: {self.queue_yaml}")
+        self.taskqueue = taskqueue_stub.TaskQueueServiceStub(
+            queue_config_path=self.queue_yaml,
+            auto_task_running=True,
+            _all_queues_valid=self.queue_yaml is None,
+            default_http_server=f"{self.host}:{self.port}",
+            request_data=_RequestInfo(self.dispatcher),
+        )
+        if self.queue_yaml is not None:
+            self.taskqueue.GetQueues()  # parse queue.yaml now: a broken file fails at start, not at enqueue
+        self.datastore = datastore_file_stub.DatastoreFileStub(
+            self.project,
+            self.datastore_path,
+            save_changes=self.datastore_path is not None,
+            use_atexit=False,
+            consistency_policy=datastore_stub_util.PseudoRandomHRConsistencyPolicy(probability=1),
+        )
+        stubs.RegisterStub("taskqueue", _Serialized(self.taskqueue, lock))
+        stubs.RegisterStub("datastore_v3", _Serialized(self.datastore, lock))
+        stubs.RegisterStub("memcache", memcache_stub.MemcacheServiceStub())
+        self._saved_apiproxy = apiproxy_stub_map.apiproxy
+        apiproxy_stub_map.apiproxy = stubs
+
+    def _ensure_signing(self) -> None:
+        if not config.get_keyring():
+            if self._own_keyring is not None:
+                log.warning("signing cannot be turned off under the local server: keeping a per-process key")
+            config.configure(secret_keys=[secrets.token_bytes(32)])
+            self._own_keyring = config.get_keyring()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped; True if it has."""
+        return self._stopped.wait(timeout)
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop running tasks (letting the one in flight finish), stop serving, save the datastore."""
+        with self._stop_lock:
+            if self._server is None:
+                return
+            if self.dispatcher is not None and not self.dispatcher.close(grace):
+                log.warning("stopping while a task is still running")
+            if self.taskqueue is not None:
+                self.taskqueue.Shutdown()
+            if self.running:
+                self._server.trigger.pull_trigger(self._close_sockets)
+                self._stopped.wait(grace)
+            else:
+                self._close_sockets()
+            self._server.task_dispatcher.shutdown(timeout=grace)
+            self._server = None
+            if self.datastore is not None and self.datastore_path is not None:
+                self.datastore.Write()
+                log.info("datastore saved to %s", self.datastore_path)
+            self._restore()
+            log.info("stopped %s", self.url)
+
+    def _close_sockets(self) -> None:
+        server = self._server
+        if server is None:
+            return
+        for channel in list(server._map.values()):  # the listening socket, the trigger, every connection
+            channel.close()
+
+    def _restore(self) -> None:
+        if self._saved_apiproxy is not None:
+            apiproxy_stub_map.apiproxy = self._saved_apiproxy
+            self._saved_apiproxy = None
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env = {}
+        if self._own_keyring is not None and config.get_keyring() is self._own_keyring:
+            config.configure(secret_keys=None)
+        self._own_keyring = None
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
