@@ -10,6 +10,7 @@ from its own virtualenv, bound to loopback. Emulator behaviour and limits:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -87,12 +88,13 @@ def use_emulator_from_env() -> bool:
             if name not in _original and hasattr(cloudtask, name):
                 _original[name] = getattr(cloudtask, name)
             if name in _original:
-                setattr(cloudtask, name,
-                        lambda h=host_port, v=version: _cached_client(h, v))
+                setattr(cloudtask, name, lambda h=host_port, v=version: _cached_client(h, v))
         _installed_host = host_port
     if os.environ.get("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE", "").lower() != "true":
-        logger.warning("%s is set but APPENGINE_USE_CLOUDTASK_PUSH_QUEUE is not "
-                       "'true'; taskqueue.add will not use Cloud Tasks", EMULATOR_HOST_ENV)
+        logger.warning(
+            "%s is set but APPENGINE_USE_CLOUDTASK_PUSH_QUEUE is not 'true'; taskqueue.add will not use Cloud Tasks",
+            EMULATOR_HOST_ENV,
+        )
     logger.info("Cloud Tasks calls go to the emulator at %s", host_port)
     return True
 
@@ -108,6 +110,22 @@ def restore_default_client() -> None:
         _original.clear()
         _clients.clear()
         _installed_host = None
+
+
+@contextlib.contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock on path (POSIX; no lock elsewhere)."""
+    with open(path, "a") as f:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # Runs inside the emulator's venv. gcloud-tasks-emulator 0.6.2 has no bind
@@ -154,12 +172,21 @@ class EmulatorProcess:
     ``max_retries=None`` retries failed tasks forever.
     """
 
-    def __init__(self, venv_dir: str | os.PathLike[str], host: str = "127.0.0.1",
-                 port: int = 0, queues: Sequence[str] = (), target_port: int = 8080,
-                 target_host: str = "127.0.0.1", project: str | None = None,
-                 location: str | None = None, max_retries: int | None = None,
-                 log_path: str | None = None, startup_timeout: float = 30.0,
-                 package: str = EMULATOR_PACKAGE) -> None:
+    def __init__(
+        self,
+        venv_dir: str | os.PathLike[str],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        queues: Sequence[str] = (),
+        target_port: int = 8080,
+        target_host: str = "127.0.0.1",
+        project: str | None = None,
+        location: str | None = None,
+        max_retries: int | None = None,
+        log_path: str | None = None,
+        startup_timeout: float = 30.0,
+        package: str = EMULATOR_PACKAGE,
+    ) -> None:
         self.venv_dir = os.fspath(venv_dir)
         self.host, self.port = host, port
         self.project = project or os.environ.get("GOOGLE_CLOUD_PROJECT", "test-project")
@@ -189,21 +216,40 @@ class EmulatorProcess:
         return os.path.join(self.venv_dir, *sub)
 
     def ensure_venv(self) -> None:
-        """Create the venv and install the emulator unless already done."""
-        marker = os.path.join(self.venv_dir, ".taskutils-installed")
+        """Create the venv and install the emulator unless already done.
+
+        Safe to call from several processes at once (e.g. tox envs sharing one
+        cache directory): an exclusive lock file beside the venv serialises
+        creation, and the marker is checked again under the lock.
+        """
+        if self._installed():
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.venv_dir)), exist_ok=True)
+        with _file_lock(self.venv_dir + ".lock"):
+            if self._installed():
+                return
+            logger.info("Installing %s into %s", self.package, self.venv_dir)
+            started = time.monotonic()
+            # --clear: a half-built venv, or one whose base interpreter is gone, is rebuilt.
+            subprocess.run([sys.executable, "-m", "venv", "--clear", self.venv_dir], check=True)
+            subprocess.run(
+                [self.python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", self.package],
+                check=True,
+            )
+            with open(self._marker, "w") as f:
+                f.write(self.package)
+            logger.info("Installed %s in %.1f s", self.package, time.monotonic() - started)
+
+    @property
+    def _marker(self) -> str:
+        return os.path.join(self.venv_dir, ".taskutils-installed")
+
+    def _installed(self) -> bool:
         try:
-            with open(marker) as f:
-                if f.read().strip() == self.package and os.path.exists(self.python):
-                    return
+            with open(self._marker) as f:
+                return f.read().strip() == self.package and os.path.exists(self.python)
         except OSError:
-            pass
-        logger.info("Installing %s into %s", self.package, self.venv_dir)
-        if not os.path.exists(self.python):
-            subprocess.run([sys.executable, "-m", "venv", self.venv_dir], check=True)
-        subprocess.run([self.python, "-m", "pip", "install", "--quiet",
-                        "--disable-pip-version-check", self.package], check=True)
-        with open(marker, "w") as f:
-            f.write(self.package)
+            return False
 
     def start(self) -> EmulatorProcess:
         """Start the emulator and wait until its port accepts connections."""
@@ -216,25 +262,35 @@ class EmulatorProcess:
         if self.log_path is None:
             fd, self.log_path = tempfile.mkstemp(prefix="cloudtasks-emulator-", suffix=".log")
             os.close(fd)
-        args = [self.python, "-u", "-c", _BOOTSTRAP, self.host, port_file,
-                "--port", str(self.port), "--target-host", self.target_host,
-                "--target-port", str(self.target_port)]
+        args = [
+            self.python,
+            "-u",
+            "-c",
+            _BOOTSTRAP,
+            self.host,
+            port_file,
+            "--port",
+            str(self.port),
+            "--target-host",
+            self.target_host,
+            "--target-port",
+            str(self.target_port),
+        ]
         for queue in self.queues:
             args += ["--default-queue", queue]
         if self.max_retries is not None:
             args += ["--max-retries", str(self.max_retries)]
         with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+            self._proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + self.startup_timeout
         try:
             while True:
                 if self._proc.poll() is not None:
-                    raise RuntimeError(f"emulator exited with {self._proc.returncode}; "
-                                       f"see {self.log_path}")
+                    raise RuntimeError(f"emulator exited with {self._proc.returncode}; see {self.log_path}")
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"emulator not ready after {self.startup_timeout}s; "
-                                       f"see {self.log_path}")
+                    raise TimeoutError(f"emulator not ready after {self.startup_timeout}s; see {self.log_path}")
                 if os.path.exists(port_file):
                     with open(port_file) as f:
                         self.port = int(f.read())
@@ -274,6 +330,7 @@ class EmulatorProcess:
     def __enter__(self) -> EmulatorProcess:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None,
-                 exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
