@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from . import __version__
-from .local import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_THREADS, LocalServer
+from .local import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_THREADS, LocalServer, cloudtasks_mode
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def serve(args: argparse.Namespace) -> int:
     """Run the local server until SIGINT or SIGTERM; 0 after a clean stop."""
-    configure_logging(args.verbose)
+    # On Cloud Tasks the emulator posts the tasks, so the handler's line is the line per task.
+    configure_logging(args.verbose or cloudtasks_mode())
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("taskutils.local").warning(
             "binding %s: other machines can reach this server (task requests still need a valid signature)", args.host

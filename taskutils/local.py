@@ -191,6 +191,11 @@ class _Serialized:
             return self.stub.MakeSyncCall(service, call, request, response, request_id)
 
 
+def cloudtasks_mode() -> bool:
+    """True when the SDK sends push tasks to Cloud Tasks rather than to the taskqueue service."""
+    return os.environ.get("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE", "").lower() == "true"
+
+
 def load_app(spec: str) -> WSGIApp:
     """Import ``module:attr`` (``attr`` defaults to ``app``, and may be dotted) and return it."""
     module_name, _, attr = spec.partition(":")
@@ -278,6 +283,11 @@ class LocalServer:
         try:
             self._set_environment()
             self._register_stubs()
+            if cloudtasks_mode():
+                from . import cloudtasks
+
+                cloudtasks.use_emulator_from_env()
+                log.info("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE is on: tasks go to Cloud Tasks, which posts them here")
             self._ensure_signing()
             user_app = load_app(self.app_spec) if isinstance(self.app_spec, str) else self.app_spec
             self._ensure_signing()
@@ -318,14 +328,10 @@ class LocalServer:
             "GOOGLE_CLOUD_PROJECT": project,
             "GAE_APPLICATION": project,
             "APPLICATION_ID": project,
+            # Tasks are added with this Host header, and their target is worked out from it.
             "HTTP_HOST": host,
             "DEFAULT_VERSION_HOSTNAME": host,
-            "SERVER_NAME": self.host,
-            "SERVER_PORT": str(self.port),
             "CURRENT_MODULE_ID": "default",
-            "CURRENT_VERSION_ID": "local",
-            "GAE_SERVICE": "default",
-            "GAE_VERSION": "local",
         }
         for key, value in values.items():
             self._saved_env.setdefault(key, os.environ.get(key))

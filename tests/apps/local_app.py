@@ -1,0 +1,140 @@
+"""An app for tests/test_local.py, served by ``python -m taskutils serve local_app:app``.
+
+``POST /enqueue/<kind>?key=K&...`` enqueues one task inside the server process and
+answers JSON (``{"name": ..., "at": ...}``, or ``{"error": ...}`` with 400/409);
+``GET /ran`` answers every attempt of every task, in order: ``key``, ``what``,
+``outcome`` ("ok", "retry", "raised"), ``queue``, ``retry_count``, ``task_name``,
+``at``, plus what the task saw. ``POST /put?key=K&value=V`` and ``GET /get?key=K``
+write and read a Datastore entity; ``GET /info`` tells the project and how many
+spilled payload entities remain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+from google.appengine.api import taskqueue
+from google.appengine.ext import ndb
+
+import taskutils
+from taskutils import task
+from taskutils.spill import TaskPayloadChunk
+
+_lock = threading.Lock()
+_ran: list[dict[str, Any]] = []
+
+
+def _record(what: str, key: str, outcome: str = "ok", **seen: Any) -> None:
+    info = taskutils.current_task()
+    entry = {
+        "what": what,
+        "key": key,
+        "outcome": outcome,
+        "queue": info.queue_name if info else None,
+        "retry_count": info.retry_count if info else None,
+        "task_name": info.task_name if info else None,
+        "at": time.time(),
+        **seen,
+    }
+    with _lock:
+        _ran.append(entry)
+
+
+@task
+def record(key: str) -> None:
+    _record("record", key)
+
+
+@task
+def flaky(key: str, failures: int, how: str) -> None:
+    """Fails its first ``failures`` attempts (RetryTaskException or RuntimeError), then succeeds."""
+    info = taskutils.current_task()
+    assert info is not None
+    if info.retry_count < failures:
+        if how == "retry":
+            _record("flaky", key, "retry")
+            raise taskutils.RetryTaskException("not yet")
+        _record("flaky", key, "raised")
+        raise RuntimeError(f"attempt {info.retry_count} fails on purpose")
+    _record("flaky", key)
+
+
+@task
+def blob(key: str, data: bytes) -> None:
+    _record("blob", key, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+class Note(ndb.Model):
+    value = ndb.StringProperty()
+
+
+def _enqueue(kind: str, key: str, query: dict[str, str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if "queue" in query:
+        options["queue"] = query["queue"]
+    if "name" in query:
+        options["name"] = query["name"]
+    if "countdown" in query:
+        options["countdown"] = float(query["countdown"])
+    extra: dict[str, Any] = {}
+    if kind == "record":
+        added = record.options(**options)(key)
+    elif kind == "flaky":
+        added = flaky.options(**options)(key, int(query.get("failures", "1")), query.get("how", "retry"))
+    elif kind == "blob":
+        data = os.urandom(int(query.get("size", "200000")))
+        extra["sha256"] = hashlib.sha256(data).hexdigest()
+        added = blob.options(**options)(key, data)
+    elif kind == "closure":
+        greeting = query.get("greeting", "hello")
+        added = task(lambda: _record("closure", key, greeting=greeting), **options)()
+    else:
+        raise LookupError(kind)
+    return {"name": added.name, "at": time.time(), **extra}
+
+
+def _json(start_response: Callable[..., Any], status: str, body: Any) -> Iterable[bytes]:
+    data = json.dumps(body).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """The app's own endpoints; ``serve`` mounts it beside ``taskutils.app``."""
+    path = environ.get("PATH_INFO", "")
+    method = environ.get("REQUEST_METHOD")
+    query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    if path == "/ran" and method == "GET":
+        with _lock:
+            return _json(start_response, "200 OK", list(_ran))
+    if path.startswith("/enqueue/") and method == "POST":
+        try:
+            return _json(start_response, "200 OK", _enqueue(path[len("/enqueue/") :], query.get("key", ""), query))
+        except (taskqueue.TaskAlreadyExistsError, taskqueue.TombstonedTaskError) as e:
+            return _json(start_response, "409 Conflict", {"error": type(e).__name__})
+        except taskqueue.Error as e:
+            return _json(start_response, "400 Bad Request", {"error": type(e).__name__})
+    if path == "/put" and method == "POST":
+        Note(id=query["key"], value=query["value"]).put()
+        return _json(start_response, "200 OK", {})
+    if path == "/get" and method == "GET":
+        note = Note.get_by_id(query["key"])
+        return _json(start_response, "200 OK", {"value": note.value if note else None})
+    if path == "/info" and method == "GET":
+        return _json(
+            start_response,
+            "200 OK",
+            {
+                "project": os.environ.get("GOOGLE_CLOUD_PROJECT"),
+                "key_app": ndb.Key("Note", "x").app(),
+                "spilled": TaskPayloadChunk.query().count(),
+            },
+        )
+    return _json(start_response, "404 Not Found", {"error": f"no {method} {path}"})
