@@ -58,7 +58,7 @@ def _chunk_keys(group: ndb.Key, count: int) -> list[ndb.Key]:
 def _write(data: bytes, parent: ndb.Key | None) -> bytes:
     group = ndb.Key(GROUP_KIND, uuid.uuid4().hex, parent=parent)
     pieces = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)] or [b""]
-    chunks = [TaskPayloadChunk(key=k, data=p) for k, p in zip(_chunk_keys(group, len(pieces)), pieces)]
+    chunks = [TaskPayloadChunk(key=k, data=p) for k, p in zip(_chunk_keys(group, len(pieces)), pieces, strict=True)]
     ndb.put_multi(chunks, use_cache=False, use_memcache=False)
     pointer = {"g": group.urlsafe().decode(), "n": len(pieces), "d": hashlib.sha256(data).hexdigest()}
     return json.dumps(pointer, separators=(",", ":")).encode()
@@ -150,4 +150,6 @@ def delete(pointer: bytes) -> None:
     try:
         ndb.delete_multi(_chunk_keys(group, count), use_cache=False, use_memcache=False)
     except Exception:
-        log.error("could not delete spilled payload %s: its %d entities are left behind", group.id(), count, exc_info=True)
+        log.error(
+            "could not delete spilled payload %s: its %d entities are left behind", group.id(), count, exc_info=True
+        )

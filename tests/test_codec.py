@@ -6,11 +6,12 @@ import pickle
 import pytest
 from google.appengine.ext import ndb
 
-import tasklib
 import taskutils
 from taskutils import codec
 from taskutils.config import KeyRing
 from taskutils.exc import CorruptPayloadError, PayloadTooLargeError, SignatureError, UnpicklableArgumentError
+
+import tasklib
 
 PATH = "/_ah/task/tasklib/record"
 DATA = pickle.dumps(((1, b"\0two\0"), {"three": 3}))
@@ -164,7 +165,9 @@ def fresh_warning(monkeypatch):
     monkeypatch.setattr(codec, "_warned_unsigned", False)
 
 
-def test_unsigned_tasks_in_production_warn_once_pointing_to_the_readme(task_testbed, fresh_warning, monkeypatch, caplog):
+def test_unsigned_tasks_in_production_warn_once_pointing_to_the_readme(
+    task_testbed, fresh_warning, monkeypatch, caplog
+):
     monkeypatch.setenv("GAE_ENV", "standard")
     taskutils.configure(secret_keys=[])
     caplog.set_level(logging.WARNING, logger="taskutils")

@@ -20,11 +20,12 @@ from google.appengine.ext import ndb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import tasklib
 import taskutils
 from taskutils import codec, spill
 from taskutils.config import KeyRing
 from taskutils.handler import MAX_BODY, TASKQUEUE_SOURCE
+
+import tasklib
 
 KEY = "test-key-one"  # what the conftest's `signed` fixture configures
 OLD_KEY = "an-old-key-rotated-out"
@@ -50,7 +51,7 @@ class CanaryFile:
         # A plausible call for a by-URL task: (args, kwargs), the canary as argument 0.
         self.pickle = pickle.dumps(((Canary(path),), {}), pickle.HIGHEST_PROTOCOL)
 
-    def body(self, url: str = RECORD, keys: list[str] = [KEY], flags: int = codec.BY_URL) -> bytes:
+    def body(self, url: str = RECORD, keys: tuple[str, ...] = (KEY,), flags: int = codec.BY_URL) -> bytes:
         """The canary framed as the queue would frame it, signed with keys[0] for url."""
         return codec.frame(url, self.pickle, flags, KeyRing(keys))
 
@@ -200,7 +201,7 @@ def test_a_missing_or_lying_content_length_is_refused(task_testbed, canary, sign
 # Spilled payloads: the pointer is signed, the data is checked against its digest.
 
 
-def spilled_canary(canary, keys=[KEY], digest_of=None):
+def spilled_canary(canary, keys=(KEY,), digest_of=None):
     """A signed pointer to the canary spilled in Datastore; digest_of forges the pointer's digest."""
     pointer = spill.store("tasklib/record", canary.pickle)
     if digest_of is not None:
@@ -284,7 +285,9 @@ def test_a_refusal_logs_the_verdict_and_the_key_id_but_never_the_body(client, ca
 
 _KEY_IDS = [KeyRing([KEY]).keys[0].key_id, KeyRing([OLD_KEY]).keys[0].key_id]
 _header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
-_extra_headers = st.dictionaries(st.from_regex(r"X-[A-Za-z][A-Za-z0-9-]{0,20}", fullmatch=True), _header_text, max_size=4)
+_extra_headers = st.dictionaries(
+    st.from_regex(r"X-[A-Za-z][A-Za-z0-9-]{0,20}", fullmatch=True), _header_text, max_size=4
+)
 
 
 @st.composite

@@ -8,11 +8,12 @@ from google.appengine.api import namespace_manager, taskqueue
 from google.appengine.ext import ndb
 from google.appengine.runtime import apiproxy_errors
 
-import tasklib
 from taskutils import PermanentTaskFailure, task
 from taskutils.codec import MAX_TRANSACTIONAL_PAYLOAD
 from taskutils.exc import PayloadError, PayloadTooLargeError
 from taskutils.spill import CHUNK_SIZE, TaskPayloadChunk
+
+import tasklib
 
 ENTITY_LIMIT = 1_048_572  # Datastore's largest entity, key included
 attempts: list[int] = []
