@@ -42,15 +42,16 @@ def emulator_client(host_port: str, api_version: str = "v2") -> Any:
     makes the client ignore credentials. ``api_version`` is ``"v2"`` (returns a
     ``tasks_v2.CloudTasksClient``) or ``"v2beta3"``.
     """
+    import importlib
+
     import grpc
 
-    if api_version == "v2beta3":
-        from google.cloud import tasks_v2beta3 as tasks
-    else:
-        from google.cloud import tasks_v2 as tasks
-    transport_cls = tasks.services.cloud_tasks.transports.CloudTasksGrpcTransport
+    if api_version not in ("v2", "v2beta3"):
+        raise ValueError(f"api_version must be 'v2' or 'v2beta3', got {api_version!r}")
+    tasks: Any = importlib.import_module(f"google.cloud.tasks_{api_version}")
+    transports: Any = importlib.import_module(f"google.cloud.tasks_{api_version}.services.cloud_tasks.transports")
     channel = grpc.insecure_channel(host_port)
-    return tasks.CloudTasksClient(transport=transport_cls(channel=channel))
+    return tasks.CloudTasksClient(transport=transports.CloudTasksGrpcTransport(channel=channel))
 
 
 def _cached_client(host_port: str, api_version: str) -> Any:
@@ -112,6 +113,31 @@ def restore_default_client() -> None:
         _installed_host = None
 
 
+def base_interpreter() -> str:
+    """The interpreter the running one was made from, outside any virtualenv.
+
+    A venv built from a venv's python (as Python 3.10 does for ``-m venv`` run
+    in a tox env) breaks when that venv is deleted; a cache must outlive it.
+    """
+    if sys.prefix == sys.base_prefix:
+        return sys.executable
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    candidates = [
+        getattr(sys, "_base_executable", ""),
+        os.path.join(sys.base_prefix, "bin", f"python{version}"),
+        os.path.join(sys.base_prefix, "bin", "python3"),
+        os.path.join(sys.base_prefix, "python.exe"),
+    ]
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and not _inside(candidate, sys.prefix):
+            return candidate
+    return sys.executable
+
+
+def _inside(path: str, directory: str) -> bool:
+    return os.path.commonpath([os.path.abspath(path), os.path.abspath(directory)]) == os.path.abspath(directory)
+
+
 @contextlib.contextmanager
 def _file_lock(path: str) -> Iterator[None]:
     """Hold an exclusive advisory lock on path (POSIX; no lock elsewhere)."""
@@ -169,7 +195,9 @@ class EmulatorProcess:
     short names become ``projects/{project}/locations/{location}/queues/NAME``
     (project/location default to ``GOOGLE_CLOUD_PROJECT``/``LOCATION_ID``).
     Tasks are POSTed to ``http://{target_host}:{target_port}{relative_uri}``.
-    ``max_retries=None`` retries failed tasks forever.
+    ``max_retries=None`` retries failed tasks forever. The venv is built from
+    ``base_python`` (default: :func:`base_interpreter`); gcloud-tasks-emulator
+    0.6.2 runs on Python 3.10-3.13.
     """
 
     def __init__(
@@ -186,6 +214,7 @@ class EmulatorProcess:
         log_path: str | None = None,
         startup_timeout: float = 30.0,
         package: str = EMULATOR_PACKAGE,
+        base_python: str | None = None,
     ) -> None:
         self.venv_dir = os.fspath(venv_dir)
         self.host, self.port = host, port
@@ -194,6 +223,7 @@ class EmulatorProcess:
         self.queues = [self.queue_path(q) for q in queues]
         self.target_host, self.target_port = target_host, target_port
         self.max_retries, self.package = max_retries, package
+        self.base_python = base_python or base_interpreter()
         self.startup_timeout = startup_timeout
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
@@ -231,7 +261,7 @@ class EmulatorProcess:
             logger.info("Installing %s into %s", self.package, self.venv_dir)
             started = time.monotonic()
             # --clear: a half-built venv, or one whose base interpreter is gone, is rebuilt.
-            subprocess.run([sys.executable, "-m", "venv", "--clear", self.venv_dir], check=True)
+            subprocess.run([self.base_python, "-m", "venv", "--clear", self.venv_dir], check=True)
             subprocess.run(
                 [self.python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", self.package],
                 check=True,
