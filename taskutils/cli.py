@@ -11,25 +11,16 @@ from collections.abc import Sequence
 from types import FrameType
 
 from . import __version__
-from .local import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_THREADS, LocalServer, cloudtasks_mode
+from .local import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_THREADS, LocalServer, StubLogFilter, cloudtasks_mode
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class _NameStubRecords(logging.Filter):
-    """Give the taskqueue stub's root-logger lines ("will retry in 0.2 seconds") a name."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "root" and record.pathname.endswith("taskqueue_stub.py"):
-            record.name = "taskqueue_stub"
-        return True
-
-
-def configure_logging(verbose: bool = False, stream: object = None) -> None:
-    """One line per task run from taskutils.local; the handler's own lines too when verbose."""
-    handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
+def configure_logging(verbose: bool = False) -> None:
+    """One line per task run from taskutils.local, on stderr; the handler's own lines too when verbose."""
+    handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
-    handler.addFilter(_NameStubRecords())
+    handler.addFilter(StubLogFilter())
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
@@ -53,10 +44,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("app", metavar="MODULE:ATTR", help="the WSGI app to serve, e.g. main:app")
     serve.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind, 0 for any free one (default: %(default)s)")
-    serve.add_argument("--queue-yaml", metavar="FILE", help="queue.yaml with the app's queues (default: every queue name is accepted)")
-    serve.add_argument("--datastore-path", metavar="FILE", help="keep the datastore in this file between runs (default: in memory)")
-    serve.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="waitress worker threads (default: %(default)s)")
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="port to bind, 0 for any free one (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--queue-yaml", metavar="FILE", help="queue.yaml with the app's queues (default: every queue name is accepted)"
+    )
+    serve.add_argument(
+        "--datastore-path", metavar="FILE", help="keep the datastore in this file between runs (default: in memory)"
+    )
+    serve.add_argument(
+        "--threads", type=int, default=DEFAULT_THREADS, help="waitress worker threads (default: %(default)s)"
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="also log the task handler's own line per task")
 
     demo = commands.add_parser(
@@ -64,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run example tasks through the local server and exit 0 when all of them ran",
         description="Start the local server on a free port with an example app, run example tasks, print a summary.",
     )
-    demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for every task (default: %(default)s)")
+    demo.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for every task (default: %(default)s)"
+    )
     return parser
 
 

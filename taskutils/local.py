@@ -73,7 +73,9 @@ class HTTPDispatcher(request_info.Dispatcher):
         if conn is not None:
             conn.close()
 
-    def _send(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+    def _send(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
         for attempt in (1, 2):
             conn, reused = self._connection()
             try:
@@ -127,16 +129,26 @@ class HTTPDispatcher(request_info.Dispatcher):
                 status, response_headers, content = "502 Bad Gateway", [], b""
                 log.warning(
                     "%s %s queue=%s task=%s retry=%s -> no answer from the server: %s: %s",
-                    method, relative_url, found.get("x-appengine-queuename"), found.get("x-appengine-taskname"),
-                    found.get("x-appengine-taskretrycount"), type(e).__name__, e,
+                    method,
+                    relative_url,
+                    found.get("x-appengine-queuename"),
+                    found.get("x-appengine-taskname"),
+                    found.get("x-appengine-taskretrycount"),
+                    type(e).__name__,
+                    e,
                 )
                 return request_info.ResponseTuple(status, response_headers, content)
             code = int(status.split(" ", 1)[0])
             log.log(
                 logging.INFO if 200 <= code < 300 else logging.WARNING,
                 "%s %s queue=%s task=%s retry=%s -> %s (%.1f ms)",
-                method, relative_url, found.get("x-appengine-queuename"), found.get("x-appengine-taskname"),
-                found.get("x-appengine-taskretrycount"), status, (time.perf_counter() - started) * 1000,
+                method,
+                relative_url,
+                found.get("x-appengine-queuename"),
+                found.get("x-appengine-taskname"),
+                found.get("x-appengine-taskretrycount"),
+                status,
+                (time.perf_counter() - started) * 1000,
             )
             return request_info.ResponseTuple(status, response_headers, content)
 
@@ -147,6 +159,15 @@ class HTTPDispatcher(request_info.Dispatcher):
         if finished:
             self._busy.release()
         return finished
+
+
+class StubLogFilter(logging.Filter):
+    """Name the taskqueue stub's root-logger lines ("will retry in 0.2 seconds") ``taskqueue_stub``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "root" and record.pathname.endswith("taskqueue_stub.py"):
+            record.name = "taskqueue_stub"
+        return True
 
 
 class _RequestInfo(request_info.RequestInfo):
@@ -276,8 +297,12 @@ class LocalServer:
         import waitress.server
 
         self._server = waitress.server.create_server(
-            self, host=self.host, port=self.requested_port, threads=self.threads,
-            ident="taskutils", clear_untrusted_proxy_headers=False,
+            self,
+            host=self.host,
+            port=self.requested_port,
+            threads=self.threads,
+            ident="taskutils",
+            clear_untrusted_proxy_headers=False,
         )
         self.port = int(self._server.effective_port)
         try:
@@ -301,7 +326,9 @@ class LocalServer:
         self._thread.start()
         log.info(
             "serving %s on %s (project %s, %s, signing key id %s)",
-            self._describe_app(), self.url, self.project,
+            self._describe_app(),
+            self.url,
+            self.project,
             f"queues from {self.queue_yaml}" if self.queue_yaml else "every queue name accepted",
             config.get_keyring().keys[0].key_id.hex(),
         )
@@ -312,7 +339,8 @@ class LocalServer:
             return self.app_spec
         if self.app_spec is None:
             return "taskutils.app"
-        return getattr(self.app_spec, "__qualname__", type(self.app_spec).__name__)
+        name = getattr(self.app_spec, "__qualname__", None) or type(self.app_spec).__qualname__
+        return f"{getattr(self.app_spec, '__module__', '?')}:{name}"
 
     def _serve(self) -> None:
         try:
@@ -428,4 +456,3 @@ class LocalServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-

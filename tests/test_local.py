@@ -7,8 +7,11 @@ it enqueues and posting each back over HTTP, the datastore and memcache stubs.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,15 +88,23 @@ def test_a_failing_task_is_retried_with_growing_backoff_until_it_succeeds(server
 
     attempts = wait_until_ok(server, "backoff")
 
-    assert [(a["retry_count"], a["outcome"]) for a in attempts] == [(0, "raised"), (1, "raised"), (2, "raised"), (3, "ok")]
-    gaps = [later["at"] - earlier["at"] for earlier, later in zip(attempts, attempts[1:])]
+    assert [(a["retry_count"], a["outcome"]) for a in attempts] == [
+        (0, "raised"),
+        (1, "raised"),
+        (2, "raised"),
+        (3, "ok"),
+    ]
+    gaps = [later["at"] - earlier["at"] for earlier, later in zip(attempts, attempts[1:], strict=False)]
     # queue.yaml: min_backoff_seconds 0.2, doubling: 0.2 s, 0.4 s, 0.8 s between attempts.
-    for gap, backoff in zip(gaps, (0.2, 0.4, 0.8)):
+    for gap, backoff in zip(gaps, (0.2, 0.4, 0.8), strict=True):
         assert gap >= backoff * 0.95, f"retried after {gap:.3f}s, before the {backoff}s backoff: {gaps}"
     assert gaps[2] < 5, gaps
     lines = server.wait_for(lambda: len(found := task_log_lines(server, enqueued["name"])) == 4 and found, "log lines")
     assert [re.search(r"retry=(\d) -> (\d{3})", line).groups() for line in lines] == [
-        ("0", "500"), ("1", "500"), ("2", "500"), ("3", "200")
+        ("0", "500"),
+        ("1", "500"),
+        ("2", "500"),
+        ("3", "200"),
     ]
 
 
@@ -254,3 +265,25 @@ def test_an_app_that_cannot_be_imported_is_reported_and_serve_exits_non_zero(sta
 
     assert proc.proc.wait(30) == 2
     assert "cannot start: ModuleNotFoundError" in proc.log()
+
+
+def test_the_demo_runs_every_kind_of_task_and_exits_0(tmp_path):
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TASKUTILS_SECRET_KEYS", "APPENGINE_USE_CLOUDTASK_PUSH_QUEUE")
+    }
+
+    done = subprocess.run(
+        [sys.executable, "-m", "taskutils", "demo", "--timeout", "60"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    for kind in ("plain", "nested", "recursive", "closure", "lambda", "flaky", "big"):
+        assert re.search(rf"^  ok +{kind} ", done.stdout, re.M), done.stdout
+    assert re.search(r"retry=2 -> 200 OK", done.stdout), done.stdout
+    assert "all 7 kinds of task ran" in done.stdout

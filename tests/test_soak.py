@@ -42,5 +42,7 @@ def test_ten_thousand_tasks_with_a_fifth_failing_first_all_succeed_exactly_once(
     assert final["succeeded"] == TASKS
     assert final["retries"] == TASKS // 5
     assert final["attempts"] == TASKS + TASKS // 5 == stats["attempts"]
-    print(f"\nsoak: {TASKS} tasks (+{final['retries']} retries) in {took:.1f}s, enqueued in {enqueued:.1f}s, "
-          f"{final['attempts'] / took:.0f} task runs/s over HTTP")
+    print(
+        f"\nsoak: {TASKS} tasks (+{final['retries']} retries) in {took:.1f}s, enqueued in {enqueued:.1f}s, "
+        f"{final['attempts'] / took:.0f} task runs/s over HTTP"
+    )
