@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import Any
+
 from taskutils import task
 
 
@@ -17,3 +21,40 @@ def item(n: int) -> int:
 
 work_task = task(work)
 item_task = task(item)
+
+
+class Countdown:
+    """Counts tasks run on the server's threads; ``done`` is set when the expected number ran."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._left = 0
+        self.done = threading.Event()
+
+    def expect(self, count: int) -> None:
+        with self._lock:
+            self._left = count
+            self.done.clear()
+
+    def tick(self) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left == 0:
+                self.done.set()
+
+
+countdown = Countdown()
+
+
+@task
+def served(n: int) -> None:
+    """The body run through the local server: count one more task done."""
+    countdown.tick()
+
+
+def bare_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """The smallest WSGI app that reads a POSTed body and answers 200, for the server baseline."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    environ["wsgi.input"].read(length)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+    return [b"OK\n"]

@@ -5,8 +5,8 @@ Run from the repository root with the installed package:
     python bench/run.py            # every comparison (about a minute on 2 cores)
     python bench/run.py --quick    # fewer rounds, for a smoke run
 
-Every comparison runs its operations in alternating rounds (A, B, A, B, ...,
-the order flipped every round) in this one process, on the same Google
+Every comparison runs its operations in alternating rounds (A, B, then B, A,
+and so on) in this one process, on the same Google
 taskqueue stub, and reports the median of the per-round ratios, with the
 median time per operation of each side. Logging is switched off for both
 sides while timing, and the garbage collector is paused inside each timed
@@ -36,6 +36,7 @@ from google.appengine.ext import deferred  # noqa: E402
 from google.appengine.ext.deferred import deferred as deferred_module  # noqa: E402
 
 import taskutils  # noqa: E402
+from taskutils.task import LIBRARY_HEADERS  # noqa: E402
 from taskutils.testing import TaskTestbed  # noqa: E402
 
 ARGS = (42, "monday")
@@ -78,9 +79,7 @@ def measure(sides: dict[str, Batch], rounds: int, number: int, reset: Callable[[
         reset()
         sides[name](max(1, number // 10))
     for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        if r % 2:
-            order.reverse()
+        order = names[r % len(names) :] + names[: r % len(names)]  # A, B / B, A / ...
         for name in order:
             reset()
             gc.collect()
@@ -125,7 +124,7 @@ class Bench:
         taskutils.configure(secret_keys=[])
         work_task, work = benchwork.work_task, benchwork.work
         sample = work_task(*ARGS, **KWARGS)
-        pre_pickled, url, headers = sample.payload, sample.url, dict(sample.headers)
+        pre_pickled, url, headers = sample.payload, sample.url, dict(LIBRARY_HEADERS)
         queue = self.queue
 
         def call(n: int) -> float:
@@ -274,6 +273,73 @@ class Bench:
                        float(ours), float(theirs), "taskutils bytes", "deferred bytes")], note
 
 
+def serve_comparison(rounds: int) -> list[Result]:
+    """Tasks per second through the local server (``python -m taskutils serve``) against requests
+    per second of a bare WSGI app on that same server, sent by that same dispatcher."""
+    from taskutils.local import LocalServer
+
+    number = 100
+    server = LocalServer(benchwork.bare_app, port=0).start()
+    try:
+        dispatcher = server.dispatcher
+        assert dispatcher is not None
+        body = benchwork.served._build((0,), {}).payload  # signed, as serve signs every task
+        # The request the taskqueue stub's executor sends for a task, to the bare app's URL.
+        headers = [
+            ("content-type", "application/octet-stream"),
+            ("X-AppEngine-QueueName", "default"),
+            ("X-AppEngine-TaskName", "task1"),
+            ("X-AppEngine-TaskRetryCount", "0"),
+            ("X-AppEngine-TaskETA", "1700000000.0"),
+            ("X-AppEngine-Fake-Is-Admin", "1"),
+            ("Content-Length", str(len(body))),
+            ("X-AppEngine-TaskExecutionCount", "0"),
+            ("host", f"{server.host}:{server.port}"),
+        ]
+
+        with_enqueue: list[float] = []
+
+        def tasks(n: int) -> float:
+            """Fan out n tasks with one .map; the time from all n queued to all n run."""
+            benchwork.countdown.expect(n)
+            start = time.perf_counter()
+            benchwork.served.map(range(n))  # one BulkAdd: nothing runs before all n are queued
+            queued = time.perf_counter()
+            if not benchwork.countdown.done.wait(120):
+                raise RuntimeError("the local server did not run every task")
+            done = time.perf_counter()
+            with_enqueue.append(done - start)
+            return done - queued
+
+        def requests(n: int) -> float:
+            t = time.perf_counter()
+            for _ in range(n):
+                answer = dispatcher.add_request("POST", "/bare", headers, body, "0.1.0.2")
+            elapsed = time.perf_counter() - t
+            if not answer.status.startswith("200"):
+                raise RuntimeError(f"the bare app answered {answer.status}")
+            return elapsed
+
+        times = measure({"tasks": tasks, "requests": requests}, rounds, number, lambda: None)
+    finally:
+        server.stop()
+    del with_enqueue[: len(with_enqueue) - rounds]  # drop the warm-up round
+    results = []
+    for name, task_times, at_least in (
+        ("tasks/s through `serve` over HTTP / req/s of a bare WSGI app, same server and client",
+         times["tasks"], 0.75),
+        ("the same, counting the `.map` that enqueues them", with_enqueue, None),
+    ):
+        ratio = statistics.median(b / a for a, b in zip(task_times, times["requests"]))
+        results.append(Result(
+            name, ratio, "(information)" if at_least is None else f"≥ {at_least}",
+            None if at_least is None else ratio >= at_least,
+            number / statistics.median(task_times), number / statistics.median(times["requests"]),
+            "tasks/s", "req/s",
+        ))
+    return results
+
+
 def table(results: list[Result]) -> str:
     lines = [
         "| comparison | median ratio | target | met | A | B |",
@@ -283,8 +349,8 @@ def table(results: list[Result]) -> str:
         met = "" if r.ok is None else ("yes" if r.ok else "**no**")
         if "bytes" in r.a_name:
             a, b = f"{r.a_us:.0f} B", f"{r.b_us:.0f} B"
-        elif "tasks/s" in r.a_name or "req/s" in r.a_name:
-            a, b = f"{r.a_name.split()[0]} /s: {r.a_us:.0f}", f"{r.b_name.split()[0]} /s: {r.b_us:.0f}"
+        elif r.a_name.endswith("/s"):
+            a, b = f"{r.a_us:.0f} {r.a_name}", f"{r.b_us:.0f} {r.b_name}"
         else:
             a, b = f"{r.a_name}: {r.a_us:.1f} µs", f"{r.b_name}: {r.b_us:.1f} µs"
         lines.append(f"| {r.name} | {r.ratio:.2f} | {r.target} | {met} | {a} | {b} |")
@@ -317,8 +383,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             results += found
             notes.append(note)
     finally:
-        logging.disable(logging.NOTSET)
         bench.bed.deactivate()
+    try:
+        if "serve" in only:
+            results += serve_comparison(rounds)
+    finally:
+        logging.disable(logging.NOTSET)
 
     print(f"taskutils {taskutils.__version__} bench: Python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, {rounds} rounds per comparison, medians of per-round ratios")
