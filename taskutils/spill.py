@@ -18,7 +18,7 @@ import weakref
 from google.appengine.api import datastore_errors, taskqueue
 from google.appengine.ext import ndb
 
-from .codec import MAX_PAYLOAD, MAX_TRANSACTIONAL_PAYLOAD
+from .codec import MAX_PAYLOAD, MAX_TRANSACTIONAL_PAYLOAD, POINTER, SIGNED, SIGNED_PREFIX
 from .exc import CorruptPayloadError, PayloadError, PayloadTooLargeError, SpilledPayloadMissingError
 
 log = logging.getLogger("taskutils.spill")
@@ -153,3 +153,13 @@ def delete(pointer: bytes) -> None:
         log.error(
             "could not delete spilled payload %s: its %d entities are left behind", group.id(), count, exc_info=True
         )
+
+
+def discard(body: bytes) -> None:
+    """Delete the spill behind a body taskutils framed itself, if it has one.
+
+    For a task that was built but could not be added (a named task that
+    already exists, a queue that does not), so its entities are not orphaned.
+    """
+    if body and body[0] & POINTER:
+        delete(body[SIGNED_PREFIX if body[0] & SIGNED else 1 :])

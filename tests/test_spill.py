@@ -8,7 +8,7 @@ from google.appengine.api import namespace_manager, taskqueue
 from google.appengine.ext import ndb
 from google.appengine.runtime import apiproxy_errors
 
-from taskutils import PermanentTaskFailure, task
+from taskutils import PermanentTaskFailure, spill, task
 from taskutils.codec import MAX_TRANSACTIONAL_PAYLOAD
 from taskutils.exc import PayloadError, PayloadTooLargeError
 from taskutils.spill import CHUNK_SIZE, TaskPayloadChunk
@@ -302,3 +302,14 @@ def test_a_failed_clean_up_is_logged_and_the_finished_task_is_not_run_again(task
 
     assert tasklib.ran == [((blob,), {})]
     assert any("left behind" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+
+
+def test_discarding_a_task_that_could_not_be_added_deletes_its_spill(task_testbed):
+    small = tasklib.record._build(("small",), {})
+    big = tasklib.record._build((os.urandom(300_000),), {})
+    assert chunks()
+
+    spill.discard(small.payload)
+    spill.discard(big.payload)
+
+    assert every_entity() == []
