@@ -133,7 +133,7 @@ def load(pointer: bytes) -> bytes:
             f"spilled payload {group.id()} lost {len(missing)} of its {count} entities (first: {missing[0]})"
         )
     data = b"".join(e.data for e in entities)
-    if not hashlib.sha256(data).hexdigest() == digest:
+    if hashlib.sha256(data).hexdigest() != digest:
         raise CorruptPayloadError(f"spilled payload {group.id()} does not match its digest")
     return data
 
