@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import logging
@@ -9,7 +10,7 @@ import os
 import re
 import sys
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from google.appengine.api import taskqueue
@@ -69,6 +70,24 @@ def _add_batch(queue: taskqueue.Queue, batch: list[taskqueue.Task], transactiona
                 e,
             )
     return [t if t.was_enqueued else queue.add(t) for t in batch]
+
+
+@contextlib.contextmanager
+def _spills_discarded_on_failure(built: list[taskqueue.Task], transactional: bool) -> Iterator[None]:
+    """Delete the spilled payloads of built tasks that an error kept from being added.
+
+    A transactional spill needs no help: the rollback takes it with the transaction.
+    """
+    try:
+        yield
+    except BaseException:
+        if not transactional:
+            from . import spill
+
+            for t in built:
+                if not t.was_enqueued:
+                    spill.discard(t.payload)
+        raise
 
 
 def _check_type(name: str, value: object, types_: type | tuple[type, ...], what: str) -> None:
@@ -232,7 +251,9 @@ class TaskFunction(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> taskqueue.Task:
         """Enqueue one push task that calls the wrapped callable with these arguments."""
-        return self._queue.add(self._build(args, kwargs), transactional=self._transactional)
+        built = self._build(args, kwargs)
+        with _spills_discarded_on_failure([built], self._transactional):
+            return self._queue.add(built, transactional=self._transactional)
 
     def map(self, iterable: Iterable[Any]) -> list[taskqueue.Task]:
         """Enqueue one task per item, the item its single argument; return the added tasks in order.
@@ -248,13 +269,14 @@ class TaskFunction(Generic[P, R]):
         by_url = self._named_by_url()
         added: list[taskqueue.Task] = []
         batch: list[taskqueue.Task] = []
-        for item in iterable:
-            batch.append(self._build((item,), {}, by_url))
-            if len(batch) == size:
+        with _spills_discarded_on_failure(batch, transactional):
+            for item in iterable:
+                batch.append(self._build((item,), {}, by_url))
+                if len(batch) == size:
+                    added += _add_batch(self._queue, batch, transactional)
+                    batch.clear()
+            if batch:
                 added += _add_batch(self._queue, batch, transactional)
-                batch = []
-        if batch:
-            added += _add_batch(self._queue, batch, transactional)
         return added
 
 

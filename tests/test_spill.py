@@ -313,3 +313,15 @@ def test_discarding_a_task_that_could_not_be_added_deletes_its_spill(task_testbe
     spill.discard(big.payload)
 
     assert every_entity() == []
+
+
+def test_a_named_big_task_that_already_exists_leaves_only_the_first_spill(task_testbed):
+    named = tasklib.record.options(name="only-once")
+    named(os.urandom(300_000))
+    first = {c.key for c in chunks()}
+    with pytest.raises(taskqueue.TaskAlreadyExistsError):
+        named(os.urandom(300_000))
+    assert {c.key for c in chunks()} == first
+    task_testbed.drain()
+    assert every_entity() == []
+
