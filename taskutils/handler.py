@@ -97,6 +97,9 @@ def _eta(value: str | None) -> datetime.datetime | None:
         return None
 
 
+_TAG_KEY = "HTTP_" + TAG_HEADER.upper().replace("-", "_")
+
+
 def _task_info(environ: Mapping[str, Any]) -> TaskInfo:
     queue = environ.get("HTTP_X_APPENGINE_QUEUENAME", "")
     return TaskInfo(
@@ -105,7 +108,7 @@ def _task_info(environ: Mapping[str, Any]) -> TaskInfo:
         retry_count=_int(environ.get("HTTP_X_APPENGINE_TASKRETRYCOUNT")),
         execution_count=_int(environ.get("HTTP_X_APPENGINE_TASKEXECUTIONCOUNT")),
         eta=_eta(environ.get("HTTP_X_APPENGINE_TASKETA")),
-        tag=environ.get("HTTP_" + TAG_HEADER.upper().replace("-", "_")),
+        tag=environ.get(_TAG_KEY),
     )
 
 
@@ -258,11 +261,22 @@ def handle(environ: dict[str, Any], start_response: StartResponse) -> list[bytes
     run = _Run(environ)
     status = run.answer()
     _log_line(run, status, started)
-    start_response(
-        f"{status.value} {status.phrase}",
-        [("Content-Type", "text/plain"), ("Content-Length", str(len(status.phrase) + 1))],
-    )
-    return [status.phrase.encode() + b"\n"]
+    line, headers, body = _response(status)
+    start_response(line, list(headers))
+    return [body]
+
+
+_responses: dict[HTTPStatus, tuple[str, tuple[tuple[str, str], ...], bytes]] = {}
+
+
+def _response(status: HTTPStatus) -> tuple[str, tuple[tuple[str, str], ...], bytes]:
+    """The status line, headers and body of an answer, made once per status."""
+    found = _responses.get(status)
+    if found is None:
+        body = status.phrase.encode() + b"\n"
+        headers = (("Content-Type", "text/plain"), ("Content-Length", str(len(body))))
+        found = _responses[status] = (f"{status.value} {status.phrase}", headers, body)
+    return found
 
 
 def under_route(path: str) -> bool:
