@@ -240,14 +240,16 @@ class TaskFunction(Generic[P, R]):
         path = settings.route + self._suffix
         flags = self._flags | (codec.BY_URL if by_url else 0)
         keyring = get_keyring()
-        try:
-            return taskqueue.Task(payload=codec.frame(path, data, flags, keyring), url=path, **self._task_kwargs)
-        except taskqueue.TaskTooLargeError:
-            from . import spill
+        if len(data) < taskqueue.MAX_PUSH_TASK_SIZE_BYTES:
+            try:
+                return taskqueue.Task(payload=codec.frame(path, data, flags, keyring), url=path, **self._task_kwargs)
+            except taskqueue.TaskTooLargeError:
+                pass  # the URL and headers tipped it over: spill
+        from . import spill
 
-            pointer = spill.store(self._suffix[1:], data, transactional=self._transactional, parent=self._parent)
-            payload = codec.frame(path, pointer, flags | codec.POINTER, keyring)
-            return taskqueue.Task(payload=payload, url=path, **self._task_kwargs)
+        pointer = spill.store(self._suffix[1:], data, transactional=self._transactional, parent=self._parent)
+        payload = codec.frame(path, pointer, flags | codec.POINTER, keyring)
+        return taskqueue.Task(payload=payload, url=path, **self._task_kwargs)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> taskqueue.Task:
         """Enqueue one push task that calls the wrapped callable with these arguments."""
