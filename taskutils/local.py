@@ -13,6 +13,7 @@ import http.client
 import importlib
 import logging
 import os
+import re
 import secrets
 import socket
 import threading
@@ -42,11 +43,29 @@ DISPATCH_TIMEOUT = 600.0  # App Engine gives a push task 10 minutes
 STOP_GRACE = 10.0  # how long stop() lets a running task finish
 
 
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+_UNSAFE_URL = re.compile(r"[\x00-\x20\x7f]")
+
+
+def _request(method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    """One HTTP/1.1 request as bytes: written in one send, headers and body together."""
+    if _UNSAFE_URL.search(url) or not url.startswith("/"):
+        raise ValueError(f"cannot send a task to URL {url!r}")
+    lines = [f"{method} {url} HTTP/1.1"]
+    for name, value in headers:
+        if _UNSAFE.search(name) or _UNSAFE.search(value) or ":" in name:
+            raise ValueError(f"cannot send header {name!r}")
+        lines.append(f"{name}: {value}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1") + body
+
+
 class HTTPDispatcher(request_info.Dispatcher):
     """Sends each task the stub's scheduler runs to the local server as an HTTP request.
 
-    One kept-alive connection per calling thread (the scheduler has one). A
-    task the server cannot be reached for answers 502, so the queue retries it.
+    One kept-alive connection per calling thread (the scheduler has one), and
+    each request written in one send. A task the server cannot be reached for
+    answers 502, so the queue retries it.
     """
 
     def __init__(self, host: str, port: int, timeout: float = DISPATCH_TIMEOUT) -> None:
@@ -57,33 +76,28 @@ class HTTPDispatcher(request_info.Dispatcher):
         self._busy = threading.Lock()
         self._closed = False
 
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn, True
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        conn.connect()
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._local.conn = conn
-        return conn, False
+    def _connection(self) -> tuple[socket.socket, bool]:
+        sock = getattr(self._local, "sock", None)
+        if sock is not None:
+            return sock, True
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._local.sock = sock
+        return sock, False
 
     def _drop_connection(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            conn.close()
+        sock = getattr(self._local, "sock", None)
+        self._local.sock = None
+        if sock is not None:
+            sock.close()
 
-    def _send(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
-    ) -> tuple[str, list[tuple[str, str]], bytes]:
+    def _send(self, request: bytes, method: str) -> tuple[str, list[tuple[str, str]], bytes]:
         for attempt in (1, 2):
-            conn, reused = self._connection()
+            sock, reused = self._connection()
             try:
-                conn.putrequest(method, url, skip_host=True, skip_accept_encoding=True)
-                for name, value in headers:
-                    conn.putheader(name, value)
-                conn.endheaders(body)
-                response = conn.getresponse()
+                sock.sendall(request)
+                response = http.client.HTTPResponse(sock, method=method)
+                response.begin()
                 content = response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 self._drop_connection()
@@ -117,13 +131,15 @@ class HTTPDispatcher(request_info.Dispatcher):
                 raise SystemExit
             data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
             sent = [(k, v) for k, v in headers if v is not None]
-            if not any(k.lower() == "host" for k, _ in sent):
-                sent.append(("Host", f"{self.host}:{self.port}"))
             found = {k.lower(): v for k, v in sent}
+            if "host" not in found:
+                sent.append(("Host", f"{self.host}:{self.port}"))
+            if "content-length" not in found:
+                sent.append(("Content-Length", str(len(data))))
             started = time.perf_counter()
             try:
-                status, response_headers, content = self._send(method, relative_url, sent, data)
-            except (OSError, http.client.HTTPException) as e:
+                status, response_headers, content = self._send(_request(method, relative_url, sent, data), method)
+            except (OSError, ValueError, http.client.HTTPException) as e:
                 if self._closed:
                     raise SystemExit from e
                 status, response_headers, content = "502 Bad Gateway", [], b""

@@ -129,7 +129,7 @@ def test_a_countdown_task_does_not_run_before_its_countdown(server):
 
 
 def test_a_named_task_is_added_once_and_its_name_stays_taken(server):
-    first = server.post("/enqueue/record?key=named&name=only-once")
+    first = server.post("/enqueue/record?key=named&name=only-once&countdown=1")
     status, second = server.request("POST", "/enqueue/record?key=named&name=only-once")
 
     [run] = wait_until_ok(server, "named")
