@@ -150,23 +150,32 @@ class _Short(logging.Formatter):
         return f"  {tag:<8} {record.getMessage()}"
 
 
-def _show_logs(stream: TextIO) -> Callable[[], None]:
-    """Print the server's lines (one per task run, the stub's retries) to stream; return an undo."""
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(_Short())
-    handler.addFilter(StubLogFilter())
-    local, root = logging.getLogger("taskutils.local"), logging.getLogger()
-    saved = local.level, root.level
-    local.setLevel(logging.INFO)
-    root.setLevel(logging.WARNING)
-    root.addHandler(handler)
+class _Console:
+    """The demo's output: its own lines and the server's log lines, one whole line at a time."""
 
-    def undo() -> None:
-        root.removeHandler(handler)
-        local.setLevel(saved[0])
-        root.setLevel(saved[1])
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.handler = logging.StreamHandler(out)
+        self.handler.setFormatter(_Short())
+        self.handler.addFilter(StubLogFilter())
+        self._local, self._root = logging.getLogger("taskutils.local"), logging.getLogger()
+        self._saved = self._local.level, self._root.level
 
-    return undo
+    def __enter__(self) -> _Console:
+        self._local.setLevel(logging.INFO)
+        self._root.setLevel(logging.WARNING)
+        self._root.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._root.removeHandler(self.handler)
+        self._local.setLevel(self._saved[0])
+        self._root.setLevel(self._saved[1])
+
+    def say(self, line: str) -> None:
+        with self.handler.lock:  # type: ignore[union-attr]
+            self.out.write(line + "\n")
+            self.out.flush()
 
 
 def _get(url: str, data: bytes | None = None) -> Any:
@@ -176,50 +185,48 @@ def _get(url: str, data: bytes | None = None) -> Any:
 
 def main(timeout: float = 60.0, out: TextIO = sys.stdout) -> int:
     """Run the demo; 0 when every kind of task ran, 1 after the timeout."""
-    undo = _show_logs(out)
     server = LocalServer(app, port=0)
-    try:
-        print("taskutils demo: App Engine push tasks, run locally by Google's own taskqueue stub", file=out)
-        server.start()
-        print(f"enqueueing {len(KINDS)} kinds of task from inside the app: {', '.join(KINDS)}", file=out, flush=True)
-        began = time.monotonic()
-        _get(server.url + "/start", data=b"")
-        shown: set[str] = set()
-        progress: dict[str, Any] = {"done": {}, "failed": {}, "runs": {}}
-        while time.monotonic() - began < timeout and not progress["failed"]:
-            progress = _get(server.url + "/progress")
-            for kind in KINDS:
-                if kind in progress["done"] and kind not in shown:
-                    shown.add(kind)
-                    print(f"  ok       {kind:<10} {progress['done'][kind]}", file=out, flush=True)
-            if len(shown) == len(KINDS):
-                break
-            time.sleep(0.05)
-        took = time.monotonic() - began
-        retries = progress["runs"].pop("retries", 0)
-        runs = sum(progress["runs"].values())
-        for kind, why in progress["failed"].items():
-            print(f"  FAILED   {kind:<10} {why}", file=out)
-        missing = [kind for kind in KINDS if kind not in shown]
-        if missing:
-            waited = "" if progress["failed"] else f"after {timeout:g}s, "
-            print(
-                f"FAILED: {waited}{len(shown)} of {len(KINDS)} kinds of task ran ({runs} task runs); "
-                f"missing: {', '.join(missing)}",
-                file=out,
-                flush=True,
-            )
-            return 1
-        print(
-            f"all {len(KINDS)} kinds of task ran: {runs} task runs over HTTP, {retries} of them retries, "
-            f"in {took:.1f}s",
-            file=out,
-            flush=True,
+    with _Console(out) as console:
+        try:
+            return _run(server, console, timeout)
+        except KeyboardInterrupt:
+            console.say("interrupted")
+            return 130
+        finally:
+            server.stop()
+
+
+def _run(server: LocalServer, console: _Console, timeout: float) -> int:
+    console.say("taskutils demo: App Engine push tasks, run locally by Google's own taskqueue stub")
+    server.start()
+    console.say(f"enqueueing {len(KINDS)} kinds of task from inside the app: {', '.join(KINDS)}")
+    began = time.monotonic()
+    _get(server.url + "/start", data=b"")
+    shown: set[str] = set()
+    progress: dict[str, Any] = {"done": {}, "failed": {}, "runs": {}}
+    while time.monotonic() - began < timeout and not progress["failed"]:
+        progress = _get(server.url + "/progress")
+        for kind in KINDS:
+            if kind in progress["done"] and kind not in shown:
+                shown.add(kind)
+                console.say(f"  ok       {kind:<10} {progress['done'][kind]}")
+        if len(shown) == len(KINDS):
+            break
+        time.sleep(0.05)
+    took = time.monotonic() - began
+    retries = progress["runs"].pop("retries", 0)
+    runs = sum(progress["runs"].values())
+    for kind, why in progress["failed"].items():
+        console.say(f"  FAILED   {kind:<10} {why}")
+    missing = [kind for kind in KINDS if kind not in shown]
+    if missing:
+        waited = "" if progress["failed"] else f"after {timeout:g}s, "
+        console.say(
+            f"FAILED: {waited}{len(shown)} of {len(KINDS)} kinds of task ran ({runs} task runs); "
+            f"missing: {', '.join(missing)}"
         )
-        return 0
-    except KeyboardInterrupt:
-        print("interrupted", file=out)
-        return 130
-    finally:
-        server.stop()
-        undo()
+        return 1
+    console.say(
+        f"all {len(KINDS)} kinds of task ran: {runs} task runs over HTTP, {retries} of them retries, in {took:.1f}s"
+    )
+    return 0
