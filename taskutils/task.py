@@ -81,13 +81,18 @@ def _spills_discarded_on_failure(built: list[taskqueue.Task], transactional: boo
     try:
         yield
     except BaseException:
-        if not transactional:
-            from . import spill
-
-            for t in built:
-                if not t.was_enqueued:
-                    spill.discard(t.payload)
+        _discard_spills(built, transactional)
         raise
+
+
+def _discard_spills(built: list[taskqueue.Task], transactional: bool) -> None:
+    """Delete the spilled payloads of built tasks that were not added (not needed when transactional)."""
+    if not transactional:
+        from . import spill
+
+        for t in built:
+            if not t.was_enqueued:
+                spill.discard(t.payload)
 
 
 def _check_type(name: str, value: object, types_: type | tuple[type, ...], what: str) -> None:
@@ -254,8 +259,11 @@ class TaskFunction(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> taskqueue.Task:
         """Enqueue one push task that calls the wrapped callable with these arguments."""
         built = self._build(args, kwargs)
-        with _spills_discarded_on_failure([built], self._transactional):
+        try:
             return self._queue.add(built, transactional=self._transactional)
+        except BaseException:  # a plain try costs nothing on this hot path; a context manager would
+            _discard_spills([built], self._transactional)
+            raise
 
     def map(self, iterable: Iterable[Any]) -> list[taskqueue.Task]:
         """Enqueue one task per item, the item its single argument; return the added tasks in order.
