@@ -145,7 +145,7 @@ def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def merge_options(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """Options of base overridden by extra; headers are merged, countdown and eta replace each other."""
+    """Options of base overridden by extra, checked; headers are merged, countdown and eta replace each other."""
     merged = dict(base)
     if "countdown" in extra or "eta" in extra:
         merged.pop("countdown", None)
@@ -155,7 +155,7 @@ def merge_options(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str
     merged.update(extra)
     if "headers" in base and "headers" in extra:
         merged["headers"] = {**base["headers"], **extra["headers"]}
-    return merged
+    return validate_options(merged)  # a merge can contradict, e.g. transactional= over name=
 
 
 def url_path_of(func: Callable[..., Any]) -> str:

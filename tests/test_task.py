@@ -134,6 +134,13 @@ def test_options_makes_a_new_task_function_for_one_call_or_many(task_testbed):
     assert tasklib.record.task_options == {}
 
 
+def test_merged_options_that_contradict_raise_type_error():
+    with pytest.raises(TypeError, match="transactional task cannot be named"):
+        task(tasklib.plain, transactional=True).options(name="x")
+    with pytest.raises(TypeError, match="transactional task cannot be named"):
+        task(task(tasklib.plain, name="x"), transactional=True)
+
+
 def test_options_can_swap_countdown_for_eta():
     eta = datetime.datetime(2030, 1, 1)
     swapped = tasklib.report.options(eta=eta)
