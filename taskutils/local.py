@@ -400,6 +400,16 @@ class LocalServer:
         )
         if self.queue_yaml is not None:
             self.taskqueue.GetQueues()  # parse queue.yaml now: a broken file fails at start, not at enqueue
+        # The scheduler thread walks the queue dict while an add may create a queue in it
+        # ("dictionary changed size during iteration" would end the scheduler): walk it under the lock.
+        group = self.taskqueue._GetGroup()
+        find_next = group.GetNextPushTask
+
+        def next_push_task() -> Any:
+            with lock:
+                return find_next()
+
+        group.GetNextPushTask = next_push_task
         self.datastore = datastore_file_stub.DatastoreFileStub(
             self.project,
             self.datastore_path,

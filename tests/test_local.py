@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,6 +221,24 @@ def test_without_queue_yaml_any_queue_name_works_and_the_project_comes_from_goog
     info = proc.get("/info")
     assert info["project"] == "my-local-project"
     assert info["key_app"] == "my-local-project"
+
+
+def test_tasks_keep_running_while_new_queues_appear(start):
+    proc = start().wait_ready("/ran")
+    count, clients = 3000, 6
+
+    def enqueue(first: int) -> None:
+        for i in range(first, count, clients):
+            proc.post(f"/enqueue/record?key=mq-{i}&queue=q{i}")
+
+    threads = [threading.Thread(target=enqueue, args=(k,)) for k in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    proc.wait_for(lambda: proc.get("/count?prefix=mq-") == count, f"{count} tasks in {count} new queues", every=0.2)
+    assert "Traceback" not in proc.log()
 
 
 def test_the_datastore_survives_a_restart_with_datastore_path(start, tmp_path):

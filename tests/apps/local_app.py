@@ -4,7 +4,8 @@
 answers JSON (``{"name": ..., "at": ...}``, or ``{"error": ...}`` with 400/409);
 ``GET /ran`` answers every attempt of every task, in order: ``key``, ``what``,
 ``outcome`` ("ok", "retry", "raised"), ``queue``, ``retry_count``, ``task_name``,
-``at``, plus what the task saw. ``POST /put?key=K&value=V`` and ``GET /get?key=K``
+``at``, plus what the task saw; ``GET /count?prefix=P`` counts successful runs whose key
+starts with P. ``POST /put?key=K&value=V`` and ``GET /get?key=K``
 write and read a Datastore entity; ``GET /info`` tells the project and how many
 spilled payload entities remain.
 """
@@ -114,6 +115,12 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     if path == "/ran" and method == "GET":
         with _lock:
             return _json(start_response, "200 OK", list(_ran))
+    if path == "/count" and method == "GET":
+        prefix = query.get("prefix", "")
+        with _lock:
+            return _json(
+                start_response, "200 OK", sum(r["key"].startswith(prefix) and r["outcome"] == "ok" for r in _ran)
+            )
     if path.startswith("/enqueue/") and method == "POST":
         try:
             return _json(start_response, "200 OK", _enqueue(path[len("/enqueue/") :], query.get("key", ""), query))
