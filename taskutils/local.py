@@ -291,6 +291,7 @@ class LocalServer:
         self._saved_apiproxy: Any = None
         self._own_keyring: config.KeyRing | None = None
         self._stopped = threading.Event()
+        self._scheduler_crashed = threading.Event()
         self._stop_lock = threading.Lock()
 
     @property
@@ -300,8 +301,8 @@ class LocalServer:
 
     @property
     def running(self) -> bool:
-        """True while the server thread serves requests."""
-        return self._thread is not None and self._thread.is_alive()
+        """True while the server serves requests and its scheduler runs tasks."""
+        return self._thread is not None and self._thread.is_alive() and not self._scheduler_crashed.is_set()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         # Every request gets a fresh ndb context, as on App Engine: no cache shared between requests.
@@ -410,6 +411,19 @@ class LocalServer:
                 return find_next()
 
         group.GetNextPushTask = next_push_task
+        scheduler = self.taskqueue._task_scheduler
+        main_loop = scheduler.MainLoop
+
+        def run_scheduler() -> None:
+            try:
+                main_loop()
+            except SystemExit:
+                pass  # the dispatcher ends the scheduler this way when the server stops
+            except BaseException:
+                self._scheduler_crashed.set()
+                log.critical("the task scheduler crashed: no task will run any more", exc_info=True)
+
+        scheduler.MainLoop = run_scheduler  # read when StartBackgroundExecution starts its thread
         self.datastore = datastore_file_stub.DatastoreFileStub(
             self.project,
             self.datastore_path,
