@@ -313,6 +313,8 @@ class LocalServer:
         """Bind, register the stubs, load the app, then serve in a background thread."""
         import waitress.server
 
+        if self._server is not None:
+            raise RuntimeError(f"{self.url} is already started")
         self._server = waitress.server.create_server(
             self,
             host=self.host,
@@ -401,8 +403,25 @@ class LocalServer:
         )
         if self.queue_yaml is not None:
             self.taskqueue.GetQueues()  # parse queue.yaml now: a broken file fails at start, not at enqueue
-        # The scheduler thread walks the queue dict while an add may create a queue in it
-        # ("dictionary changed size during iteration" would end the scheduler): walk it under the lock.
+        self._guard_scheduler(lock)
+        self.datastore = datastore_file_stub.DatastoreFileStub(
+            self.project,
+            self.datastore_path,
+            save_changes=self.datastore_path is not None,
+            use_atexit=False,
+            consistency_policy=datastore_stub_util.PseudoRandomHRConsistencyPolicy(probability=1),
+        )
+        stubs.RegisterStub("taskqueue", _Serialized(self.taskqueue, lock))
+        stubs.RegisterStub("datastore_v3", _Serialized(self.datastore, lock))
+        stubs.RegisterStub("memcache", memcache_stub.MemcacheServiceStub())
+        self._saved_apiproxy = apiproxy_stub_map.apiproxy
+        apiproxy_stub_map.apiproxy = stubs
+
+    def _guard_scheduler(self, lock: threading.RLock) -> None:
+        """Make the stub's scheduler thread safe to run beside request threads, and its death visible."""
+        assert self.taskqueue is not None
+        # The scheduler walks the queue dict while an add may create a queue in it; "dictionary
+        # changed size during iteration" would end the scheduler. It walks it under the stub lock.
         group = self.taskqueue._GetGroup()
         find_next = group.GetNextPushTask
 
@@ -424,18 +443,6 @@ class LocalServer:
                 log.critical("the task scheduler crashed: no task will run any more", exc_info=True)
 
         scheduler.MainLoop = run_scheduler  # read when StartBackgroundExecution starts its thread
-        self.datastore = datastore_file_stub.DatastoreFileStub(
-            self.project,
-            self.datastore_path,
-            save_changes=self.datastore_path is not None,
-            use_atexit=False,
-            consistency_policy=datastore_stub_util.PseudoRandomHRConsistencyPolicy(probability=1),
-        )
-        stubs.RegisterStub("taskqueue", _Serialized(self.taskqueue, lock))
-        stubs.RegisterStub("datastore_v3", _Serialized(self.datastore, lock))
-        stubs.RegisterStub("memcache", memcache_stub.MemcacheServiceStub())
-        self._saved_apiproxy = apiproxy_stub_map.apiproxy
-        apiproxy_stub_map.apiproxy = stubs
 
     def _ensure_signing(self) -> None:
         if not config.get_keyring():
@@ -457,8 +464,8 @@ class LocalServer:
                 log.warning("stopping while a task is still running")
             if self.taskqueue is not None:
                 self.taskqueue.Shutdown()
-            if self.running:
-                self._server.trigger.pull_trigger(self._close_sockets)
+            if self._thread is not None and self._thread.is_alive():
+                self._server.trigger.pull_trigger(self._close_sockets)  # run by the server's own thread
                 self._stopped.wait(grace)
             else:
                 self._close_sockets()
