@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from types import FrameType
 
@@ -69,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raised_in_user_code(error: BaseException) -> bool:
+    """True when the traceback passes through code that is neither taskutils nor importlib."""
+    ours = os.path.dirname(os.path.abspath(__file__))
+    return any(
+        not frame.filename.startswith((ours, "<frozen")) and os.sep + "importlib" + os.sep not in frame.filename
+        for frame in traceback.extract_tb(error.__traceback__)
+    )
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the local server until SIGINT or SIGTERM; 0 after a clean stop."""
     # On Cloud Tasks the emulator posts the tasks, so the handler's line is the line per task.
@@ -95,7 +106,9 @@ def serve(args: argparse.Namespace) -> int:
     try:
         try:
             server.start()
-        except (ImportError, AttributeError, TypeError, ValueError, OSError) as e:
+        except Exception as e:
+            if _raised_in_user_code(e):
+                traceback.print_exc()
             print(f"taskutils serve: cannot start: {type(e).__name__}: {e}", file=sys.stderr)
             return 2
         print(f"taskutils serve: {server.url} (Ctrl-C to stop)", flush=True)
