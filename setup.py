@@ -24,7 +24,10 @@ setup(
     extras_require={
         "test": ["pytest>=7", "webtest>=3", "hypothesis>=6", "flask>=2"],
     },
-    entry_points={"pytest11": ["taskutils = taskutils.pytest_plugin"]},
+    entry_points={
+        "pytest11": ["taskutils = taskutils.pytest_plugin"],
+        "console_scripts": ["taskutils = taskutils.cli:main"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3.10",
