@@ -223,16 +223,16 @@ class Bench:
 
     def handle(self) -> list[Result]:
         taskutils.configure(secret_keys=[])
-        ours = self.environ_for(benchwork.work_task(*ARGS, **KWARGS))
-        theirs = self.environ_for(deferred.defer(benchwork.work, *ARGS, **KWARGS))
-        our_body = benchwork.work_task(*ARGS, **KWARGS).payload
-        their_body = deferred.defer(benchwork.work, *ARGS, **KWARGS).payload
+        ours = benchwork.work_task(*ARGS, **KWARGS)
+        theirs = deferred.defer(benchwork.work, *ARGS, **KWARGS)
         statuses: list[str] = []
 
         def start_response(status: str, headers: Sequence[tuple[str, str]], exc_info: Any = None) -> None:
             statuses.append(status)
 
-        def batch(app: Any, template: dict[str, Any], body: bytes) -> Batch:
+        def batch(app: Any, task: taskqueue.Task) -> Batch:
+            template, body = self.environ_for(task), task.payload
+
             def run(n: int) -> float:
                 environs = [{**template, "wsgi.input": NonSeekable(body)} for _ in range(n)]
                 statuses.clear()
@@ -247,13 +247,20 @@ class Bench:
             return run
 
         number = 300
-        times = measure(
-            {"ours": batch(taskutils.app, ours, our_body),
-             "deferred": batch(deferred_module.application, theirs, their_body)},
-            self.rounds, number, lambda: None,
-        )
-        return [compare("`taskutils.app` per task / deferred's handler", times, "ours", "deferred", number, 1.5,
-                        "taskutils.app", "deferred handler")]
+        deferred_handler = batch(deferred_module.application, theirs)
+        times = measure({"ours": batch(taskutils.app, ours), "deferred": deferred_handler},
+                        self.rounds, number, lambda: None)
+        results = [compare("`taskutils.app` per task / deferred's handler", times, "ours", "deferred", number, 1.5,
+                           "taskutils.app", "deferred handler")]
+        taskutils.configure(secret_keys=["bench-secret"])
+        try:
+            signed = batch(taskutils.app, benchwork.work_task(*ARGS, **KWARGS))
+            times = measure({"signed": signed, "deferred": deferred_handler}, self.rounds, number, lambda: None)
+        finally:
+            taskutils.configure(secret_keys=[])
+        results.append(compare("`taskutils.app` per task, signed / deferred's handler", times, "signed", "deferred",
+                               number, None, "taskutils.app, signed", "deferred handler"))
+        return results
 
     # -- payload ----------------------------------------------------------
 
