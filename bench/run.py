@@ -2,15 +2,16 @@
 
 Run from the repository root with the installed package:
 
-    python bench/run.py            # every comparison (about a minute on 2 cores)
+    python bench/run.py            # every comparison (about 30 seconds on 2 cores)
     python bench/run.py --quick    # fewer rounds, for a smoke run
 
-Every comparison runs its operations in alternating rounds (A, B, then B, A,
-and so on) in this one process, on the same Google
-taskqueue stub, and reports the median of the per-round ratios, with the
-median time per operation of each side. Logging is switched off for both
-sides while timing, and the garbage collector is paused inside each timed
-batch, as timeit does.
+Every comparison runs its two sides in alternating rounds (A then B, B then
+A, ...) in this one process, on the same Google taskqueue stub, and reports
+the median of the per-round ratios with each side's median time per
+operation. Logging is off for both sides while timing, and the garbage
+collector is paused inside each timed batch, as timeit does. The serve rows
+start ``taskutils.local.LocalServer`` (what ``python -m taskutils serve``
+runs) on a free loopback port.
 """
 
 from __future__ import annotations
