@@ -94,7 +94,7 @@ def test_a_transactional_map_adds_at_most_5_tasks_per_rpc_and_only_on_commit(tas
 
 def test_a_transactional_map_over_the_transaction_limit_rolls_back_every_task(task_testbed, bulk_adds):
     # App Engine holds at most 5 tasks in one transaction: the second RPC fails, the whole transaction rolls back.
-    with pytest.raises(taskqueue.Error):
+    with pytest.raises(taskqueue.Error, match="maximum allowed 5"):
         ndb.transaction(lambda: collect_in_transaction.map(range(7)), xg=True)
 
     assert bulk_adds == [5, 2]
