@@ -9,17 +9,18 @@ in this process, in order, each as a dict with ``what``, ``id``, ``queue``,
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs
 
 from google.appengine.ext import ndb
 
 import taskutils
 from taskutils import task
+
+from wsgi_json import query as query_of
+from wsgi_json import respond
 
 _lock = threading.Lock()
 _ran: list[dict[str, Any]] = []
@@ -85,28 +86,22 @@ _ENQUEUE: dict[str, Callable[[str], Any]] = {
 }
 
 
-def _json(start_response: Callable[..., Any], status: str, body: Any) -> Iterable[bytes]:
-    data = json.dumps(body).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
-    return [data]
-
-
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """The app's own endpoints; ``serve`` mounts it beside ``taskutils.app``."""
     path = environ.get("PATH_INFO", "")
     method = environ.get("REQUEST_METHOD")
-    query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    query = query_of(environ)
     if path == "/ran" and method == "GET":
         with _lock:
-            return _json(start_response, "200 OK", list(_ran))
+            return respond(start_response, "200 OK", list(_ran))
     if path.startswith("/enqueue/") and method == "POST":
         kind = path[len("/enqueue/") :]
         item_id = query.get("id", "")
         if kind == "map":
             added = plain.map(f"{item_id}-{i}" for i in range(int(query.get("n", "3"))))
-            return _json(start_response, "200 OK", {"enqueued": [t.name for t in added]})
+            return respond(start_response, "200 OK", {"enqueued": [t.name for t in added]})
         enqueue = _ENQUEUE.get(kind)
         if enqueue is not None:
             added = enqueue(item_id)
-            return _json(start_response, "200 OK", {"enqueued": [added.name], "at": time.time()})
-    return _json(start_response, "404 Not Found", {"error": f"no {method} {path}"})
+            return respond(start_response, "200 OK", {"enqueued": [added.name], "at": time.time()})
+    return respond(start_response, "404 Not Found", {"error": f"no {method} {path}"})

@@ -13,13 +13,11 @@ spilled payload entities remain.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs
 
 from google.appengine.api import taskqueue
 from google.appengine.ext import ndb
@@ -27,6 +25,9 @@ from google.appengine.ext import ndb
 import taskutils
 from taskutils import task
 from taskutils.spill import TaskPayloadChunk
+
+from wsgi_json import query as query_of
+from wsgi_json import respond
 
 _lock = threading.Lock()
 _ran: list[dict[str, Any]] = []
@@ -101,41 +102,35 @@ def _enqueue(kind: str, key: str, query: dict[str, str]) -> dict[str, Any]:
     return {"name": added.name, "at": time.time(), **extra}
 
 
-def _json(start_response: Callable[..., Any], status: str, body: Any) -> Iterable[bytes]:
-    data = json.dumps(body).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
-    return [data]
-
-
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """The app's own endpoints; ``serve`` mounts it beside ``taskutils.app``."""
     path = environ.get("PATH_INFO", "")
     method = environ.get("REQUEST_METHOD")
-    query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    query = query_of(environ)
     if path == "/ran" and method == "GET":
         with _lock:
-            return _json(start_response, "200 OK", list(_ran))
+            return respond(start_response, "200 OK", list(_ran))
     if path == "/count" and method == "GET":
         prefix = query.get("prefix", "")
         with _lock:
-            return _json(
+            return respond(
                 start_response, "200 OK", sum(r["key"].startswith(prefix) and r["outcome"] == "ok" for r in _ran)
             )
     if path.startswith("/enqueue/") and method == "POST":
         try:
-            return _json(start_response, "200 OK", _enqueue(path[len("/enqueue/") :], query.get("key", ""), query))
+            return respond(start_response, "200 OK", _enqueue(path[len("/enqueue/") :], query.get("key", ""), query))
         except (taskqueue.TaskAlreadyExistsError, taskqueue.TombstonedTaskError) as e:
-            return _json(start_response, "409 Conflict", {"error": type(e).__name__})
+            return respond(start_response, "409 Conflict", {"error": type(e).__name__})
         except taskqueue.Error as e:
-            return _json(start_response, "400 Bad Request", {"error": type(e).__name__})
+            return respond(start_response, "400 Bad Request", {"error": type(e).__name__})
     if path == "/put" and method == "POST":
         Note(id=query["key"], value=query["value"]).put()
-        return _json(start_response, "200 OK", {})
+        return respond(start_response, "200 OK", {})
     if path == "/get" and method == "GET":
         note = Note.get_by_id(query["key"])
-        return _json(start_response, "200 OK", {"value": note.value if note else None})
+        return respond(start_response, "200 OK", {"value": note.value if note else None})
     if path == "/info" and method == "GET":
-        return _json(
+        return respond(
             start_response,
             "200 OK",
             {
@@ -144,4 +139,4 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
                 "spilled": TaskPayloadChunk.query().count(),
             },
         )
-    return _json(start_response, "404 Not Found", {"error": f"no {method} {path}"})
+    return respond(start_response, "404 Not Found", {"error": f"no {method} {path}"})

@@ -9,17 +9,18 @@ succeeded, the items that did not succeed exactly once, and the queue's depth.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs
 
 from google.appengine.api import taskqueue
 
 import taskutils
 from taskutils import task
+
+from wsgi_json import query as query_of
+from wsgi_json import respond
 
 _lock = threading.Lock()
 _attempts: Counter[int] = Counter()
@@ -61,19 +62,13 @@ def _stats(expected: int) -> dict[str, Any]:
     }
 
 
-def _json(start_response: Callable[..., Any], status: str, body: Any) -> Iterable[bytes]:
-    data = json.dumps(body).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
-    return [data]
-
-
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     path = environ.get("PATH_INFO", "")
-    query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    query = query_of(environ)
     if path == "/enqueue" and environ["REQUEST_METHOD"] == "POST":
         start, count = int(query["start"]), int(query["count"])
         added = work.map(range(start, start + count))
-        return _json(start_response, "200 OK", {"added": len(added)})
+        return respond(start_response, "200 OK", {"added": len(added)})
     if path == "/stats":
-        return _json(start_response, "200 OK", _stats(int(query.get("expected", "0"))))
-    return _json(start_response, "404 Not Found", {"error": path})
+        return respond(start_response, "200 OK", _stats(int(query.get("expected", "0"))))
+    return respond(start_response, "404 Not Found", {"error": path})
