@@ -31,7 +31,6 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import benchwork  # noqa: E402
 from google.appengine.api import taskqueue  # noqa: E402
 from google.appengine.ext import deferred  # noqa: E402
 from google.appengine.ext.deferred import deferred as deferred_module  # noqa: E402
@@ -39,6 +38,8 @@ from google.appengine.ext.deferred import deferred as deferred_module  # noqa: E
 import taskutils  # noqa: E402
 from taskutils.task import LIBRARY_HEADERS  # noqa: E402
 from taskutils.testing import TaskTestbed  # noqa: E402
+
+import benchwork  # noqa: E402
 
 ARGS = (42, "monday")
 KWARGS = {"limit": 2.5}
@@ -94,12 +95,20 @@ def measure(sides: dict[str, Batch], rounds: int, number: int, reset: Callable[[
 
 def ratio_of(times: dict[str, list[float]], a: str, b: str, number: int) -> tuple[float, float, float]:
     """Median of per-round ratios a/b, and the median µs per operation of a and of b."""
-    ratio = statistics.median(x / y for x, y in zip(times[a], times[b]))
+    ratio = statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
     return ratio, statistics.median(times[a]) / number * 1e6, statistics.median(times[b]) / number * 1e6
 
 
-def compare(name: str, times: dict[str, list[float]], a: str, b: str, number: int, at_most: float | None,
-            a_name: str, b_name: str) -> Result:
+def compare(
+    name: str,
+    times: dict[str, list[float]],
+    a: str,
+    b: str,
+    number: int,
+    at_most: float | None,
+    a_name: str,
+    b_name: str,
+) -> Result:
     """The Result of comparing side a with side b, against an upper target when given."""
     ratio, a_us, b_us = ratio_of(times, a, b, number)
     target = "(information)" if at_most is None else f"≤ {at_most}"
@@ -149,10 +158,17 @@ class Bench:
         number = 200
         times = measure({"call": call, "defer": defer, "bare": bare}, self.rounds, number, self.flush)
         results = [
-            compare("one `@task` call / `deferred.defer`", times, "call", "defer", number, 1.0,
-                    "@task call", "defer"),
-            compare("one `@task` call / bare `taskqueue.add` of a pre-pickled payload", times, "call", "bare",
-                    number, None, "@task call", "bare add"),
+            compare("one `@task` call / `deferred.defer`", times, "call", "defer", number, 1.0, "@task call", "defer"),
+            compare(
+                "one `@task` call / bare `taskqueue.add` of a pre-pickled payload",
+                times,
+                "call",
+                "bare",
+                number,
+                None,
+                "@task call",
+                "bare add",
+            ),
         ]
 
         taskutils.configure(secret_keys=["bench-secret"])
@@ -160,8 +176,18 @@ class Bench:
             signed = measure({"signed": call, "defer": defer}, self.rounds, number, self.flush)
         finally:
             taskutils.configure(secret_keys=[])
-        results.append(compare("one `@task` call, signed / `deferred.defer`", signed, "signed", "defer", number,
-                               None, "signed call", "defer"))
+        results.append(
+            compare(
+                "one `@task` call, signed / `deferred.defer`",
+                signed,
+                "signed",
+                "defer",
+                number,
+                None,
+                "signed call",
+                "defer",
+            )
+        )
         return results
 
     def fan_out(self) -> list[Result]:
@@ -182,8 +208,18 @@ class Bench:
             return time.perf_counter() - t
 
         times = measure({"map": mapped, "loop": loop}, self.rounds, number, self.flush)
-        return [compare("`.map` per task / a loop of single calls", times, "map", "loop", number, 0.6,
-                        ".map, per task", "single call")]
+        return [
+            compare(
+                "`.map` per task / a loop of single calls",
+                times,
+                "map",
+                "loop",
+                number,
+                0.6,
+                ".map, per task",
+                "single call",
+            )
+        ]
 
     # -- handle -----------------------------------------------------------
 
@@ -249,18 +285,39 @@ class Bench:
 
         number = 300
         deferred_handler = batch(deferred_module.application, theirs)
-        times = measure({"ours": batch(taskutils.app, ours), "deferred": deferred_handler},
-                        self.rounds, number, lambda: None)
-        results = [compare("`taskutils.app` per task / deferred's handler", times, "ours", "deferred", number, 1.5,
-                           "taskutils.app", "deferred handler")]
+        times = measure(
+            {"ours": batch(taskutils.app, ours), "deferred": deferred_handler}, self.rounds, number, lambda: None
+        )
+        results = [
+            compare(
+                "`taskutils.app` per task / deferred's handler",
+                times,
+                "ours",
+                "deferred",
+                number,
+                1.5,
+                "taskutils.app",
+                "deferred handler",
+            )
+        ]
         taskutils.configure(secret_keys=["bench-secret"])
         try:
             signed = batch(taskutils.app, benchwork.work_task(*ARGS, **KWARGS))
             times = measure({"signed": signed, "deferred": deferred_handler}, self.rounds, number, lambda: None)
         finally:
             taskutils.configure(secret_keys=[])
-        results.append(compare("`taskutils.app` per task, signed / deferred's handler", times, "signed", "deferred",
-                               number, None, "taskutils.app, signed", "deferred handler"))
+        results.append(
+            compare(
+                "`taskutils.app` per task, signed / deferred's handler",
+                times,
+                "signed",
+                "deferred",
+                number,
+                None,
+                "taskutils.app, signed",
+                "deferred handler",
+            )
+        )
         return results
 
     # -- payload ----------------------------------------------------------
@@ -277,8 +334,18 @@ class Bench:
         self.flush()
         ratio = ours / theirs
         note = f"payload bytes: taskutils {ours} (signed: {signed}), deferred {theirs}"
-        return [Result("payload bytes / deferred's (module-level function)", ratio, "≤ 1.0", ratio <= 1.0,
-                       float(ours), float(theirs), "taskutils bytes", "deferred bytes")], note
+        return [
+            Result(
+                "payload bytes / deferred's (module-level function)",
+                ratio,
+                "≤ 1.0",
+                ratio <= 1.0,
+                float(ours),
+                float(theirs),
+                "taskutils bytes",
+                "deferred bytes",
+            )
+        ], note
 
 
 def serve_comparison(rounds: int) -> list[Result]:
@@ -334,17 +401,22 @@ def serve_comparison(rounds: int) -> list[Result]:
     del with_enqueue[: len(with_enqueue) - rounds]  # drop the warm-up round
     results = []
     for name, task_times, at_least in (
-        ("tasks/s through `serve` over HTTP / req/s of a bare WSGI app, same server and client",
-         times["tasks"], 0.75),
+        ("tasks/s through `serve` over HTTP / req/s of a bare WSGI app, same server and client", times["tasks"], 0.75),
         ("the same, counting the `.map` that enqueues them", with_enqueue, None),
     ):
-        ratio = statistics.median(b / a for a, b in zip(task_times, times["requests"]))
-        results.append(Result(
-            name, ratio, "(information)" if at_least is None else f"≥ {at_least}",
-            None if at_least is None else ratio >= at_least,
-            number / statistics.median(task_times), number / statistics.median(times["requests"]),
-            "tasks/s", "req/s",
-        ))
+        ratio = statistics.median(b / a for a, b in zip(task_times, times["requests"], strict=True))
+        results.append(
+            Result(
+                name,
+                ratio,
+                "(information)" if at_least is None else f"≥ {at_least}",
+                None if at_least is None else ratio >= at_least,
+                number / statistics.median(task_times),
+                number / statistics.median(times["requests"]),
+                "tasks/s",
+                "req/s",
+            )
+        )
     return results
 
 
@@ -369,8 +441,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=41, help="rounds per comparison (default 41)")
     parser.add_argument("--quick", action="store_true", help="9 rounds: a smoke run, not figures to quote")
-    parser.add_argument("--only", choices=("enqueue", "map", "handle", "payload", "serve"), action="append",
-                        help="run only these comparisons (repeatable)")
+    parser.add_argument(
+        "--only",
+        choices=("enqueue", "map", "handle", "payload", "serve"),
+        action="append",
+        help="run only these comparisons (repeatable)",
+    )
     args = parser.parse_args(argv)
     rounds = 9 if args.quick else args.rounds
     only = set(args.only or ("enqueue", "map", "handle", "payload", "serve"))
@@ -398,8 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         logging.disable(logging.NOTSET)
 
-    print(f"taskutils {taskutils.__version__} bench: Python {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs, {rounds} rounds per comparison, medians of per-round ratios")
+    print(
+        f"taskutils {taskutils.__version__} bench: Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, {rounds} rounds per comparison, medians of per-round ratios"
+    )
     print()
     print(table(results))
     print()

@@ -324,4 +324,3 @@ def test_a_named_big_task_that_already_exists_leaves_only_the_first_spill(task_t
     assert {c.key for c in chunks()} == first
     task_testbed.drain()
     assert every_entity() == []
-
