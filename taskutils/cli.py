@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=DEFAULT_THREADS, help="waitress worker threads (default: %(default)s)"
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="also log the task handler's own line per task")
+    serve.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when the process that started this one exits (for test harnesses and tools)",
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -112,11 +117,15 @@ def serve(args: argparse.Namespace) -> int:
             print(f"taskutils serve: cannot start: {type(e).__name__}: {e}", file=sys.stderr)
             return 2
         print(f"taskutils serve: {server.url} (Ctrl-C to stop)", flush=True)
+        parent = os.getppid()
         while not stop.wait(0.5):
             if not server.running:
                 print("taskutils serve: the server stopped unexpectedly", file=sys.stderr)
                 server.stop()
                 return 1
+            if args.exit_with_parent and os.getppid() != parent:
+                print("taskutils serve: the parent process exited", file=sys.stderr)
+                break
         server.stop()
         print("taskutils serve: stopped", flush=True)
         return 0

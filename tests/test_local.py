@@ -279,6 +279,50 @@ def test_ctrl_c_with_tasks_still_queued_stops_promptly(start):
     assert "taskutils serve: stopped" in proc.log()
 
 
+LAUNCHER = """
+import subprocess, sys, time, urllib.request
+port = sys.argv[1]
+serve = subprocess.Popen(
+    [sys.executable, "-m", "taskutils", "serve", "local_app:app", "--port", port, "--exit-with-parent"],
+    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+)
+print(serve.pid, flush=True)
+for _ in range(600):
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/ran", timeout=1)
+        print("ready", flush=True)
+        break
+    except OSError:
+        time.sleep(0.05)
+"""
+
+
+def test_serve_started_with_exit_with_parent_stops_when_its_parent_dies():
+    from apps.serving import free_port
+
+    port = free_port()
+    launcher = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, str(port)],
+        cwd=APPS,
+        env={**os.environ, "PYTHONPATH": str(APPS)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    orphan = int(launcher.stdout.split()[0])
+    try:
+        assert launcher.stdout.split()[1:] == ["ready"]
+        deadline = time.monotonic() + 20
+        while not nothing_listens_on(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert nothing_listens_on(port)
+    finally:
+        try:
+            os.kill(orphan, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_an_app_that_cannot_be_imported_is_reported_and_serve_exits_non_zero(start):
     proc = start(spec="no_such_module:app")
 

@@ -47,7 +47,17 @@ class ServeProcess:
                 environ.pop(name, None)
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "taskutils", "serve", spec, "--port", str(self.port), *args],
+                [
+                    sys.executable,
+                    "-m",
+                    "taskutils",
+                    "serve",
+                    spec,
+                    "--port",
+                    str(self.port),
+                    "--exit-with-parent",
+                    *args,
+                ],
                 cwd=APPS,
                 env=environ,
                 stdin=subprocess.DEVNULL,
