@@ -153,7 +153,7 @@ def _load_call(path: str, flags: int, data: bytes) -> tuple[Callable[..., Any], 
 
 
 class _Run:
-    """One task request, answered by ``answer()`` as (status, extra headers)."""
+    """One task request; ``answer()`` checks it, runs it and returns the HTTP status."""
 
     def __init__(self, environ: dict[str, Any]) -> None:
         self.environ = environ
