@@ -75,11 +75,7 @@ def store(task_name: str, data: bytes, *, transactional: bool = False, parent: n
     at once, even when called inside a transaction.
     """
     if not transactional:
-        if len(data) > MAX_PAYLOAD:
-            raise PayloadTooLargeError(
-                f"task {task_name}: payload of {len(data)} bytes is over the {MAX_PAYLOAD} bytes taskutils carries"
-            )
-        return _write_outside_transaction(data, None)
+        return _write_outside_transaction(data, None)  # codec.dumps_call has held data to MAX_PAYLOAD
     if not ndb.in_transaction():
         raise taskqueue.BadTransactionStateError(
             f"task {task_name}: transactional=True needs a running ndb transaction"

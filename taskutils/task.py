@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import functools
 import logging
@@ -10,7 +9,7 @@ import os
 import re
 import sys
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from google.appengine.api import taskqueue
@@ -70,19 +69,6 @@ def _add_batch(queue: taskqueue.Queue, batch: list[taskqueue.Task], transactiona
                 e,
             )
     return [t if t.was_enqueued else queue.add(t) for t in batch]
-
-
-@contextlib.contextmanager
-def _spills_discarded_on_failure(built: list[taskqueue.Task], transactional: bool) -> Iterator[None]:
-    """Delete the spilled payloads of built tasks that an error kept from being added.
-
-    A transactional spill needs no help: the rollback takes it with the transaction.
-    """
-    try:
-        yield
-    except BaseException:
-        _discard_spills(built, transactional)
-        raise
 
 
 def _discard_spills(built: list[taskqueue.Task], transactional: bool) -> None:
@@ -261,7 +247,7 @@ class TaskFunction(Generic[P, R]):
         built = self._build(args, kwargs)
         try:
             return self._queue.add(built, transactional=self._transactional)
-        except BaseException:  # a plain try costs nothing on this hot path; a context manager would
+        except BaseException:
             _discard_spills([built], self._transactional)
             raise
 
@@ -279,7 +265,7 @@ class TaskFunction(Generic[P, R]):
         by_url = self._named_by_url()
         added: list[taskqueue.Task] = []
         batch: list[taskqueue.Task] = []
-        with _spills_discarded_on_failure(batch, transactional):
+        try:
             for item in iterable:
                 batch.append(self._build((item,), {}, by_url))
                 if len(batch) == size:
@@ -287,6 +273,9 @@ class TaskFunction(Generic[P, R]):
                     batch.clear()
             if batch:
                 added += _add_batch(self._queue, batch, transactional)
+        except BaseException:
+            _discard_spills(batch, transactional)
+            raise
         return added
 
 

@@ -324,3 +324,14 @@ def test_a_named_big_task_that_already_exists_leaves_only_the_first_spill(task_t
     assert {c.key for c in chunks()} == first
     task_testbed.drain()
     assert every_entity() == []
+
+
+def test_big_tasks_mapped_to_a_queue_that_refuses_them_leave_no_spill(tmp_path):
+    from taskutils.testing import TaskTestbed
+
+    queue_yaml = tmp_path / "queue.yaml"
+    queue_yaml.write_text("queue:\n- name: reports\n  rate: 5/s\n")
+    with TaskTestbed(queue_yaml):
+        with pytest.raises(taskqueue.UnknownQueueError):
+            tasklib.record.options(queue="nowhere").map([os.urandom(300_000), os.urandom(300_000)])
+        assert every_entity() == []
