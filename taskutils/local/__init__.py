@@ -27,8 +27,8 @@ from google.appengine.api.taskqueue import taskqueue_stub
 from google.appengine.datastore import datastore_stub_util
 from google.appengine.ext import ndb
 
-from . import config
-from .handler import mount
+from .. import config
+from ..handler import mount
 
 log = logging.getLogger("taskutils.local")
 
@@ -328,7 +328,7 @@ class LocalServer:
             self._set_environment()
             self._register_stubs()
             if cloudtasks_mode():
-                from . import cloudtasks
+                from .. import cloudtasks
 
                 cloudtasks.use_emulator_from_env()
                 log.info("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE is on: tasks go to Cloud Tasks, which posts them here")
