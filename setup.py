@@ -4,7 +4,7 @@ with open("README.md", encoding="utf-8") as f:
     long_description = f.read()
 
 setup(
-    name="taskutils",
+    name="taskutils-gae",
     version="0.1.0",
     description="Run any Python callable as a Google App Engine push task: @task",
     long_description=long_description,
@@ -22,7 +22,7 @@ setup(
         "legacy-cgi>=2.6; python_version >= '3.13'",
     ],
     extras_require={
-        "test": ["pytest>=7", "webtest>=3", "hypothesis>=6", "flask>=2"],
+        "test": ["pytest>=7", "webtest>=3", "hypothesis>=6", "flask>=2", "selenium>=4.10"],
     },
     entry_points={
         "pytest11": ["taskutils = taskutils.pytest_plugin"],

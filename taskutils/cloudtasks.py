@@ -5,7 +5,7 @@ SDK sends push tasks through ``tasks_v2.CloudTasksClient``;
 :func:`use_emulator_from_env` sends them to the ``gcloud-tasks-emulator`` at
 ``$CLOUD_TASKS_EMULATOR_HOST``, and :class:`EmulatorProcess` runs that emulator
 from its own virtualenv, bound to loopback. Emulator behaviour and limits:
-``.notes/cloudtasks-emulator.md``.
+``docs/cloudtasks-emulator.md``.
 """
 
 from __future__ import annotations
