@@ -190,13 +190,15 @@ def unframe(path: str, body: bytes, keyring: KeyRing) -> tuple[int, bytes]:
     if len(body) < SIGNED_PREFIX:
         raise SignatureError("payload is truncated")
     key_id = body[1 : 1 + KEY_ID_SIZE]
-    key = keyring.find(key_id)
-    if key is None:
+    keys = keyring.find(key_id)
+    if not keys:
         raise SignatureError(f"payload is signed with key id {key_id.hex()}, which is not in the key ring")
     data = body[SIGNED_PREFIX:]
-    if not hmac.compare_digest(body[1 + KEY_ID_SIZE : SIGNED_PREFIX], _mac(key.secret, header, path, data)):
-        raise SignatureError(f"bad signature (key id {key_id.hex()})")
-    return header & 0xF, data
+    mac = body[1 + KEY_ID_SIZE : SIGNED_PREFIX]
+    for key in keys:  # more than one only when two secrets' ids collide
+        if hmac.compare_digest(mac, _mac(key.secret, header, path, data)):
+            return header & 0xF, data
+    raise SignatureError(f"bad signature (key id {key_id.hex()})")
 
 
 def key_id_of(body: bytes) -> str:

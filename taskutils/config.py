@@ -32,11 +32,18 @@ class Key:
 
 
 class KeyRing:
-    """The first key signs; every key verifies, so keys can be rotated."""
+    """The first key signs; every key verifies, so keys can be rotated.
+
+    Key ids are short, so two secrets can share one: a payload is then checked
+    against every key with its id.
+    """
 
     def __init__(self, secrets: Iterable[str | bytes]) -> None:
         self.keys: tuple[Key, ...] = tuple(Key.from_secret(s) for s in secrets)
-        self._by_id = {k.key_id: k for k in self.keys}
+        by_id: dict[bytes, tuple[Key, ...]] = {}
+        for k in self.keys:
+            by_id[k.key_id] = by_id.get(k.key_id, ()) + (k,)
+        self._by_id = by_id
 
     def __bool__(self) -> bool:
         return bool(self.keys)
@@ -45,8 +52,9 @@ class KeyRing:
     def signing_key(self) -> Key | None:
         return self.keys[0] if self.keys else None
 
-    def find(self, key_id: bytes) -> Key | None:
-        return self._by_id.get(key_id)
+    def find(self, key_id: bytes) -> tuple[Key, ...]:
+        """Every key in the ring with this id, in ring order; () when none has it."""
+        return self._by_id.get(key_id, ())
 
     @classmethod
     def from_env(cls) -> KeyRing:

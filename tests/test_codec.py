@@ -209,3 +209,28 @@ def test_there_is_no_unsigned_warning_with_keys_or_outside_production(task_testb
 
     assert len(tasklib.ran) == 2
     assert not [r for r in caplog.records if "unsigned" in r.getMessage()]
+
+
+# Two secrets whose 4-byte key ids collide (found by search once; asserted below).
+COLLIDING = ("key-3776", "key-92154")
+
+
+def test_the_colliding_pair_really_shares_a_key_id():
+    first, second = KeyRing(COLLIDING).keys
+
+    assert first.key_id == second.key_id and first.secret != second.secret
+
+
+@pytest.mark.parametrize("signer", COLLIDING)
+def test_two_keys_whose_ids_collide_both_verify_in_either_order(signer):
+    body = codec.frame(PATH, DATA, 0, KeyRing([signer]))
+
+    for order in (COLLIDING, COLLIDING[::-1]):
+        assert codec.unframe(PATH, body, KeyRing(order))[1] == DATA
+
+
+def test_a_key_sharing_the_signers_id_but_not_its_secret_still_refuses_the_payload():
+    body = codec.frame(PATH, DATA, 0, KeyRing([COLLIDING[0]]))
+
+    with pytest.raises(SignatureError, match="bad signature"):
+        codec.unframe(PATH, body, KeyRing([COLLIDING[1]]))

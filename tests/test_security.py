@@ -258,6 +258,20 @@ def test_a_task_enqueued_under_the_old_key_runs_while_the_old_key_is_still_in_th
     assert ndb.Query().fetch(keys_only=True) == []
 
 
+def test_tasks_signed_by_either_of_two_keys_whose_ids_collide_both_run(task_testbed):
+    colliding = ("key-3776", "key-92154")  # one 4-byte key id, two secrets
+    assert len({k.key_id for k in KeyRing(colliding).keys}) == 1
+    taskutils.configure(secret_keys=[colliding[1]])
+    tasklib.record("signed by the old key")
+    taskutils.configure(secret_keys=list(colliding))
+    tasklib.record("signed by the new key")
+
+    statuses = [task_testbed.post(queued)[0] for queued in task_testbed.tasks()]
+
+    assert statuses == [200, 200]
+    assert sorted(args for args, _ in tasklib.ran) == [("signed by the new key",), ("signed by the old key",)]
+
+
 def test_once_the_old_key_is_dropped_its_tasks_are_refused(task_testbed):
     taskutils.configure(secret_keys=[OLD_KEY])
     tasklib.record("enqueued under the old key")
