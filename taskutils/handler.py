@@ -6,6 +6,7 @@ import contextvars
 import datetime
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,12 @@ log = logging.getLogger("taskutils.handler")
 MAX_BODY = 1 << 20
 TASKQUEUE_SOURCE = "0.1.0.2"
 EXC_INFO_KEY = "taskutils.exc_info"
+ERROR_HEADER = "X-Taskutils-Error"
+ERROR_LINE_MAX = 200
+# A task asking to be retried, and a task whose code is not deployed (yet), answer neither 503
+# nor 429: Cloud Tasks reads those as "overloaded" and slows the whole queue down.
+RETRY_STATUS = HTTPStatus.REQUEST_TIMEOUT  # what deferred answers for SingularTaskFailure
+MISSING_CODE_STATUS = HTTPStatus.INTERNAL_SERVER_ERROR
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -81,6 +88,32 @@ class Headers(Mapping[str, str]):
 
     def __repr__(self) -> str:
         return f"Headers({self._items!r})"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: object) -> str:
+    """text with control characters escaped (``\\x0a``): safe in one log line."""
+    text = text if isinstance(text, str) else str(text)
+    return _CONTROL.sub(_escape_char, text)
+
+
+def error_line(error: BaseException) -> str:
+    """``ExceptionType: message`` on one ASCII line of at most 200 characters, for the answer's header."""
+    try:
+        message = str(error)
+    except Exception:
+        message = "<unprintable>"
+    text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    text = _CONTROL.sub(_escape_char, text)
+    return text if len(text) <= ERROR_LINE_MAX else text[: ERROR_LINE_MAX - 3] + "..."
 
 
 def _int(value: str | None) -> int:
@@ -162,9 +195,10 @@ class _Run:
         self.pointer: bytes | None = None
         self.key_id = ""
         self.outcome: tuple[str, int, BaseException | None] = ("ok", logging.INFO, None)
+        self.error_line: str | None = None
 
     def refuse(self, status: HTTPStatus, why: str) -> HTTPStatus:
-        log.warning("refused %s %s: %s", self.environ.get("REQUEST_METHOD"), self.path, why)
+        log.warning("refused %s %s: %s", escape(self.environ.get("REQUEST_METHOD")), escape(self.path), escape(why))
         return status
 
     def answer(self) -> HTTPStatus:
@@ -209,13 +243,13 @@ class _Run:
             self.fail(e, f"dropped: {e}", logging.ERROR)
             return self.finish(HTTPStatus.OK)
         except MissingTaskCodeError as e:
-            self.fail(e, f"retry: {e}", logging.ERROR)
-            return HTTPStatus.SERVICE_UNAVAILABLE
+            self.fail(e, f"retry: {e}", logging.ERROR, answered=True)
+            return MISSING_CODE_STATUS
         except (RetryTaskException, SingularTaskFailure) as e:
-            self.fail(e, "retry requested", logging.INFO)
-            return HTTPStatus.SERVICE_UNAVAILABLE
-        except Exception as e:
-            self.fail(e, "failed", logging.ERROR, trace=True)
+            self.fail(e, "retry requested", logging.INFO, answered=True)
+            return RETRY_STATUS
+        except BaseException as e:  # SystemExit, KeyboardInterrupt...: the task's, never the server's
+            self.fail(e, "failed", logging.ERROR, trace=True, answered=True)
             return HTTPStatus.INTERNAL_SERVER_ERROR
         return self.finish(HTTPStatus.OK)
 
@@ -226,9 +260,12 @@ class _Run:
             spill.delete(self.pointer)
         return status
 
-    def fail(self, error: BaseException, outcome: str, level: int, trace: bool = False) -> None:
+    def fail(self, error: BaseException, outcome: str, level: int, trace: bool = False, answered: bool = False) -> None:
+        """Record a failure; answered=True puts its error line in the non-2xx answer."""
         self.environ[EXC_INFO_KEY] = error
         self.outcome = (outcome, level, error if trace else None)
+        if answered:
+            self.error_line = error_line(error)
 
 
 def _log_line(run: _Run, status: HTTPStatus, started: float) -> None:
@@ -239,13 +276,13 @@ def _log_line(run: _Run, status: HTTPStatus, started: float) -> None:
     log.log(
         level,
         "task %s queue=%s name=%s retry=%d key=%s -> %d %s (%.1f ms)",
-        run.path,
-        info.queue_name,
-        info.task_name,
+        escape(run.path),
+        escape(info.queue_name),
+        escape(info.task_name),
         info.retry_count,
         run.key_id or "-",
         status.value,
-        outcome,
+        escape(outcome),
         (time.perf_counter() - started) * 1000,
         exc_info=error,
     )
@@ -254,7 +291,9 @@ def _log_line(run: _Run, status: HTTPStatus, started: float) -> None:
 def handle(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
     """Run the task posted in environ and answer as the queue expects."""
     if environ.get("REQUEST_METHOD") != "POST":
-        log.warning("refused %s %s: tasks are POSTed", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+        log.warning(
+            "refused %s %s: tasks are POSTed", escape(environ.get("REQUEST_METHOD")), escape(environ.get("PATH_INFO"))
+        )
         start_response("405 Method Not Allowed", [("Allow", "POST"), ("Content-Type", "text/plain")])
         return [b"tasks are POSTed\n"]
     started = time.perf_counter()
@@ -262,7 +301,10 @@ def handle(environ: dict[str, Any], start_response: StartResponse) -> list[bytes
     status = run.answer()
     _log_line(run, status, started)
     line, headers, body = _response(status)
-    start_response(line, list(headers))
+    if run.error_line is None:
+        start_response(line, list(headers))
+    else:
+        start_response(line, [*headers, (ERROR_HEADER, run.error_line)])
     return [body]
 
 

@@ -121,6 +121,8 @@ def test_a_requested_retry_is_answered_non_2xx_without_a_traceback(client, task_
     response = client.post(url, body, headers=TASK_HEADERS, expect_errors=True)
 
     assert not 200 <= response.status_int < 300
+    assert response.status_int not in (429, 503), "503 and 429 throttle the whole queue on Cloud Tasks"
+    assert response.headers["X-Taskutils-Error"].split(":")[0] in ("RetryTaskException", "SingularTaskFailure")
     assert all(r.exc_info is None for r in task_log.records)
     assert all(r.levelno < logging.ERROR for r in task_log.records)
 
@@ -134,6 +136,90 @@ def test_any_other_exception_is_answered_500_with_the_traceback_logged(client, t
     (line,) = [r for r in task_log.records if r.name == "taskutils.handler"]
     assert line.levelno == logging.ERROR and line.exc_info[0] is ValueError
     assert "boom" not in response.text
+    assert response.headers["X-Taskutils-Error"] == "ValueError: boom"
+
+
+def test_the_error_line_of_an_answer_is_one_escaped_ascii_line_of_at_most_200_characters(client):
+    @task
+    def shout():
+        raise RuntimeError("first line\r\nX-Forged: yes\x00 café " + "long " * 100)
+
+    url, body = payload_of(shout)
+
+    response = client.post(url, body, headers=TASK_HEADERS, expect_errors=True)
+
+    line = response.headers["X-Taskutils-Error"]
+    assert response.status_int == 500
+    assert line.startswith("RuntimeError: first line\\x0d\\x0aX-Forged: yes\\x00 caf\\xe9 long")
+    assert len(line) <= 200 and line.isascii() and line.isprintable()
+    assert "X-Forged" not in response.headers
+
+
+class Abandon(BaseException):
+    """Not an Exception: a task can still raise it."""
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt(), GeneratorExit(), Abandon("gave up")])
+def test_a_task_raising_a_base_exception_answers_500_with_its_traceback_and_the_server_carries_on(
+    client, task_log, error
+):
+    @task
+    def bail_out():
+        raise error
+
+    url, body = payload_of(bail_out)
+
+    response = client.post(url, body, headers=TASK_HEADERS, expect_errors=True)
+
+    assert response.status_int == 500
+    assert response.headers["X-Taskutils-Error"].startswith(type(error).__name__)
+    (line,) = [r for r in task_log.records if r.name == "taskutils.handler"]
+    assert line.levelno == logging.ERROR and line.exc_info[0] is type(error)
+    assert client.post(*payload_of(tasklib.record, "after"), headers=TASK_HEADERS).status_int == 200
+
+
+def test_answers_that_are_not_the_tasks_failure_carry_no_error_line(client):
+    url, body = payload_of(tasklib.record, "fine")
+
+    assert "X-Taskutils-Error" not in client.post(url, body, headers=TASK_HEADERS).headers
+    refused = client.post(url, body, headers={"X-AppEngine-QueueName": "default"}, expect_errors=True)
+    assert refused.status_int == 403 and "X-Taskutils-Error" not in refused.headers
+
+
+FORGED = "\n2026-01-01 INFO taskutils.handler forged line\r\x1b[2J\u2028"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"REQUEST_METHOD": "GET" + FORGED, "PATH_INFO": "/_ah/task/x" + FORGED},
+        {"PATH_INFO": "/_ah/task/x" + FORGED, "HTTP_X_APPENGINE_TASKNAME": None},
+        {"PATH_INFO": "/_ah/task/x" + FORGED, "CONTENT_LENGTH": "1" + FORGED},
+        {"PATH_INFO": "/_ah/task/tasklib" + FORGED + "/record" + FORGED},
+        {"HTTP_X_APPENGINE_TASKNAME": "t" + FORGED, "HTTP_X_APPENGINE_QUEUENAME": "q" + FORGED},
+    ],
+    ids=["method", "no-headers", "length", "path", "names"],
+)
+def test_nothing_a_request_sends_reaches_a_log_line_raw(task_testbed, task_log, overrides):
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/_ah/task/tasklib/nowhere",
+        "CONTENT_LENGTH": "3",
+        "wsgi.input": io.BytesIO(b"\x99no"),
+        "HTTP_X_APPENGINE_TASKNAME": "t1",
+        "HTTP_X_APPENGINE_QUEUENAME": "default",
+        "HTTP_X_APPENGINE_TASKRETRYCOUNT": "0",
+    }
+    environ.update(overrides)
+    environ = {k: v for k, v in environ.items() if v is not None}
+
+    taskutils.app(environ, lambda status, headers, exc_info=None: None)
+
+    messages = [r.getMessage() for r in task_log.records if r.name.startswith("taskutils")]
+    assert messages
+    for message in messages:
+        assert message.isprintable(), message
+    assert any("\\x0a2026-01-01" in m for m in messages)
 
 
 def test_a_task_whose_code_is_gone_is_retried_and_logged_naming_it(client, task_log, monkeypatch):
@@ -143,6 +229,8 @@ def test_a_task_whose_code_is_gone_is_retried_and_logged_naming_it(client, task_
     response = client.post(url, body, headers=TASK_HEADERS, expect_errors=True)
 
     assert not 200 <= response.status_int < 300
+    assert response.status_int not in (429, 503), "503 and 429 throttle the whole queue on Cloud Tasks"
+    assert response.headers["X-Taskutils-Error"].startswith("MissingTaskCodeError: ")
     (line,) = [r for r in task_log.records if r.levelno == logging.ERROR]
     assert "tasklib" in line.getMessage() and "record" in line.getMessage()
 
@@ -159,7 +247,7 @@ def test_a_nested_task_whose_module_is_gone_is_retried(client, task_log, monkeyp
 
     response = client.post(url, body, headers=TASK_HEADERS, expect_errors=True)
 
-    assert response.status_int == 503
+    assert not 200 <= response.status_int < 300 and response.status_int not in (429, 503)
     assert "vanishing" in task_log.text
 
 
