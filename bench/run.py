@@ -221,6 +221,45 @@ class Bench:
             )
         ]
 
+    # -- big payloads ----------------------------------------------------
+
+    def sizes(self) -> list[Result]:
+        """A 90 KB argument (the most a task carries) and a 200 KB one (spilled to Datastore) against deferred."""
+        work_task, work = benchwork.work_task, benchwork.work
+        results = []
+        for size, number, at_most, label in (
+            (90_000, 200, 1.0, "90 KB argument"),
+            (200_000, 50, 1.3, "200 KB, spilled"),
+        ):
+            blob = os.urandom(size)
+
+            def call(n: int, blob: bytes = blob) -> float:
+                t = time.perf_counter()
+                for _ in range(n):
+                    work_task(42, blob)
+                return time.perf_counter() - t
+
+            def defer(n: int, blob: bytes = blob) -> float:
+                t = time.perf_counter()
+                for _ in range(n):
+                    deferred.defer(work, 42, blob)
+                return time.perf_counter() - t
+
+            for keys, name, side in (([], "", "@task call"), (["bench-secret"], ", signed", "signed call")):
+                taskutils.configure(secret_keys=keys)
+                try:
+                    times = measure({"call": call, "defer": defer}, self.rounds, number, self.reset_all)
+                finally:
+                    taskutils.configure(secret_keys=[])
+                row = f"one `@task` call / `deferred.defer`, {label}{name}"
+                results.append(compare(row, times, "call", "defer", number, None if keys else at_most, side, "defer"))
+        return results
+
+    def reset_all(self) -> None:
+        """Empty the queue and Datastore (both sides' spilled entities), untimed."""
+        self.flush()
+        self.bed.testbed.get_stub("datastore_v3").Clear()
+
     # -- handle -----------------------------------------------------------
 
     def environ_for(self, task: taskqueue.Task) -> dict[str, Any]:
@@ -443,13 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="9 rounds: a smoke run, not figures to quote")
     parser.add_argument(
         "--only",
-        choices=("enqueue", "map", "handle", "payload", "serve"),
+        choices=("enqueue", "sizes", "map", "handle", "payload", "serve"),
         action="append",
         help="run only these comparisons (repeatable)",
     )
     args = parser.parse_args(argv)
     rounds = 9 if args.quick else args.rounds
-    only = set(args.only or ("enqueue", "map", "handle", "payload", "serve"))
+    only = set(args.only or ("enqueue", "sizes", "map", "handle", "payload", "serve"))
 
     bench = Bench(rounds)
     results: list[Result] = []
@@ -458,6 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if "enqueue" in only:
             results += bench.enqueue()
+        if "sizes" in only:
+            results += bench.sizes()
         if "map" in only:
             results += bench.fan_out()
         if "handle" in only:
