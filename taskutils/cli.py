@@ -117,6 +117,7 @@ def serve(args: argparse.Namespace) -> int:
             print(f"taskutils serve: cannot start: {type(e).__name__}: {e}", file=sys.stderr)
             return 2
         print(f"taskutils serve: {server.url} (Ctrl-C to stop)", flush=True)
+        print(f"taskutils serve: console at {server.url}/_ah/taskutils/", flush=True)
         parent = os.getppid()
         while not stop.wait(0.5):
             if not server.running:

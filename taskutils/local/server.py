@@ -125,7 +125,9 @@ class LocalServer:
             self._ensure_signing()
             user_app = load_app(self.app_spec) if isinstance(self.app_spec, str) else self.app_spec
             self._ensure_signing()
-            self.app = mount(user_app or _not_found)
+            from ..webconsole import mount_console  # the console at /_ah/taskutils/
+
+            self.app = mount_console(self, mount(user_app or _not_found))
         except BaseException:
             self._close_sockets()
             self._restore()

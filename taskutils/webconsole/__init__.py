@@ -1,0 +1,13 @@
+"""The console: see and steer tasks under ``serve``, and see handles and groups in production.
+
+- :mod:`.local`: the local console ``serve`` answers at ``/_ah/taskutils/``.
+- :mod:`.production`: ``taskutils.console``, read-only, for App Engine admins.
+- :mod:`.queues`, :mod:`.runs`, :mod:`.handles`, :mod:`.decode`: what the pages show.
+"""
+
+from __future__ import annotations
+
+from .local import PREFIX as PREFIX
+from .local import LocalConsole as LocalConsole
+from .local import mount_console as mount_console
+from .production import console as console

@@ -1,0 +1,72 @@
+"""``taskutils.console``: handles and groups in production, read-only, for App Engine admins only.
+
+Serve it behind ``login: admin`` and ``wrap_wsgi_app`` (see ``app.yaml.example``).
+Whether a request comes from an admin is App Engine's word:
+``users.is_current_user_admin()``, which reads the ``X-Appengine-User-Is-Admin``
+header App Engine sets through ``wrap_wsgi_app``; without it, the answer is 403.
+Pages link by query string (``?group=ID``), so it works under any path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+from . import handles
+from .html import esc, page
+
+log = logging.getLogger("taskutils.webconsole")
+
+StartResponse = Callable[..., Any]
+
+_HEADERS = [
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "same-origin"),
+]
+
+
+def _is_admin() -> bool:
+    from google.appengine.api import users
+
+    try:
+        return bool(users.is_current_user_admin())
+    except Exception:  # noqa: BLE001 - no App Engine environment: nobody is an admin
+        return False
+
+
+def _answer(start_response: StartResponse, status: str, body: bytes, content_type: str) -> list[bytes]:
+    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))), *_HEADERS])
+    return [body]
+
+
+def console(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """The production console's WSGI app: 403 unless an App Engine admin asks; GET only."""
+    if not _is_admin():
+        log.warning("console refused %s: not an App Engine admin", environ.get("PATH_INFO"))
+        return _answer(start_response, "403 Forbidden", b"App Engine admins only\n", "text/plain; charset=utf-8")
+    if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+        start_response("405 Method Not Allowed", [("Allow", "GET"), ("Content-Length", "0"), *_HEADERS])
+        return [b""]
+    query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    nav = [("Handles and groups", "?", "group" not in query)]
+    if "group" in query:
+        found, body = handles.group_detail(query["group"])
+        html = page(
+            f"Group {query['group']}",
+            '<p><a href="?">← handles and groups</a></p>' + body,
+            nav=nav,
+            heading="taskutils console",
+        )
+        return _answer(start_response, "200 OK" if found else "404 Not Found", html, "text/html; charset=utf-8")
+    body = handles.listing("?group=")
+    html = page(
+        "Handles and groups",
+        body + f'<p class="empty">Read-only. {esc("Newest first.")}</p>',
+        nav=nav,
+        heading="taskutils console",
+    )
+    return _answer(start_response, "200 OK", html, "text/html; charset=utf-8")
