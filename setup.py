@@ -11,7 +11,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["taskutils", "taskutils.*"]),
-    package_data={"taskutils": ["py.typed"]},
+    package_data={"taskutils": ["py.typed"], "taskutils.webconsole": ["static/*.css", "static/*.js"]},
     python_requires=">=3.10",
     install_requires=[
         "appengine-python-standard>=1.1.6",
