@@ -17,6 +17,20 @@ from .task import task as task
 
 __version__ = "0.1.0"
 
+# Heavier parts, imported on first use: name -> (module, attribute).
+_LAZY = {"console": (".webconsole", "console")}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(module, __name__), attribute)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "PayloadTooLargeError",
     "PermanentTaskFailure",
@@ -27,6 +41,7 @@ __all__ = [
     "UnpicklableArgumentError",
     "app",
     "configure",
+    "console",
     "current_task",
     "get_taskroute",
     "mount",
