@@ -45,3 +45,7 @@ class SpilledPayloadMissingError(TaskError):
 
 class TaskFailedError(TaskError):
     """Raised by the test helpers when a drained task answered with a failure."""
+
+
+class StorageInUseError(TaskError):
+    """Raised when a local server's storage folder is already used by another running server."""
