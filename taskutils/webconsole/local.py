@@ -85,6 +85,7 @@ class LocalConsole:
         self.server = server
         self.runs = RunLog(server)
         self._secret = secrets.token_bytes(32)
+        self._queue_yaml: str | None = getattr(server, "queue_yaml", None)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -230,7 +231,7 @@ class LocalConsole:
 
     def _queues_page(self, base: str, message: str) -> Response:
         rows = []
-        for q in queues.queues():
+        for q in queues.queues(self._queue_yaml):
             settings = [f"rate {q.rate}", f"bucket size {q.bucket_size}"]
             if q.max_concurrent_requests is not None:
                 settings.append(f"max_concurrent_requests {q.max_concurrent_requests}")
@@ -264,7 +265,7 @@ class LocalConsole:
         return first + self._button(f"{where}/delete", "Delete", session, "danger")
 
     def _queue_page(self, base: str, name: str, session: str, message: str) -> Response:
-        info = queues.queue(name)
+        info = queues.queue(name, self._queue_yaml)
         if info is None:
             return Response("404 Not Found", self._page(base, f"Queue {name}", "<p>There is no such queue.</p>"))
         rows = []
@@ -300,7 +301,7 @@ class LocalConsole:
         return Response("200 OK", self._page(base, f"Queue {name}", body, "queues", message, refresh=True))
 
     def _purge_page(self, base: str, name: str, session: str) -> Response:
-        info = queues.queue(name)
+        info = queues.queue(name, self._queue_yaml)
         if info is None:
             return Response("404 Not Found", self._page(base, f"Queue {name}", "<p>There is no such queue.</p>"))
         action = f"{base}/queues/{path_part(name)}/purge"

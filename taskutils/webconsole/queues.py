@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from google.appengine.api import apiproxy_stub_map
+from google.appengine.api import apiproxy_stub_map, queueinfo
 from google.appengine.api.taskqueue import taskqueue_service_bytes_pb2 as pb
 from google.appengine.runtime import apiproxy_errors
 
@@ -83,14 +83,27 @@ def _retry(params: Any) -> dict[str, str]:
     return found
 
 
-def queues() -> list[QueueInfo]:
-    """Every queue the stub knows, in name order, with its settings and backlog."""
+def _concurrency_limits(queue_yaml: str | None) -> dict[str, int]:
+    """max_concurrent_requests per queue as queue.yaml sets it (the stub does not keep it)."""
+    if not queue_yaml:
+        return {}
+    try:
+        with open(queue_yaml, encoding="utf-8") as f:
+            parsed = queueinfo.LoadSingleQueue(f)
+    except (OSError, Exception):  # noqa: BLE001 - serve has parsed it already; a page never fails on it
+        return {}
+    return {q.name: int(q.max_concurrent_requests) for q in parsed.queue or [] if q.max_concurrent_requests}
+
+
+def queues(queue_yaml: str | None = None) -> list[QueueInfo]:
+    """Every queue the stub knows, in name order, with its settings (and queue.yaml's) and backlog."""
     fetched = _call("FetchQueues", pb.TaskQueueFetchQueuesRequest(max_rows=1000), pb.TaskQueueFetchQueuesResponse())
     names = [_text(q.queue_name) for q in fetched.queue]
     if not names:
         return []
     stats_request = pb.TaskQueueFetchQueueStatsRequest(queue_name=[n.encode() for n in names])
     stats = _call("FetchQueueStats", stats_request, pb.TaskQueueFetchQueueStatsResponse()).queuestats
+    limits = _concurrency_limits(queue_yaml)
     found = []
     for queue, stat in zip(fetched.queue, stats, strict=True):
         found.append(
@@ -102,7 +115,7 @@ def queues() -> list[QueueInfo]:
                 bucket_size=int(queue.bucket_capacity),
                 max_concurrent_requests=queue.max_concurrent_requests
                 if queue.HasField("max_concurrent_requests")
-                else None,
+                else limits.get(_text(queue.queue_name)),
                 retry=_retry(queue.retry_parameters) if queue.HasField("retry_parameters") else {},
                 paused=queue.paused,
                 waiting=stat.num_tasks,
@@ -112,9 +125,9 @@ def queues() -> list[QueueInfo]:
     return found
 
 
-def queue(name: str) -> QueueInfo | None:
+def queue(name: str, queue_yaml: str | None = None) -> QueueInfo | None:
     """One queue by name; None when the stub does not know it."""
-    return next((q for q in queues() if q.name == name), None)
+    return next((q for q in queues(queue_yaml) if q.name == name), None)
 
 
 def _row(queue_name: str, task: Any) -> TaskRow:

@@ -1,0 +1,81 @@
+"""An app for tests/test_console*.py, served by ``python -m taskutils serve console_app:app``.
+
+``POST /enqueue/<kind>?key=K[&queue=Q][&countdown=S]`` adds one task (``record`` succeeds,
+``fail`` always raises ``RuntimeError: boom K``) and answers ``{"name": ...}``;
+``POST /group?key=K&n=N`` submits a group of N children that record K-0 ... K-(N-1)
+(children whose index is listed in ``&fail=1,2`` fail for good), answering ``{"id": ...}``;
+``GET /ran`` answers how many times each key ran.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from taskutils import PermanentTaskFailure, task
+
+from wsgi_json import query as query_of
+from wsgi_json import respond
+
+_lock = threading.Lock()
+_ran: Counter[str] = Counter()
+
+
+def _count(key: str) -> None:
+    with _lock:
+        _ran[key] += 1
+
+
+@task
+def record(key: str) -> None:
+    _count(key)
+
+
+@task
+def fail(key: str) -> None:
+    _count(key)
+    raise RuntimeError(f"boom {key}")
+
+
+@task
+def child(item: str) -> str:
+    _count(item.rstrip("!"))
+    if item.endswith("!"):
+        raise PermanentTaskFailure(f"child {item} fails")
+    return item.upper()
+
+
+def _enqueue(kind: str, query: dict[str, str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if "queue" in query:
+        options["queue"] = query["queue"]
+    if "countdown" in query:
+        options["countdown"] = float(query["countdown"])
+    func = {"record": record, "fail": fail}[kind]
+    added = func.options(**options)(query["key"])
+    return {"name": added.name}
+
+
+def _group(query: dict[str, str]) -> dict[str, Any]:
+    failing = query.get("fail", "").split(",")
+    items = [f"{query['key']}-{i}" + ("!" if str(i) in failing else "") for i in range(int(query.get("n", "3")))]
+    options: dict[str, Any] = {"countdown": float(query["countdown"])} if "countdown" in query else {}
+    handle = child.options(**options).submit_map(items)  # type: ignore[attr-defined]
+    return {"id": handle.id}
+
+
+def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """The app's own endpoints; ``serve`` mounts it beside ``taskutils.app`` and the console."""
+    path = environ.get("PATH_INFO", "")
+    method = environ.get("REQUEST_METHOD")
+    query = query_of(environ)
+    if path == "/ran" and method == "GET":
+        with _lock:
+            return respond(start_response, "200 OK", dict(_ran))
+    if path.startswith("/enqueue/") and method == "POST":
+        return respond(start_response, "200 OK", _enqueue(path[len("/enqueue/") :], query))
+    if path == "/group" and method == "POST":
+        return respond(start_response, "200 OK", _group(query))
+    return respond(start_response, "404 Not Found", {"error": f"no {method} {path}"})
