@@ -15,6 +15,14 @@ class RetryTaskException(TaskError):
     """Raised by a task to have the queue retry it, without a traceback in the log."""
 
 
+class TaskOptionError(TaskError, TypeError, ValueError):
+    """Raised when decorating with a task option that is unknown, of the wrong type or out of range."""
+
+
+class NoApiProxyError(TaskError, RuntimeError):
+    """Raised when a task is added where no App Engine API is available (not on App Engine, serve or the testbed)."""
+
+
 class PayloadError(TaskError):
     """Raised when a task's payload cannot be built at the call site."""
 

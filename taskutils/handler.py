@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import datetime
+import inspect
 import logging
 import os
 import re
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -27,7 +30,7 @@ from .exc import (
     SignatureError,
     SpilledPayloadMissingError,
 )
-from .task import TAG_HEADER, TaskFunction, resolve
+from .task import TAG_HEADER, TaskFunction, decode_name, resolve
 
 log = logging.getLogger("taskutils.handler")
 
@@ -158,13 +161,36 @@ def _read_body(environ: Mapping[str, Any], length: int) -> bytes:
 
 
 def _find_callable(path: str) -> Callable[..., Any]:
-    """The callable a module-level task's URL names: route/module/qualname."""
-    module, _, qualname = path[len(settings.route) + 1 :].partition("/")
+    """The callable a module-level task's URL names: route/module/qualname, escapes undone."""
     try:
+        module, qualname = decode_name(path[len(settings.route) + 1 :])
         found = resolve(module, qualname)
     except Exception as e:
-        raise MissingTaskCodeError(f"cannot import {qualname} from {module}: {e}") from e
+        raise MissingTaskCodeError(f"cannot find the task {path}: {type(e).__name__}: {e}") from e
     return found.__wrapped__ if isinstance(found, TaskFunction) else found
+
+
+def _run_coroutine(coroutine: Coroutine[Any, Any, Any]) -> None:
+    """Run an async task to completion, on a thread of its own if this one already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coroutine)
+        return
+    context = contextvars.copy_context()  # current_task() inside the coroutine, too
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            context.run(asyncio.run, coroutine)
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=run, name="taskutils-async-task")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
 
 
 def _load_call(path: str, flags: int, data: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
@@ -230,7 +256,9 @@ class _Run:
                 kwargs["headers"] = Headers(self.environ)
             token = _current.set(self.info)
             try:
-                func(*args, **kwargs)
+                result = func(*args, **kwargs)
+                if result is not None and inspect.iscoroutine(result):
+                    _run_coroutine(result)
             finally:
                 _current.reset(token)
         except SignatureError as e:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime
 import functools
+import inspect
 import logging
+import math
 import os
 import re
 import sys
 import types
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -16,6 +19,7 @@ from google.appengine.api import taskqueue
 
 from . import codec
 from .config import get_keyring, settings
+from .exc import NoApiProxyError, TaskOptionError
 
 log = logging.getLogger("taskutils.task")
 
@@ -28,7 +32,13 @@ LIBRARY_HEADERS: Mapping[str, str] = types.MappingProxyType({"Content-Type": "ap
 # Options passed straight to google.appengine.api.taskqueue.Task.
 _TASK_KWARGS = ("countdown", "eta", "name", "target", "retry_options", "dispatch_deadline_usec")
 _OPTIONS = frozenset(_TASK_KWARGS + ("queue", "headers", "tag", "transactional", "includeheaders", "logname", "parent"))
-_URL_UNSAFE = re.compile(r"[^A-Za-z0-9_.~/-]")
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+_ESCAPED = re.compile(r"~([0-9a-f]{1,6})~")
+_TASK_NAME = re.compile(r"[a-zA-Z0-9_-]{1,500}")
+_LOGNAME_SEGMENT = re.compile(r"[A-Za-z0-9_.~-]+")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token
+_HEADER_TEXT = re.compile(r"[\t\x20-\x7e\xa0-\xff]*")  # Latin-1 without control characters
+_MAX_AHEAD = datetime.timedelta(days=30)  # App Engine refuses an ETA further ahead
 _MAX_TASKS_PER_ADD = taskqueue.MAX_TASKS_PER_ADD
 _MAX_TRANSACTIONAL_TASKS_PER_ADD = 5
 
@@ -91,7 +101,16 @@ def _as_tuple(t: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Check task options; raise TypeError for unknown ones, bad types and contradictions."""
+    """Check task options; raise TaskOptionError (a TypeError) for unknown ones, bad types and values."""
+    try:
+        return _validate_options(options)
+    except TaskOptionError:
+        raise
+    except TypeError as e:
+        raise TaskOptionError(str(e)) from None
+
+
+def _validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(options) - _OPTIONS
     if unknown:
         raise TypeError(
@@ -117,17 +136,65 @@ def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
             _check_type(name, value, *checks[name])
     if "countdown" in opts and "eta" in opts:
         raise TypeError("task options countdown= and eta= contradict each other: give one")
-    if opts.get("countdown", 0) < 0:
-        raise TypeError(f"task option countdown= must not be negative, got {opts['countdown']}")
+    if "countdown" in opts:
+        _check_countdown(opts["countdown"])
+    if "eta" in opts:
+        _check_eta(opts["eta"])
+    if "name" in opts and not _TASK_NAME.fullmatch(opts["name"]):
+        raise TypeError(
+            f"task option name= must be 1 to 500 of [a-zA-Z0-9_-], as App Engine requires, got {opts['name']!r}"
+        )
     if opts.get("transactional") and "name" in opts:
         raise TypeError("a transactional task cannot be named: give transactional= or name=")
     if "parent" in opts and not opts.get("transactional"):
         raise TypeError("task option parent= places a spilled payload in a transaction: it needs transactional=True")
-    if "logname" in opts and not re.fullmatch(r"[A-Za-z0-9_.~-][A-Za-z0-9_.~/-]*", opts["logname"]):
-        raise TypeError(f"task option logname= must be a URL path of [A-Za-z0-9_.~/-], got {opts['logname']!r}")
+    if "logname" in opts:
+        _check_logname(opts["logname"])
     if "headers" in opts:
         opts["headers"] = dict(opts["headers"])
+        for name, value in opts["headers"].items():
+            _check_header(name, value)
+    if "tag" in opts and not _HEADER_TEXT.fullmatch(opts["tag"]):
+        raise TypeError(
+            f"task option tag= is sent as a header: Latin-1 without control characters, got {opts['tag']!r}"
+        )
     return opts
+
+
+def _check_countdown(countdown: float) -> None:
+    if not math.isfinite(countdown) or countdown < 0:
+        raise TypeError(f"task option countdown= must be a finite number of seconds, not negative, got {countdown}")
+    if countdown > _MAX_AHEAD.total_seconds():
+        raise TypeError(
+            f"task option countdown= must be at most 30 days (2592000 s), as App Engine allows, got {countdown}"
+        )
+
+
+def _check_eta(eta: datetime.datetime) -> None:
+    now = datetime.datetime.now(eta.tzinfo or datetime.timezone.utc)
+    if eta.tzinfo is None:  # a naive ETA is UTC, as the taskqueue API reads it
+        now = now.replace(tzinfo=None)
+    if eta - now > _MAX_AHEAD:
+        raise TypeError(f"task option eta= must be at most 30 days ahead, as App Engine allows, got {eta}")
+
+
+def _check_logname(logname: str) -> None:
+    segments = logname.split("/")
+    if not all(_LOGNAME_SEGMENT.fullmatch(seg) and seg not in (".", "..") for seg in segments):
+        raise TypeError(
+            "task option logname= must be a URL path of [A-Za-z0-9_.~-] segments, none empty, '.' or '..', "
+            f"got {logname!r}"
+        )
+
+
+def _check_header(name: object, value: object) -> None:
+    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+        raise TypeError(f"task option headers=: {name!r} is not a header name (letters, digits and !#$%&'*+.^_`|~-)")
+    if not isinstance(value, str) or not _HEADER_TEXT.fullmatch(value):
+        raise TypeError(
+            f"task option headers=: the value of {name} must be a string of Latin-1 without control characters, "
+            f"got {value!r}"
+        )
 
 
 def merge_options(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -144,12 +211,84 @@ def merge_options(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str
     return validate_options(merged)  # a merge can contradict, e.g. transactional= over name=
 
 
+def name_of(func: Callable[..., Any]) -> tuple[str, str]:
+    """The module and qualified name a callable is known by: a partial or a bound method by its function's."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    if isinstance(func, types.MethodType):
+        func = func.__func__
+    qualname = getattr(func, "__qualname__", None)
+    module = getattr(func, "__module__", None)
+    if not isinstance(qualname, str):  # an instance with __call__: its class's name
+        qualname, module = type(func).__qualname__, type(func).__module__
+    if not isinstance(module, str):  # a builtin method, e.g. [].append: its class's module
+        owner = getattr(func, "__self__", None)
+        module = owner.__name__ if isinstance(owner, types.ModuleType) else type(owner).__module__
+    return module, qualname
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    return f"~{ord(match.group()):x}~"
+
+
+def _escape_name(name: str) -> str:
+    return _NAME_UNSAFE.sub(_escape_char, name)
+
+
+def encode_name(module: str, qualname: str) -> str:
+    """module/qualname as a readable, URL-safe ([A-Za-z0-9_.~/-]) and reversible path.
+
+    A character outside [A-Za-z0-9_] becomes ``~hex~`` (``café`` is ``caf~e9~``);
+    a nested function's ``.<locals>.`` becomes ``/`` and ``<lambda>`` ``lambda``.
+    ``decode_name`` gives back module and qualname exactly for any name without those.
+    """
+    parts = qualname.split(".")
+    path = ""
+    for i, part in enumerate(parts):
+        if part == "<locals>" and 0 < i < len(parts) - 1:
+            path += "/"
+            continue
+        if path and not path.endswith("/"):
+            path += "."
+        path += "lambda" if part == "<lambda>" else _escape_name(part)
+    return ".".join(map(_escape_name, module.split("."))) + "/" + path
+
+
+def _unescape_char(match: re.Match[str]) -> str:
+    return chr(int(match.group(1), 16))
+
+
+def decode_name(path: str) -> tuple[str, str]:
+    """The module and qualname of a by-URL task from the part of its URL after the route."""
+    module, _, qualname = path.partition("/")
+    if "~" in path:
+        return _ESCAPED.sub(_unescape_char, module), _ESCAPED.sub(_unescape_char, qualname)
+    return module, qualname
+
+
+# Which code each URL path was given to, so that two callables never share one: a second lambda
+# in one function gets ``.../lambda-2``. Only callables a worker cannot find by URL get a number.
+_paths: dict[str, weakref.ref[Any]] = {}
+
+
 def url_path_of(func: Callable[..., Any]) -> str:
     """The readable, URL-safe part of a task's URL after the route: module/function."""
-    module = getattr(func, "__module__", None) or type(func).__module__
-    qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
-    name = qualname.replace(".<locals>.", "/").replace("<lambda>", "lambda")
-    return _URL_UNSAFE.sub("_", f"{module}/{name}")
+    module, qualname = name_of(func)
+    path = encode_name(module, qualname)
+    code = getattr(func, "__code__", None)
+    if code is None or "<" not in qualname:
+        return path
+    base, n = path, 1
+    while True:
+        claimed = _paths.get(path)
+        owner = claimed() if claimed is not None else None
+        if owner is None:
+            _paths[path] = weakref.ref(code)
+            return path
+        if owner is code:
+            return path
+        n += 1
+        path = f"{base}-{n}"
 
 
 def resolve(module: str, qualname: str) -> Any:
@@ -163,13 +302,107 @@ def resolve(module: str, qualname: str) -> Any:
     return obj
 
 
+def _no_api_proxy(error: AssertionError) -> BaseException:
+    """The error to raise for an AssertionError out of the SDK: NoApiProxyError when no API is reachable."""
+    if "api proxy" not in str(error).lower():
+        return error
+    return NoApiProxyError(
+        "no App Engine API here to add the task to (the SDK says: "
+        f"{error}). Outside App Engine, run the app with `python -m taskutils serve MODULE:APP`, "
+        "or use the `task_testbed` pytest fixture in tests"
+    )
+
+
+class _ArgumentCheck:
+    """Checks a call's arguments against the callable's signature, as Python itself would bind them.
+
+    The check is a generated function with the same parameters and an empty body,
+    so a call that fits costs one Python call; ``inspect.Signature.bind`` words the
+    error of a call that does not.
+    """
+
+    __slots__ = ("includeheaders", "_signature", "_fits", "_name")
+
+    def __init__(self, func: Callable[..., Any], includeheaders: bool) -> None:
+        self.includeheaders = includeheaders
+        self._name = name_of(func)[1]
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(func, follow_wrapped=False)
+        except (TypeError, ValueError):  # some builtins have no signature: Python checks at run time
+            self._signature = None
+        self._fits = _fits_function(self._signature) if self._signature is not None else None
+        if includeheaders and self._signature is not None and not _takes_headers(self._signature):
+            raise TypeError(
+                f"task option includeheaders=True passes headers=, but {self._name}{self._signature} "
+                "has no headers parameter or **kwargs"
+            )
+
+    def __call__(self, task: TaskFunction[Any, Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        if self.includeheaders:
+            if "headers" in kwargs:
+                raise TypeError(f"task {task._suffix[1:]}: headers= is given by the task request (includeheaders=True)")
+            kwargs = {**kwargs, "headers": None}
+        fits = self._fits
+        if fits is None:
+            return
+        try:
+            fits(*args, **kwargs)
+        except TypeError:
+            try:
+                self._signature.bind(*args, **kwargs)  # type: ignore[union-attr]
+            except TypeError as e:
+                raise TypeError(f"task {task._suffix[1:]}: {e}, for {self._name}{self._signature}") from None
+            raise
+
+
+def _takes_headers(signature: inspect.Signature) -> bool:
+    for p in signature.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            return True
+        if p.name == "headers" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            return True
+    return False
+
+
+def _fits_function(signature: inspect.Signature) -> Callable[..., None] | None:
+    """A function with signature's parameters (defaults None) and an empty body; None if it cannot be made."""
+    parts: list[str] = []
+    kinds = inspect.Parameter
+    star = False
+    last_positional_only = -1
+    for p in signature.parameters.values():
+        if not p.name.isidentifier():
+            return None
+        if p.kind is kinds.POSITIONAL_ONLY:
+            last_positional_only = len(parts)
+        if p.kind is kinds.KEYWORD_ONLY and not star:
+            parts.append("*")
+            star = True
+        if p.kind is kinds.VAR_POSITIONAL:
+            parts.append("*" + p.name)
+            star = True
+        elif p.kind is kinds.VAR_KEYWORD:
+            parts.append("**" + p.name)
+        else:
+            parts.append(p.name if p.default is p.empty else p.name + "=None")
+    if last_positional_only >= 0:
+        parts.insert(last_positional_only + 1, "/")
+    namespace: dict[str, Any] = {}
+    try:
+        exec(f"def fits({', '.join(parts)}):\n    pass\n", namespace)  # noqa: S102 - names checked above
+    except SyntaxError:
+        return None
+    return namespace["fits"]  # type: ignore[no-any-return]
+
+
 class TaskFunction(Generic[P, R]):
     """A callable that enqueues a push task running the wrapped callable with its arguments."""
 
     __wrapped__: Callable[P, R]
 
-    def __init__(self, func: Callable[P, R], options: Mapping[str, Any]) -> None:
+    def __init__(self, func: Callable[P, R], options: Mapping[str, Any], check: _ArgumentCheck | None = None) -> None:
         functools.update_wrapper(self, func)
+        self._check = check or _ArgumentCheck(func, bool(options.get("includeheaders")))
         self._options = types.MappingProxyType(dict(options))
         self._suffix = "/" + (options.get("logname") or url_path_of(func))
         self._queue = taskqueue.Queue(options.get("queue", "default"))
@@ -181,8 +414,7 @@ class TaskFunction(Generic[P, R]):
             headers[TAG_HEADER] = options["tag"]
         self._task_kwargs: dict[str, Any] = {k: options[k] for k in _TASK_KWARGS if k in options}
         self._task_kwargs["headers"] = headers
-        self._module = getattr(func, "__module__", None)
-        self._qualname = getattr(func, "__qualname__", None)
+        self._module, self._qualname = name_of(func)
 
     @property
     def task_options(self) -> Mapping[str, Any]:
@@ -195,6 +427,8 @@ class TaskFunction(Generic[P, R]):
         return settings.route + self._suffix
 
     def __repr__(self) -> str:
+        if not self._options:
+            return f"<task {self._suffix[1:]}>"
         return f"<task {self._suffix[1:]} {dict(self._options)!r}>"
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
@@ -204,12 +438,12 @@ class TaskFunction(Generic[P, R]):
 
     def __reduce__(self) -> str | tuple[Any, ...]:
         if self._named_by_url():
-            return self._qualname  # type: ignore[return-value]
+            return self._qualname
         return (TaskFunction, (self.__wrapped__, dict(self._options)))
 
     def _named_by_url(self) -> bool:
-        """True when a worker can find the callable from the URL alone."""
-        if self._module in (None, "__main__") or self._qualname is None or "logname" in self._options:
+        """True when a worker can find the callable from the URL alone, and finds this very one."""
+        if not self._by_url_name:
             return False
         try:
             found = resolve(self._module, self._qualname)
@@ -219,9 +453,18 @@ class TaskFunction(Generic[P, R]):
             found = found.__wrapped__
         return found is self.__wrapped__
 
+    @functools.cached_property
+    def _by_url_name(self) -> bool:
+        """True when the URL names module and qualname exactly: no logname, nothing nested, not __main__."""
+        if self._module == "__main__" or "logname" in self._options or "<" in self._qualname:
+            return False
+        return decode_name(self._suffix[1:]) == (self._module, self._qualname)
+
     def options(self, **options: Any) -> TaskFunction[P, R]:
         """A new task function with these options merged over the current ones."""
-        return TaskFunction(self.__wrapped__, merge_options(self._options, validate_options(options)))
+        merged = merge_options(self._options, validate_options(options))
+        same_check = bool(merged.get("includeheaders")) == self._check.includeheaders
+        return TaskFunction(self.__wrapped__, merged, self._check if same_check else None)
 
     def _build(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], by_url: bool | None = None) -> taskqueue.Task:
         if by_url is None:
@@ -243,13 +486,21 @@ class TaskFunction(Generic[P, R]):
         return taskqueue.Task(payload=payload, url=path, **self._task_kwargs)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> taskqueue.Task:
-        """Enqueue one push task that calls the wrapped callable with these arguments."""
-        built = self._build(args, kwargs)
+        """Enqueue one push task that calls the wrapped callable with these arguments.
+
+        Raises TypeError when the arguments do not fit the callable's signature;
+        nothing is enqueued then.
+        """
+        self._check(self, args, kwargs)
         try:
-            return self._queue.add(built, transactional=self._transactional)
-        except BaseException:
-            _discard_spills([built], self._transactional)
-            raise
+            built = self._build(args, kwargs)
+            try:
+                return self._queue.add(built, transactional=self._transactional)
+            except BaseException:
+                _discard_spills([built], self._transactional)
+                raise
+        except AssertionError as e:
+            raise _no_api_proxy(e) from e
 
     def map(self, iterable: Iterable[Any]) -> list[taskqueue.Task]:
         """Enqueue one task per item, the item its single argument; return the added tasks in order.
@@ -265,16 +516,20 @@ class TaskFunction(Generic[P, R]):
         by_url = self._named_by_url()
         added: list[taskqueue.Task] = []
         batch: list[taskqueue.Task] = []
+        check = self._check
         try:
             for item in iterable:
+                check(self, (item,), {})
                 batch.append(self._build((item,), {}, by_url))
                 if len(batch) == size:
                     added += _add_batch(self._queue, batch, transactional)
                     batch.clear()
             if batch:
                 added += _add_batch(self._queue, batch, transactional)
-        except BaseException:
+        except BaseException as e:
             _discard_spills(batch, transactional)
+            if isinstance(e, AssertionError):
+                raise _no_api_proxy(e) from e
             raise
         return added
 
@@ -296,8 +551,20 @@ def task(f: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     def decorator(func: Callable[P, R]) -> TaskFunction[P, R]:
         if isinstance(func, TaskFunction):
             return TaskFunction(func.__wrapped__, merge_options(func.task_options, opts))
+        if isinstance(func, classmethod):
+            raise TypeError(
+                f"@task over @classmethod ({func.__func__.__qualname__}): swap them, "
+                "@classmethod on top and @task under it"
+            )
+        if isinstance(func, staticmethod):  # keep it static: a task function bound to no instance
+            return staticmethod(decorator(func.__func__))  # type: ignore[return-value]
         if not callable(func):
             raise TypeError(f"task() needs a callable, got {func!r}")
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            raise TypeError(
+                f"task() cannot run generator function {name_of(func)[1]}: a task's return value is dropped, "
+                "so its body would never run; make it a plain function"
+            )
         return TaskFunction(func, opts)
 
     return decorator if f is None else decorator(f)

@@ -142,7 +142,7 @@ def test_merged_options_that_contradict_raise_type_error():
 
 
 def test_options_can_swap_countdown_for_eta():
-    eta = datetime.datetime(2030, 1, 1)
+    eta = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=2)
     swapped = tasklib.report.options(eta=eta)
     assert "countdown" not in swapped.task_options and swapped.task_options["eta"] == eta
 
