@@ -1,0 +1,87 @@
+"""``taskutils.console``, the production console: read-only handles and groups, for App Engine admins only.
+
+It is served as App Engine serves it, behind ``wrap_wsgi_app``, which turns the
+``X-Appengine-User-Is-Admin`` header App Engine sets into what
+``users.is_current_user_admin()`` answers; Google's testbed stubs hold the handles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import webtest
+from google.appengine.api import wrap_wsgi_app
+
+import taskutils
+from taskutils import task
+
+ADMIN = {"X-Appengine-User-Is-Admin": "1", "X-Appengine-User-Email": "admin@example.com"}
+
+
+@task
+def double(n: int) -> int:
+    return n * 2
+
+
+@pytest.fixture
+def site(task_testbed: Any) -> webtest.TestApp:
+    return webtest.TestApp(wrap_wsgi_app(taskutils.console))
+
+
+def test_the_console_is_the_wsgi_app_exported_as_taskutils_console():
+    from taskutils.webconsole import console
+
+    assert taskutils.console is console
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"X-Appengine-User-Is-Admin": "0", "X-Appengine-User-Email": "someone@example.com"},
+        {"X-Appengine-User-Email": "someone@example.com"},
+    ],
+    ids=["no-user", "a-signed-in-user-who-is-not-an-admin", "no-admin-header"],
+)
+def test_the_console_refuses_anyone_but_an_app_engine_admin(site, headers):
+    response = site.get("/", headers=headers, status=403)
+
+    assert b"<table" not in response.body
+    assert site.get("/?group=x", headers=headers, status=403)
+
+
+def test_the_console_refuses_a_non_admin_even_without_wrap_wsgi_app(task_testbed):
+    raw = webtest.TestApp(taskutils.console)
+
+    raw.get("/", headers={"X-Appengine-User-Is-Admin": "0"}, status=403)
+    raw.get("/", status=403)
+
+
+def test_an_admin_is_let_in(site):
+    page = site.get("/", headers=ADMIN, status=200)
+
+    assert page.content_type == "text/html"
+    assert "Handles and groups" in page.text
+
+
+def test_the_console_is_read_only(site):
+    response = site.post("/", {"anything": "1"}, headers=ADMIN, status=405)
+
+    assert response.headers["Allow"] == "GET"
+
+
+def test_an_admin_sees_handles_and_groups_with_their_progress(site, task_testbed):
+    pytest.importorskip("taskutils.results", reason="handles and groups are not built yet")
+    handle = double.submit(21)
+    group = double.submit_map([1, 2, 3])
+    task_testbed.drain()
+
+    page = site.get("/", headers=ADMIN, status=200)
+
+    assert handle.id in page.text and group.id in page.text
+    assert "3/3" in page.text
+    assert "succeeded" in page.text
+    detail = site.get(f"/?group={group.id}", headers=ADMIN, status=200)
+    assert "3/3" in detail.text
+    assert all(child.id in detail.text for child in group.handles)
