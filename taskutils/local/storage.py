@@ -417,3 +417,15 @@ class Storage:
         for close in (self.tasks.close, self._datastore_journal.close, self._lock_file.close):
             with contextlib.suppress(sqlite3.Error, OSError):
                 close()
+
+
+def queued_in(directory: str | os.PathLike[str]) -> int:
+    """How many tasks a storage folder keeps (0 if it keeps none), read without locking it."""
+    path = Path(directory) / TASKS_DB
+    if not path.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return int(db.execute("SELECT count(*) FROM tasks").fetchone()[0])
+    except sqlite3.Error:
+        return 0
