@@ -1,5 +1,6 @@
 """Run any Python callable as a Google App Engine push task: ``@task``."""
 
+from . import _sdk  # noqa: F401  (first: loads the SDK without its own import-time deprecation warnings)
 from .config import configure as configure
 from .config import get_taskroute as get_taskroute
 from .config import set_taskroute as set_taskroute

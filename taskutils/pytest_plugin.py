@@ -1,21 +1,99 @@
-"""The pytest plugin: the ``task_testbed`` fixture (installed as the ``taskutils`` pytest11 entry point)."""
+"""The pytest plugin (the ``taskutils`` pytest11 entry point): the App Engine environment and ``task_testbed``.
+
+When pytest starts, before any test module or conftest imports the app, the
+plugin sets the environment variables App Engine sets (the app id, project,
+service, version), so that an app module calling ``wrap_wsgi_app`` at import,
+which keeps a copy of the environment for every request, works in route tests
+and in its tasks. Values already set are kept. The SDK's own deprecation
+warnings are filtered out of the run.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import warnings
+from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING
 
 import pytest
 
-from .testing import TaskTestbed
+if TYPE_CHECKING:
+    from .testing import TaskTestbed
+
+DEFAULT_APP_ID = "testbed-test"
+
+# The environment App Engine gives an app, as Google's testbed sets it (ext/testbed DEFAULT_ENVIRONMENT).
+APP_ENGINE_ENVIRONMENT = {
+    "AUTH_DOMAIN": "gmail.com",
+    "CURRENT_MODULE_ID": "default",
+    "CURRENT_VERSION_ID": "testbed-version",
+    "DEFAULT_VERSION_HOSTNAME": "testbed.example.com",
+    "SERVER_SOFTWARE": "Development/1.0 (testbed)",
+}
+
+# action:message:category:module. The modules are regular expressions matched from the start.
+SDK_WARNING_FILTERS = (
+    "ignore::DeprecationWarning:google.appengine",
+    "ignore::PendingDeprecationWarning:google.appengine",
+    # webapp2 imports cgi, and wrap_wsgi_app reloads it: deprecated from Python 3.11, gone in 3.13.
+    "ignore:'cgi' is deprecated:DeprecationWarning:webapp2",
+    "ignore:'cgi' is deprecated:DeprecationWarning:importlib",
+)
+
+
+def set_app_engine_environment(environ: MutableMapping[str, str] | None = None) -> None:
+    """Set what App Engine's runtime sets in os.environ, keeping any value already there.
+
+    The app id is APPLICATION_ID or GAE_APPLICATION if either is set, else
+    GOOGLE_CLOUD_PROJECT, else the testbed's own ``testbed-test``.
+    """
+    from google.appengine.api import full_app_id
+
+    env = os.environ if environ is None else environ
+    app_id = env.get("APPLICATION_ID") or env.get("GAE_APPLICATION") or env.get("GOOGLE_CLOUD_PROJECT")
+    app_id = app_id or DEFAULT_APP_ID
+    env.setdefault("APPLICATION_ID", app_id)
+    env.setdefault("GAE_APPLICATION", app_id)
+    env.setdefault("GOOGLE_CLOUD_PROJECT", full_app_id.project_id(app_id))
+    for key, value in APP_ENGINE_ENVIRONMENT.items():
+        env.setdefault(key, value)
+
+
+def _filter_sdk_warnings() -> None:
+    for line in SDK_WARNING_FILTERS:
+        action, message, category, module = line.split(":", 3)
+        warnings.filterwarnings(
+            action,  # type: ignore[arg-type]
+            message=message,
+            category=DeprecationWarning if category == "DeprecationWarning" else PendingDeprecationWarning,
+            module=module,
+        )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """Before conftest files load: they may import the app."""
+    set_app_engine_environment()
+    _filter_sdk_warnings()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("taskutils_queue_yaml", "queue.yaml for the task_testbed fixture (default: every queue is valid)")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Again when the plugin was loaded late (``-p`` or ``pytest_plugins``), and filters for every test."""
+    set_app_engine_environment()
+    for line in SDK_WARNING_FILTERS:
+        config.addinivalue_line("filterwarnings", line)
+
+
 @pytest.fixture
 def task_testbed(request: pytest.FixtureRequest) -> Iterator[TaskTestbed]:
     """Google's testbed (taskqueue, datastore, memcache) with ``drain()`` to run queued tasks."""
+    from .testing import TaskTestbed
+
     queue_yaml = request.config.getini("taskutils_queue_yaml") or None
     if queue_yaml:
         queue_yaml = str(request.config.rootpath / queue_yaml)

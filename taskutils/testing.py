@@ -1,19 +1,28 @@
-"""Run tasks in tests: Google's testbed stubs, and a drain through ``taskutils.app``."""
+"""Run tasks in tests: Google's testbed stubs, and a drain that posts each task as the queue would."""
 
 from __future__ import annotations
 
+import contextvars
 import io
 import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from google.appengine.api import namespace_manager
 from google.appengine.api.taskqueue import taskqueue_stub
 from google.appengine.datastore import datastore_stub_util
 from google.appengine.ext import ndb, testbed
 
 from .exc import TaskFailedError
-from .handler import EXC_INFO_KEY, TASKQUEUE_SOURCE, app
+from .handler import EXC_INFO_KEY, TASKQUEUE_SOURCE
+from .handler import app as task_app
 
 MAX_ROUNDS = 1000
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+# Headers the queue sets itself: a task's own copies are replaced, as the stub's dispatcher does.
+_QUEUE_HEADERS = taskqueue_stub.BUILT_IN_HEADERS | {"host", "content-type"}
 
 
 class TaskTestbed:
@@ -64,56 +73,133 @@ class TaskTestbed:
                 waiting.append(task)
         return waiting
 
-    def post(self, task: Any, **environ: Any) -> tuple[int, dict[str, Any]]:
-        """Post one task record to ``taskutils.app`` as the queue would; return status and environ."""
-        body = task.payload or b""
-        env: dict[str, Any] = {
-            "REQUEST_METHOD": "POST",
-            "PATH_INFO": task.url,
-            "SCRIPT_NAME": "",
-            "SERVER_NAME": "localhost",
-            "SERVER_PORT": "80",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "REMOTE_ADDR": TASKQUEUE_SOURCE,
-            "CONTENT_LENGTH": str(len(body)),
-            "wsgi.input": io.BytesIO(body),
-            "wsgi.url_scheme": "http",
-            "wsgi.errors": io.StringIO(),
-            "HTTP_X_APPENGINE_TASKNAME": task.name,
-            "HTTP_X_APPENGINE_QUEUENAME": task.queue_name or "default",
-            "HTTP_X_APPENGINE_TASKRETRYCOUNT": str(task.retry_count),
-            "HTTP_X_APPENGINE_TASKEXECUTIONCOUNT": str(task.retry_count),
-            "HTTP_X_APPENGINE_TASKETA": str(task.eta_posix),
-        }
-        for name, value in task.headers.items():
-            key = name.upper().replace("-", "_")
-            if key == "CONTENT_TYPE":
-                env[key] = value
-            elif not key.startswith("X_APPENGINE_"):
-                env["HTTP_" + key] = value
-        env.update(environ)
-        status: list[str] = []
-        app(env, lambda s, headers, exc_info=None: status.append(s))
-        return int(status[0].split(" ", 1)[0]), env
+    def post(
+        self,
+        task: Any,
+        app: WSGIApp | None = None,
+        *,
+        retry_count: int | None = None,
+        previous_response: int | None = None,
+        **environ: Any,
+    ) -> tuple[int, dict[str, Any]]:
+        """Post one task record as the queue would; return the status and the request's environ.
 
-    def drain(self, queue: str | None = None) -> int:
-        """Run queued tasks, and tasks they enqueue, until none is left; return how many ran.
-
-        The first task that does not answer 2xx raises its exception (or
-        TaskFailedError when it raised none), so a failing task fails the test.
+        The request carries every header the queue sends (the task's own, the
+        namespace it was enqueued from included, then queue name, task name,
+        retry and execution counts, ETA) and runs in a context of its own in
+        that namespace, as ``wrap_wsgi_app`` runs a request. ``app`` is the WSGI
+        app that receives it: by default ``taskutils.app``, which also runs the
+        tasks ``deferred.defer`` enqueued. An exception that escapes the app
+        answers 500, as a server would, and is kept in the environ.
         """
+        retries = task.retry_count if retry_count is None else retry_count
+        env = _environ(task, retries, previous_response)
+        env.update(environ)
+        namespace = env.get("HTTP_X_APPENGINE_CURRENT_NAMESPACE")
+        status = contextvars.copy_context().run(_call, app or task_app, env, namespace)
+        return status, env
+
+    def drain(self, queue: str | None = None, *, retries: int = 0, app: WSGIApp | None = None) -> int:
+        """Run queued tasks, and tasks they enqueue, until none is left; return how many requests ran.
+
+        A task that does not answer 2xx is posted again, up to ``retries`` more
+        times, after the other waiting tasks and with its retry count raised,
+        as the queue retries it. Then its failure is raised (its exception, or
+        TaskFailedError when it raised none), so a failing task fails the test.
+        ``app`` receives every task (e.g. your ``wrap_wsgi_app(mount(...))``
+        app); by default ``taskutils.app``.
+        """
+        if retries < 0:
+            raise ValueError(f"retries must not be negative, got {retries}")
         ran = 0
+        again: list[tuple[Any, int, int]] = []
         for _ in range(MAX_ROUNDS):
-            waiting = self.tasks(queue)
+            waiting = [(task, 0, 0) for task in self.tasks(queue)] + again
             if not waiting:
                 return ran
-            for task in waiting:
-                self.taskqueue.DeleteTask(task.queue_name, task.name)
-                status, env = self.post(task)
+            again = []
+            for task, attempt, previous in waiting:
+                if attempt == 0:
+                    self.taskqueue.DeleteTask(task.queue_name, task.name)
+                status, env = self.post(
+                    task, app, retry_count=task.retry_count + attempt, previous_response=previous or None
+                )
                 ran += 1
-                if not 200 <= status < 300:
-                    error = env.get(EXC_INFO_KEY)
-                    if error is not None:
-                        raise error
-                    raise TaskFailedError(f"task {task.url} answered {status}")
+                if 200 <= status < 300:
+                    continue
+                if attempt < retries:
+                    again.append((task, attempt + 1, status))
+                    continue
+                error = env.get(EXC_INFO_KEY)
+                if error is not None:
+                    raise error
+                tried = f" after {attempt + 1} attempts" if attempt else ""
+                raise TaskFailedError(f"task {task.url} answered {status}{tried}")
         raise TaskFailedError(f"tasks still enqueue tasks after {MAX_ROUNDS} rounds")
+
+
+def _environ(task: Any, retry_count: int, previous_response: int | None) -> dict[str, Any]:
+    """The WSGI environ of a task request, with the headers the stub's dispatcher sends."""
+    body = task.payload or b""
+    own = {name.lower(): value for name, value in task.headers.items()}
+    headers = [(name, value) for name, value in task.headers.items() if name.lower() not in _QUEUE_HEADERS]
+    headers += [
+        ("X-AppEngine-QueueName", task.queue_name or "default"),
+        ("X-AppEngine-TaskName", task.name),
+        ("X-AppEngine-TaskRetryCount", str(retry_count)),
+        ("X-AppEngine-TaskExecutionCount", str(retry_count)),
+        ("X-AppEngine-TaskETA", own.get("x-appengine-tasketa") or str(task.eta_posix)),
+        ("X-AppEngine-Fake-Is-Admin", "1"),
+    ]
+    if previous_response is not None:
+        headers.append(("X-AppEngine-TaskPreviousResponse", str(previous_response)))
+    if "host" in own:
+        headers.append(("Host", own["host"]))
+    env: dict[str, Any] = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": task.url.partition("?")[0],
+        "QUERY_STRING": task.url.partition("?")[2],
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SERVER_SOFTWARE": os.environ.get("SERVER_SOFTWARE", testbed.DEFAULT_SERVER_SOFTWARE),
+        "REMOTE_ADDR": TASKQUEUE_SOURCE,
+        "CONTENT_TYPE": own.get("content-type", "application/octet-stream"),
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.version": (1, 0),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    for name, value in headers:
+        env["HTTP_" + name.upper().replace("-", "_")] = value
+    return env
+
+
+def _call(wsgi_app: WSGIApp, env: dict[str, Any], namespace: str | None) -> int:
+    """Run one request through a WSGI app in the task's namespace; return its status."""
+    if namespace is not None:
+        namespace_manager.set_namespace(namespace)
+    status: list[str] = []
+
+    def start_response(line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        status[:] = [line]
+        return lambda data: None
+
+    try:
+        body = wsgi_app(env, start_response)
+        try:
+            for _ in body:
+                pass
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+    except Exception as e:
+        env[EXC_INFO_KEY] = e
+        return 500
+    return int(status[0].split(" ", 1)[0]) if status else 500
