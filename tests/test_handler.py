@@ -321,3 +321,33 @@ def test_a_flask_view_enqueues_and_the_drain_runs_it_through_the_mounted_handler
     assert app.test_client().get("/enqueue/7").data == b"queued"
     assert task_testbed.drain() == 1
     assert tasklib.ran == [((7,), {})]
+
+
+async def async_record(x):
+    import asyncio
+
+    await asyncio.sleep(0)
+    tasklib.ran.append(("async", x))
+
+
+def test_an_async_task_runs_to_completion_even_where_an_event_loop_is_running(client):
+    import asyncio
+
+    url, body = payload_of(task(async_record), 1)
+
+    async def serve_from_a_loop():
+        return client.post(url, body, headers=TASK_HEADERS)
+
+    assert asyncio.run(serve_from_a_loop()).status_int == 200
+    assert client.post(*payload_of(task(async_record), 2), headers=TASK_HEADERS).status_int == 200
+    assert tasklib.ran == [("async", 1), ("async", 2)]
+
+
+def test_an_async_task_that_raises_answers_500_with_its_error_line(client):
+    async def broken():
+        raise LookupError("async boom")
+
+    response = client.post(*payload_of(task(broken)), headers=TASK_HEADERS, expect_errors=True)
+
+    assert response.status_int == 500
+    assert response.headers["X-Taskutils-Error"] == "LookupError: async boom"

@@ -6,7 +6,7 @@ from google.appengine.api import taskqueue
 from google.appengine.ext import deferred, ndb
 
 import taskutils
-from taskutils import task
+from taskutils import codec, task
 
 import seed_examples
 import tasklib
@@ -353,3 +353,304 @@ class Counter:
     @task
     def bump(self, by):
         tasklib.ran.append(("bump", self.start, by))
+
+
+# -- URLs name their callable without ambiguity ------------------------------------------------
+
+URL_SAFE = r"/_ah/task/[A-Za-z0-9_.~/-]+"
+
+
+@pytest.fixture
+def unicode_module(monkeypatch):
+    """An importable module whose task functions have names that are not URL-safe ASCII."""
+    import sys
+    import types
+
+    module = types.ModuleType("módulo")
+    source = (
+        "from taskutils import task\n"
+        "import tasklib\n"
+        "@task\n"
+        "def café(x):\n    tasklib.ran.append(('café', x))\n"
+        "@task\n"
+        "def caf_(x):\n    tasklib.ran.append(('caf_', x))\n"
+        "@task\n"
+        "def naïve(x):\n    tasklib.ran.append(('naïve', x))\n"
+        "class Ωmega:\n"
+        "    @task\n"
+        "    @staticmethod\n"
+        "    def ünder(x):\n        tasklib.ran.append(('ünder', x))\n"
+    )
+    exec(compile(source, "módulo.py", "exec"), module.__dict__)
+    monkeypatch.setitem(sys.modules, "módulo", module)
+    return module
+
+
+def test_a_name_that_is_not_url_safe_ascii_runs_its_own_callable(task_testbed, unicode_module):
+    import re
+
+    added = [
+        unicode_module.café(42),
+        unicode_module.caf_(1),
+        unicode_module.naïve(7),
+        unicode_module.Ωmega.ünder(3),
+    ]
+
+    urls = [t.url for t in added]
+    assert len(set(urls)) == 4
+    assert all(re.fullmatch(URL_SAFE, url) for url in urls), urls
+    assert urls[1] == "/_ah/task/m~f3~dulo/caf_"
+    assert all(b"caf" not in t.payload for t in added)  # named by URL, not pickled by value
+    assert task_testbed.drain() == 4
+    assert sorted(tasklib.ran) == sorted([("café", 42), ("caf_", 1), ("naïve", 7), ("ünder", 3)])
+
+
+def test_two_lambdas_in_one_function_get_two_urls_and_each_runs_its_own():
+    def make():
+        return task(lambda: tasklib.ran.append("first")), task(lambda: tasklib.ran.append("second"))
+
+    first, second = make()
+    again, _ = make()  # the same code: the same URL
+
+    assert first.url.endswith("/make/lambda")
+    assert second.url.endswith("/make/lambda-2")
+    assert again.url == first.url
+
+
+def test_two_lambdas_sharing_a_url_prefix_still_run_their_own_bodies(task_testbed):
+    def make():
+        return task(lambda: tasklib.ran.append("first")), task(lambda: tasklib.ran.append("second"))
+
+    first, second = make()
+    second()
+    first()
+
+    task_testbed.drain()
+    assert tasklib.ran == ["second", "first"]
+
+
+def test_a_by_url_lookup_never_resolves_to_a_different_callable(task_testbed, monkeypatch):
+    old = tasklib.record
+
+    @task
+    def record(*args, **kwargs):
+        tasklib.ran.append("the new record")
+
+    monkeypatch.setattr(tasklib, "record", record)
+    added = old("via the old task function")  # its URL names tasklib.record, now another function
+
+    assert added.url == "/_ah/task/tasklib/record"
+    assert not added.payload[0] & codec.BY_URL  # so the payload carries the old callable itself
+    assert task_testbed.drain() == 1
+    assert "the new record" not in tasklib.ran
+
+
+def test_partials_bound_methods_and_builtins_are_named_after_what_they_wrap(task_testbed):
+    import functools
+
+    partial = task(functools.partial(tasklib.plain, 1))
+    bound = task(Counter(5).bump.__wrapped__.__get__(Counter(5)))
+
+    assert partial.url == "/_ah/task/tasklib/plain"
+    assert bound.url == "/_ah/task/test_task/Counter.bump"
+    assert task(print).url == "/_ah/task/builtins/print"
+    assert task([].append).url == "/_ah/task/builtins/list.append"
+    partial(b=2)
+    task_testbed.drain()
+    assert tasklib.ran == [("plain", 1, 2)]
+
+
+def test_task_over_classmethod_says_to_swap_them():
+    with pytest.raises(TypeError, match="swap"):
+
+        class Jobs:
+            @task
+            @classmethod
+            def run(cls):
+                pass
+
+
+def test_task_over_staticmethod_makes_a_static_task_function(task_testbed):
+    class Jobs:
+        @task
+        @staticmethod
+        def run(x):
+            tasklib.ran.append(("static", x))
+
+    Jobs.run(1)
+    Jobs().run(2)
+
+    task_testbed.drain()
+    assert sorted(tasklib.ran) == [("static", 1), ("static", 2)]
+
+
+def test_repr_names_the_task_and_shows_only_options_it_has():
+    assert repr(tasklib.record) == "<task tasklib/record>"
+    assert repr(tasklib.record.options(queue="q")) == "<task tasklib/record {'queue': 'q'}>"
+
+
+# -- arguments are bound at the call site --------------------------------------------------
+
+
+def keyword_only(a, *, b):
+    tasklib.ran.append(("keyword_only", a, b))
+
+
+def positional_only(a, /, b=0, *rest):
+    tasklib.ran.append(("positional_only", a, b, rest))
+
+
+@pytest.mark.parametrize(
+    "func, args, kwargs, message",
+    [
+        (keyword_only, (4,), {}, "missing a required argument: 'b'"),
+        (keyword_only, (4, 5), {}, "too many positional arguments"),
+        (keyword_only, (4,), {"b": 1, "c": 2}, "unexpected keyword argument 'c'"),
+        (positional_only, (), {"a": 1}, "positional"),
+        (tasklib.plain, (1, 2, 3), {}, "too many positional arguments"),
+        (tasklib.plain, (), {"b": 1}, "missing a required argument: 'a'"),
+    ],
+)
+def test_a_call_that_does_not_fit_the_signature_raises_type_error_and_enqueues_nothing(
+    task_testbed, func, args, kwargs, message
+):
+    with pytest.raises(TypeError, match=message) as raised:
+        task(func)(*args, **kwargs)
+
+    assert "test_task/" in str(raised.value) or "tasklib/" in str(raised.value)  # names the task
+    assert task_testbed.tasks() == []
+
+
+def test_calls_that_fit_the_signature_are_enqueued_and_run(task_testbed):
+    task(keyword_only)(1, b=2)
+    task(positional_only)(1, 2, 3, 4)
+    Counter(1).bump(by=2)
+
+    task_testbed.drain()
+    assert sorted(map(str, tasklib.ran)) == sorted(
+        map(str, [("keyword_only", 1, 2), ("positional_only", 1, 2, (3, 4)), ("bump", 1, 2)])
+    )
+
+
+def test_map_checks_each_item_against_the_signature_and_enqueues_nothing_on_a_bad_fit(task_testbed):
+    with pytest.raises(TypeError, match="missing a required argument"):
+        task(keyword_only).map([1, 2])
+
+    assert task_testbed.tasks() == []
+
+
+def test_includeheaders_needs_a_headers_parameter_when_decorating(task_testbed):
+    def no_headers(a):
+        pass
+
+    def takes_kwargs(a, **kwargs):
+        tasklib.ran.append(sorted(kwargs))
+
+    with pytest.raises(TypeError, match="includeheaders"):
+        task(no_headers, includeheaders=True)
+    with pytest.raises(TypeError, match="includeheaders"):
+        task(no_headers).options(includeheaders=True)
+    with pytest.raises(TypeError, match="headers= is given by the task request"):
+        tasklib.with_headers(1, headers={})
+    task(takes_kwargs, includeheaders=True)(1)
+    task_testbed.drain()
+    assert tasklib.ran == [["headers"]]
+
+
+# -- async and generator functions ------------------------------------------------------------
+
+
+async def sleepy(x):
+    import asyncio
+
+    await asyncio.sleep(0.01)
+    tasklib.ran.append(("async", x, taskutils.current_task().queue_name))
+
+
+def test_an_async_task_is_run_to_completion(task_testbed):
+    task(sleepy)(5)
+
+    task_testbed.drain()
+    assert tasklib.ran == [("async", 5, "default")]
+
+
+def generator_task():
+    yield 1
+
+
+async def async_generator_task():
+    yield 1
+
+
+@pytest.mark.parametrize("func", [generator_task, async_generator_task])
+def test_generator_functions_are_refused_when_decorating(func):
+    with pytest.raises(TypeError, match="generator"):
+        task(func)
+
+
+# -- options are checked when decorating -------------------------------------------------------
+
+
+def days_ahead(days):
+    return datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=days)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"countdown": float("nan")},
+        {"countdown": float("inf")},
+        {"countdown": 1e12},
+        {"countdown": 31 * 86400},
+        {"eta": days_ahead(31)},
+        {"eta": days_ahead(31).replace(tzinfo=None)},
+        {"name": "bad name!"},
+        {"name": ""},
+        {"name": "x" * 501},
+        {"logname": "../../admin"},
+        {"logname": "reports/./x"},
+        {"logname": "a//b"},
+        {"logname": "/abs"},
+        {"logname": "trailing/"},
+        {"headers": {"X-A": "one\r\nX-Injected: two"}},
+        {"headers": {"X-A": "price €"}},
+        {"headers": {"X-A\n": "x"}},
+        {"headers": {"Bad Name": "x"}},
+        {"headers": {"X-A": 5}},
+        {"tag": "a\nb"},
+        {"tag": "€"},
+    ],
+    ids=repr,
+)
+def test_an_option_app_engine_would_refuse_raises_when_decorating(options):
+    with pytest.raises(TypeError) as raised:
+        task(tasklib.plain, **options)
+    assert isinstance(raised.value, ValueError)  # a value out of range is both
+    with pytest.raises(TypeError):
+        tasklib.record.options(**options)
+
+
+def test_options_at_the_edges_app_engine_accepts_are_accepted(task_testbed):
+    fn = task(
+        tasklib.plain,
+        countdown=30 * 86400 - 60,
+        name="A_z-9" * 100,
+        logname="reports/v1.2/~x",
+        headers={"X-Name": "café\tok"},
+        tag="été",
+    )
+
+    added = fn(1)
+    assert added.was_enqueued and added.url == "/_ah/task/reports/v1.2/~x"
+
+
+# -- outside App Engine -----------------------------------------------------------------------
+
+
+def test_calling_a_task_with_no_api_proxy_says_how_to_run_it_locally():
+    with pytest.raises(taskutils.exc.NoApiProxyError, match="python -m taskutils serve") as raised:
+        tasklib.record(1)
+
+    assert "task_testbed" in str(raised.value)
+    with pytest.raises(taskutils.exc.NoApiProxyError):
+        tasklib.record.map([1, 2])
