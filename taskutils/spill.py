@@ -4,19 +4,29 @@ The data is split into entities under Datastore's 1 MiB entity and API request
 limits, all in one entity group (under the caller's ``parent`` when given), so
 that a transactional write touches one group. The pointer names the group and
 holds the SHA-256 of the data, so a worker only unpickles exactly what was written.
+
+The entities are written, read and deleted with Datastore's low-level API
+(``google.appengine.api.datastore``): ndb's tasklets cost more than the payload.
+Every chunk records when its task is first due, so that ``taskutils.sweep`` can
+find payloads whose task can no longer run.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
 import re
 import uuid
 import weakref
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-from google.appengine.api import datastore_errors, taskqueue
+from google.appengine.api import datastore, datastore_errors, datastore_types, taskqueue
+from google.appengine.datastore import datastore_rpc
 from google.appengine.ext import ndb
+from google.appengine.ext.ndb import metadata
 
 from .codec import MAX_PAYLOAD, MAX_TRANSACTIONAL_PAYLOAD, POINTER, SIGNED, SIGNED_PREFIX
 from .exc import CorruptPayloadError, PayloadError, PayloadTooLargeError, SpilledPayloadMissingError
@@ -28,6 +38,8 @@ log = logging.getLogger("taskutils.spill")
 CHUNK_SIZE = 1000 * 1000
 MAX_CHUNKS = -(-MAX_PAYLOAD // CHUNK_SIZE)
 GROUP_KIND = "_TaskutilsPayload"
+CHUNK_KIND = "_TaskutilsPayloadChunk"
+SWEEP_BATCH = 500  # keys per Delete call, Datastore's limit
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
 # Bytes spilled so far in each running transaction, to keep the sum under Datastore's limit.
@@ -35,47 +47,113 @@ _spilled_in: weakref.WeakKeyDictionary[ndb.Context, int] = weakref.WeakKeyDictio
 
 
 class TaskPayloadChunk(ndb.Model):
-    """One piece of a spilled task payload."""
+    """The shape of one piece of a spilled task payload, for queries; taskutils writes it with the low-level API."""
 
     _use_cache = False
     _use_memcache = False
 
     data = ndb.BlobProperty(required=True)
+    due = ndb.DateTimeProperty()  # when its task is first due to run (UTC): what sweep looks at
 
     @classmethod
     def _get_kind(cls) -> str:
-        return "_TaskutilsPayloadChunk"
+        return CHUNK_KIND
 
     def __repr__(self) -> str:
         # ndb names every batched put after its entity: never render a megabyte.
         return f"TaskPayloadChunk(key={self._key!r}, {len(self.data or b'')} bytes)"
 
 
-def _chunk_keys(group: ndb.Key, count: int) -> list[ndb.Key]:
-    return [ndb.Key(TaskPayloadChunk, i + 1, parent=group) for i in range(count)]
+def _connection(transactional: bool) -> datastore_rpc.BaseConnection:
+    """The connection to use: the caller's ndb transaction's when transactional, else one outside any.
+
+    Inside ``ndb.transactional`` the low-level API's current connection is that
+    transaction's, but with ndb's adapter; a sibling with the low-level adapter
+    and the same transaction handle writes into the same transaction.
+    """
+    current = datastore._GetConnection()
+    if not isinstance(current, datastore_rpc.TransactionalConnection):
+        return current
+    version = current._api_version
+    if transactional:
+        return datastore_rpc.TransactionalConnection(
+            adapter=datastore._adapter, config=current.config, transaction=current.transaction, _api_version=version
+        )
+    return datastore_rpc.Connection(adapter=datastore._adapter, config=current.config, _api_version=version)
 
 
-def _write(data: bytes, parent: ndb.Key | None) -> bytes:
-    group = ndb.Key(GROUP_KIND, uuid.uuid4().hex, parent=parent)
+def _chunk_keys(group: datastore_types.Key, count: int) -> list[datastore_types.Key]:
+    return [datastore_types.Key.from_path(CHUNK_KIND, i + 1, parent=group) for i in range(count)]
+
+
+def _utc(when: datetime.datetime) -> datetime.datetime:
+    """A naive UTC datetime, as Datastore stores them; a naive one is taken as UTC already."""
+    if when.tzinfo is None:
+        return when
+    return when.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def _due(task_kwargs: Mapping[str, Any]) -> datetime.datetime:
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    if task_kwargs.get("eta") is not None:
+        return max(now, _utc(task_kwargs["eta"]))
+    return now + datetime.timedelta(seconds=task_kwargs.get("countdown") or 0)
+
+
+def _retry_limit(task_kwargs: Mapping[str, Any]) -> int | None:
+    """The task's last attempt's retry count, when the task alone decides it (a retry limit, no age limit)."""
+    options = task_kwargs.get("retry_options")
+    if options is None or options.task_retry_limit is None or options.task_age_limit is not None:
+        return None
+    return int(options.task_retry_limit)
+
+
+def _write(data: bytes, parent: ndb.Key | None, task_kwargs: Mapping[str, Any], transactional: bool) -> bytes:
+    """Put the chunks; if a Put outside a transaction fails, delete every chunk it may have written, then raise."""
+    group = datastore_types.Key.from_path(
+        GROUP_KIND, uuid.uuid4().hex, parent=None if parent is None else parent.to_old_key()
+    )
     pieces = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)] or [b""]
-    chunks = [TaskPayloadChunk(key=k, data=p) for k, p in zip(_chunk_keys(group, len(pieces)), pieces, strict=True)]
-    ndb.put_multi(chunks, use_cache=False, use_memcache=False)
-    pointer = {"g": group.urlsafe().decode(), "n": len(pieces), "d": hashlib.sha256(data).hexdigest()}
+    due = _due(task_kwargs)
+    entities = []
+    for i, piece in enumerate(pieces):
+        entity = datastore.Entity(CHUNK_KIND, parent=group, id=i + 1)
+        entity["data"] = datastore_types.Blob(piece)
+        entity["due"] = due
+        entities.append(entity)
+    connection = _connection(transactional)
+    try:
+        connection.async_put(None, entities).get_result()
+    except BaseException:
+        if not transactional:  # in a transaction, the error rolls it back, and the chunks with it
+            _delete_keys(connection, group, [e.key() for e in entities])
+        raise
+    pointer: dict[str, Any] = {"g": str(group), "n": len(pieces), "d": hashlib.sha256(data).hexdigest()}
+    limit = _retry_limit(task_kwargs)
+    if limit is not None:
+        pointer["r"] = limit
     return json.dumps(pointer, separators=(",", ":")).encode()
 
 
-_write_outside_transaction = ndb.non_transactional(_write)
-
-
-def store(task_name: str, data: bytes, *, transactional: bool = False, parent: ndb.Key | None = None) -> bytes:
+def store(
+    task_name: str,
+    data: bytes,
+    *,
+    transactional: bool = False,
+    parent: ndb.Key | None = None,
+    task_kwargs: Mapping[str, Any] | None = None,
+) -> bytes:
     """Write data to Datastore and return the pointer a task carries instead.
 
     With transactional=True the entities are written in the caller's ndb
     transaction, so they exist only if it commits; otherwise they are written
-    at once, even when called inside a transaction.
+    at once, even when called inside a transaction. A write that fails leaves
+    nothing behind. ``task_kwargs`` (countdown, eta, retry_options) tell when
+    the task is first due and whether it can say which attempt is its last.
     """
+    task_kwargs = task_kwargs or {}
     if not transactional:
-        return _write_outside_transaction(data, None)  # codec.dumps_call has held data to MAX_PAYLOAD
+        return _write(data, None, task_kwargs, False)  # codec.dumps_call has held data to MAX_PAYLOAD
     if not ndb.in_transaction():
         raise taskqueue.BadTransactionStateError(
             f"task {task_name}: transactional=True needs a running ndb transaction"
@@ -89,7 +167,7 @@ def store(task_name: str, data: bytes, *, transactional: bool = False, parent: n
             f"{MAX_TRANSACTIONAL_PAYLOAD} bytes taskutils carries inside a transaction"
         )
     try:
-        pointer = _write(data, parent)
+        pointer = _write(data, parent, task_kwargs, True)
     except datastore_errors.BadRequestError as e:
         if parent is None and "cross-group" in str(e):
             raise PayloadError(
@@ -102,17 +180,18 @@ def store(task_name: str, data: bytes, *, transactional: bool = False, parent: n
     return pointer
 
 
-def _parse(pointer: bytes) -> tuple[ndb.Key, int, str]:
+def _parse(pointer: bytes) -> dict[str, Any]:
     try:
         fields = json.loads(pointer)
-        group, count, digest = ndb.Key(urlsafe=fields["g"]), fields["n"], fields["d"]
+        group, count, digest = datastore_types.Key(fields["g"]), fields["n"], fields["d"]
     except Exception as e:
         raise CorruptPayloadError(f"bad spill pointer: {type(e).__name__}: {e}") from e
     if group.kind() != GROUP_KIND or type(count) is not int or not 0 < count <= MAX_CHUNKS:
         raise CorruptPayloadError("bad spill pointer: not a taskutils payload")
     if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
         raise CorruptPayloadError("bad spill pointer: bad digest")
-    return group, count, digest
+    fields["g"] = group
+    return fields
 
 
 def load(pointer: bytes) -> bytes:
@@ -121,41 +200,138 @@ def load(pointer: bytes) -> bytes:
     Raises SpilledPayloadMissingError when entities are gone, CorruptPayloadError
     when the data is not what was written.
     """
-    group, count, digest = _parse(pointer)
-    entities = ndb.get_multi(_chunk_keys(group, count), use_cache=False, use_memcache=False)
+    fields = _parse(pointer)
+    group, count = fields["g"], fields["n"]
+    entities = _connection(False).async_get(None, _chunk_keys(group, count)).get_result()
     missing = [i + 1 for i, e in enumerate(entities) if e is None]
     if missing:
         raise SpilledPayloadMissingError(
-            f"spilled payload {group.id()} lost {len(missing)} of its {count} entities (first: {missing[0]})"
+            f"spilled payload {group.name()} lost {len(missing)} of its {count} entities (first: {missing[0]})"
         )
-    data = b"".join(e.data for e in entities)
-    if hashlib.sha256(data).hexdigest() != digest:
-        raise CorruptPayloadError(f"spilled payload {group.id()} does not match its digest")
+    data = b"".join(e["data"] for e in entities)
+    if hashlib.sha256(data).hexdigest() != fields["d"]:
+        raise CorruptPayloadError(f"spilled payload {group.name()} does not match its digest")
     return data
 
 
-def delete(pointer: bytes) -> None:
+def last_attempt(pointer: bytes, retry_count: int) -> bool:
+    """True when the task whose pointer this is will not be retried after this attempt.
+
+    Only a task whose own retry_options set a task_retry_limit and no
+    task_age_limit can tell; for any other, this is False (sweep finds its spill).
+    """
+    try:
+        limit = _parse(pointer).get("r")
+    except CorruptPayloadError:
+        return False
+    return type(limit) is int and retry_count >= limit
+
+
+def _delete_keys(connection: datastore_rpc.BaseConnection, group: datastore_types.Key, keys: list[Any]) -> bool:
+    try:
+        connection.async_delete(None, keys).get_result()
+    except Exception:
+        log.error(
+            "could not delete spilled payload %s: its %d entities are left behind for taskutils.sweep",
+            group.name(),
+            len(keys),
+            exc_info=True,
+        )
+        return False
+    return True
+
+
+def delete(pointer: bytes, *, transactional: bool = False) -> None:
     """Delete the entities a pointer names; a failure is logged, never raised.
 
     The task has finished by then: failing it over its clean-up would run it again.
+    With transactional=True the delete joins the caller's transaction.
     """
     try:
-        group, count, _ = _parse(pointer)
+        fields = _parse(pointer)
     except CorruptPayloadError:
         return
-    try:
-        ndb.delete_multi(_chunk_keys(group, count), use_cache=False, use_memcache=False)
-    except Exception:
-        log.error(
-            "could not delete spilled payload %s: its %d entities are left behind", group.id(), count, exc_info=True
-        )
+    _delete_keys(_connection(transactional), fields["g"], _chunk_keys(fields["g"], fields["n"]))
 
 
-def discard(body: bytes) -> None:
+def discard(body: bytes, *, transactional: bool = False) -> None:
     """Delete the spill behind a body taskutils framed itself, if it has one.
 
-    For a task that was built but could not be added (a named task that
-    already exists, a queue that does not), so its entities are not orphaned.
+    For a task that was built but surely not added (a named task that already
+    exists, a queue that does not), so its entities are not orphaned.
     """
     if body and body[0] & POINTER:
-        delete(body[SIGNED_PREFIX if body[0] & SIGNED else 1 :])
+        delete(body[SIGNED_PREFIX if body[0] & SIGNED else 1 :], transactional=transactional)
+
+
+def _orphans(before: datetime.datetime) -> Iterator[list[datastore_types.Key]]:
+    """Keys of chunks whose task was due before then, in batches, namespace by namespace."""
+    for namespace in metadata.get_namespaces():
+        query = datastore.Query(CHUNK_KIND, {"due <": before}, keys_only=True, namespace=namespace)
+        batch: list[datastore_types.Key] = []
+        for key in query.Run(batch_size=SWEEP_BATCH):
+            batch.append(key)
+            if len(batch) == SWEEP_BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+def sweep(before: datetime.datetime) -> int:
+    """Delete spilled payloads whose task was first due before then (naive UTC); return how many."""
+    connection = _connection(False)
+    deleted = 0
+    last_group = None
+    for keys in _orphans(before):
+        connection.async_delete(None, keys).get_result()
+        for key in keys:  # a payload's chunks share one due time, so they come one after another
+            group = key.parent()
+            if group != last_group:
+                deleted += 1
+                last_group = group
+    if deleted:
+        log.info("swept %d spilled payloads whose task was due before %s UTC", deleted, before.isoformat())
+    return deleted
+
+
+# Errors that say the queue refused the add: the task does not exist, so its spill can go.
+# Any other error (TransientError, InternalError, a deadline, an interrupt) may come after
+# the queue took the task: its spill is kept for it, or for taskutils.sweep.
+NOT_ADDED: tuple[type[BaseException], ...] = (
+    taskqueue.InvalidTaskError,  # TaskAlreadyExistsError, TombstonedTaskError, TaskTooLargeError, bad name/URL/ETA
+    taskqueue.InvalidQueueError,
+    taskqueue.UnknownQueueError,
+    taskqueue.BadTaskStateError,
+    taskqueue.DuplicateTaskNameError,
+    taskqueue.TooManyTasksError,
+    taskqueue.BadTransactionStateError,
+    taskqueue.PermissionDeniedError,
+    taskqueue.InvalidQueueModeError,
+    taskqueue.InvalidTaskRetryOptionsError,
+    taskqueue.InvalidTagError,
+    taskqueue.InvalidDispatchDeadlineError,
+    taskqueue.QueuePausedError,
+)
+
+
+def discard_unadded(built: list[taskqueue.Task], error: BaseException | None, *, transactional: bool = False) -> None:
+    """Delete the spills of built tasks the queue surely did not take; keep the rest.
+
+    ``error`` is what the add raised, None when the tasks were never sent. A
+    task marked as enqueued keeps its spill; the others lose theirs only when
+    the error is one of NOT_ADDED. With transactional=True the deletes join the
+    caller's transaction.
+    """
+    left = [t for t in built if not t.was_enqueued and t.payload and t.payload[0] & POINTER]
+    if error is not None and not isinstance(error, NOT_ADDED):
+        if left:
+            log.warning(
+                "adding %d task(s) with spilled payloads failed with %s, which does not say whether the "
+                "queue took them: their payloads are kept, for the tasks or for taskutils.sweep",
+                len(left),
+                type(error).__name__,
+            )
+        return
+    for t in left:
+        discard(t.payload, transactional=transactional)

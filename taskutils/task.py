@@ -81,14 +81,12 @@ def _add_batch(queue: taskqueue.Queue, batch: list[taskqueue.Task], transactiona
     return [t if t.was_enqueued else queue.add(t) for t in batch]
 
 
-def _discard_spills(built: list[taskqueue.Task], transactional: bool) -> None:
-    """Delete the spilled payloads of built tasks that were not added (not needed when transactional)."""
-    if not transactional:
+def _discard_spills(built: list[taskqueue.Task], transactional: bool, error: BaseException | None = None) -> None:
+    """Delete the spilled payloads of built tasks the queue surely did not take (see spill.discard_unadded)."""
+    if any(t.payload and t.payload[0] & codec.POINTER for t in built):
         from . import spill
 
-        for t in built:
-            if not t.was_enqueued:
-                spill.discard(t.payload)
+        spill.discard_unadded(built, error, transactional=transactional)
 
 
 def _check_type(name: str, value: object, types_: type | tuple[type, ...], what: str) -> None:
@@ -481,9 +479,16 @@ class TaskFunction(Generic[P, R]):
                 pass  # the URL and headers tipped it over: spill
         from . import spill
 
-        pointer = spill.store(self._suffix[1:], data, transactional=self._transactional, parent=self._parent)
-        payload = codec.frame(path, pointer, flags | codec.POINTER, keyring)
-        return taskqueue.Task(payload=payload, url=path, **self._task_kwargs)
+        transactional = self._transactional
+        pointer = spill.store(
+            self._suffix[1:], data, transactional=transactional, parent=self._parent, task_kwargs=self._task_kwargs
+        )
+        try:
+            payload = codec.frame(path, pointer, flags | codec.POINTER, keyring)
+            return taskqueue.Task(payload=payload, url=path, **self._task_kwargs)
+        except BaseException:
+            spill.delete(pointer, transactional=transactional)
+            raise
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> taskqueue.Task:
         """Enqueue one push task that calls the wrapped callable with these arguments.
@@ -496,8 +501,8 @@ class TaskFunction(Generic[P, R]):
             built = self._build(args, kwargs)
             try:
                 return self._queue.add(built, transactional=self._transactional)
-            except BaseException:
-                _discard_spills([built], self._transactional)
+            except BaseException as e:
+                _discard_spills([built], self._transactional, e)
                 raise
         except AssertionError as e:
             raise _no_api_proxy(e) from e
@@ -515,19 +520,22 @@ class TaskFunction(Generic[P, R]):
         size = _MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else _MAX_TASKS_PER_ADD
         by_url = self._named_by_url()
         added: list[taskqueue.Task] = []
-        batch: list[taskqueue.Task] = []
+        batch: list[taskqueue.Task] = []  # built, not sent yet
+        sent: list[taskqueue.Task] = []  # the batch handed to the queue last
         check = self._check
         try:
             for item in iterable:
                 check(self, (item,), {})
                 batch.append(self._build((item,), {}, by_url))
                 if len(batch) == size:
-                    added += _add_batch(self._queue, batch, transactional)
-                    batch.clear()
+                    sent, batch = batch, []
+                    added += _add_batch(self._queue, sent, transactional)
             if batch:
-                added += _add_batch(self._queue, batch, transactional)
+                sent, batch = batch, []
+                added += _add_batch(self._queue, sent, transactional)
         except BaseException as e:
             _discard_spills(batch, transactional)
+            _discard_spills(sent, transactional, e)
             if isinstance(e, AssertionError):
                 raise _no_api_proxy(e) from e
             raise
