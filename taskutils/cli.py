@@ -13,7 +13,16 @@ from collections.abc import Sequence
 from types import FrameType
 
 from . import __version__
-from .local import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_THREADS, LocalServer, StubLogFilter, cloudtasks_mode
+from .local import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DISPATCH_TIMEOUT,
+    STOP_GRACE,
+    LocalServer,
+    StubLogFilter,
+    cloudtasks_mode,
+)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -53,10 +62,49 @@ def _parser() -> argparse.ArgumentParser:
         "--queue-yaml", metavar="FILE", help="queue.yaml with the app's queues (default: every queue name is accepted)"
     )
     serve.add_argument(
-        "--datastore-path", metavar="FILE", help="keep the datastore in this file between runs (default: in memory)"
+        "--storage",
+        metavar="DIR",
+        help="keep Datastore entities and queued tasks in this folder: they survive a restart or a crash "
+        "(default: in memory)",
     )
     serve.add_argument(
-        "--threads", type=int, default=DEFAULT_THREADS, help="waitress worker threads (default: %(default)s)"
+        "--reload",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="restart the app when a .py file under its folder changes, keeping queued tasks "
+        "(in a temporary folder unless --storage is given)",
+    )
+    serve.add_argument(
+        "--datastore-path",
+        metavar="FILE",
+        help="deprecated, use --storage: keep the datastore (only) in this file, saved when the server stops",
+    )
+    serve.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help="tasks run at once, at most (a queue's max_concurrent_requests still applies; default: %(default)s)",
+    )
+    serve.add_argument(
+        "--deadline",
+        type=_seconds,
+        default=DISPATCH_TIMEOUT,
+        metavar="SECONDS",
+        help="a task's deadline when it sets no dispatch_deadline_usec (default: %(default)g, App Engine's)",
+    )
+    serve.add_argument(
+        "--grace",
+        type=_seconds,
+        default=STOP_GRACE,
+        metavar="SECONDS",
+        help="on Ctrl-C or SIGTERM, how long running tasks may take to finish (default: %(default)g)",
+    )
+    serve.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="waitress worker threads (default: one per task at once, plus 4 for the app's own requests)",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="also log the task handler's own line per task")
     serve.add_argument(
@@ -76,6 +124,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
+    return value
+
+
 def _raised_in_user_code(error: BaseException) -> bool:
     """True when the traceback passes through code that is neither taskutils nor importlib."""
     ours = os.path.dirname(os.path.abspath(__file__))
@@ -86,12 +141,31 @@ def _raised_in_user_code(error: BaseException) -> bool:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run the local server until SIGINT or SIGTERM; 0 after a clean stop."""
+    """Run the local server until SIGINT or SIGTERM, then print what it did.
+
+    0 after a clean stop; 1 when a running task had to be abandoned (or the
+    server died); 2 when it could not start.
+    """
     # On Cloud Tasks the emulator posts the tasks, so the handler's line is the line per task.
     configure_logging(args.verbose or cloudtasks_mode())
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("taskutils.local").warning(
             "binding %s: other machines can reach this server (task requests still need a valid signature)", args.host
+        )
+    if args.storage is not None and args.datastore_path is not None:
+        print("taskutils serve: give --storage or --datastore-path, not both", file=sys.stderr)
+        return 2
+    if args.reload:
+        from .local import reload
+
+        return reload.supervise(
+            args.argv,
+            args.app,
+            host=args.host,
+            port=args.port,
+            storage_dir=args.storage,
+            grace=args.grace,
+            exit_with_parent=args.exit_with_parent,
         )
     server = LocalServer(
         args.app,
@@ -99,13 +173,18 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port,
         queue_yaml=args.queue_yaml,
         datastore_path=args.datastore_path,
+        storage=args.storage,
         threads=args.threads,
+        concurrency=args.concurrency,
+        deadline=args.deadline,
     )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():  # a second Ctrl-C: do not wait for running tasks
+            print("taskutils serve: stopping now, running tasks abandoned", file=sys.stderr, flush=True)
+            os._exit(1)
         stop.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C aborts
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -119,17 +198,22 @@ def serve(args: argparse.Namespace) -> int:
         print(f"taskutils serve: {server.url} (Ctrl-C to stop)", flush=True)
         print(f"taskutils serve: console at {server.url}/_ah/taskutils/", flush=True)
         parent = os.getppid()
+        died = False
         while not stop.wait(0.5):
             if not server.running:
                 print("taskutils serve: the server stopped unexpectedly", file=sys.stderr)
-                server.stop()
-                return 1
+                died = True
+                break
             if args.exit_with_parent and os.getppid() != parent:
                 print("taskutils serve: the parent process exited", file=sys.stderr)
                 break
-        server.stop()
+        if not died:
+            print(f"taskutils serve: stopping (running tasks have {args.grace:g} s to finish)", flush=True)
+        summary = server.stop(args.grace)
+        for line in summary.lines() if summary is not None else ():
+            print(f"taskutils serve: {line}", flush=True)
         print("taskutils serve: stopped", flush=True)
-        return 0
+        return 1 if died or (summary is not None and summary.abandoned) else 0
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -138,6 +222,7 @@ def serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m taskutils``."""
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for serve --reload to start serve again
     if args.command == "serve":
         return serve(args)
     from . import demo

@@ -1,10 +1,11 @@
 """The local server: Google's App Engine stubs behind a real WSGI server (waitress) on loopback.
 
-:class:`LocalServer` sets the App Engine environment, registers Google's
-taskqueue, datastore and memcache stubs, loads the app, mounts ``taskutils.app``
-beside it and serves both with waitress. The taskqueue stub's background
-scheduler runs queued tasks with App Engine's retry and backoff rules, each sent
-to this server over HTTP by :class:`~taskutils.local.dispatch.HTTPDispatcher`.
+:class:`LocalServer` binds its port, sets the App Engine environment, registers
+Google's taskqueue, datastore and memcache stubs (:mod:`.stubs`), loads the app
+(:mod:`.wsgi`), then serves it with waitress while the scheduler
+(:mod:`.scheduler`) sends queued tasks back to it over HTTP (:mod:`.dispatch`).
+Every thread is started after the app is loaded, because ``wrap_wsgi_app``
+reloads ``threading`` when the app calls it.
 """
 
 from __future__ import annotations
@@ -12,33 +13,99 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from google.appengine.api import apiproxy_stub_map, datastore_file_stub
 from google.appengine.api.memcache import memcache_stub
 from google.appengine.api.taskqueue import taskqueue_stub
-from google.appengine.datastore import datastore_stub_util
-from google.appengine.ext import ndb
 
 from .. import config
 from ..handler import mount
-from .dispatch import STOP_GRACE, HTTPDispatcher
-from .stubs import _RequestInfo, _Serialized
-from .wsgi import StartResponse, WSGIApp, _not_found, load_app
+from .dispatch import DISPATCH_TIMEOUT, STOP_GRACE, HTTPDispatcher, RunRecords
+from .scheduler import DEFAULT_CONCURRENCY, ConcurrentScheduler
+from .storage import Storage
+from .stubs import Serialized, make_datastore, make_taskqueue, queue_limits
+from .wsgi import ServedApp, StartResponse, WSGIApp, load_app, not_found, routes_tasks
 
 log = logging.getLogger("taskutils.local")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_PROJECT = "taskutils-local"
-DEFAULT_THREADS = 4
+WEB_THREADS = 4  # waitress threads for the app's own requests, beyond one per task in flight
+MAX_SPARE_THREADS = 32  # threads added in place of ones held by tasks past their deadline
 
 
 def cloudtasks_mode() -> bool:
     """True when the SDK sends push tasks to Cloud Tasks rather than to the taskqueue service."""
     return os.environ.get("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE", "").lower() == "true"
+
+
+@dataclass(frozen=True)
+class StopSummary:
+    """What a server did, told when it stops."""
+
+    succeeded: int  # task attempts answered 2xx
+    failed: int  # attempts that did not succeed
+    retried: int  # failed attempts put back with backoff
+    dropped: int  # failed attempts that were their task's last
+    queued: int  # tasks still in their queues
+    kept: str | None  # where the queued tasks are kept (None: they are gone)
+    abandoned: int  # tasks still running when the grace period ended
+
+    def lines(self) -> list[str]:
+        """The summary as ``serve`` prints it."""
+        kept = f"kept in {self.kept}" if self.kept else "not kept (they are gone; --storage DIR keeps them)"
+        lines = [
+            f"{self.succeeded} task runs succeeded, {self.failed} failed "
+            f"({self.retried} retried, {self.dropped} dropped after their last retry)",
+            f"{self.queued} tasks still queued, {kept}" if self.queued else "no task left queued",
+        ]
+        if self.abandoned:
+            lines.append(f"{self.abandoned} running tasks abandoned after the grace period")
+        return lines
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _guard_trigger(trigger: Any) -> None:
+    """Make waitress's wake-up pipe safe to pull while, or after, it is closed.
+
+    A worker thread finishing a response pulls it; if the server closed it a
+    moment before, ``os.write`` on the closed descriptor raised EBADF (or wrote
+    into whatever file reused the number).
+    """
+    guard = threading.Lock()
+    closed = False
+    pull, close = trigger._physical_pull, trigger._close
+
+    def guarded_pull() -> None:
+        with guard:
+            if not closed:
+                pull()
+
+    def guarded_close() -> None:
+        nonlocal closed
+        with guard:
+            closed = True
+            close()
+
+    trigger._physical_pull, trigger._close = guarded_pull, guarded_close
 
 
 class LocalServer:
@@ -47,10 +114,20 @@ class LocalServer:
     ``app`` is a WSGI application or a ``"module:attr"`` string, imported once
     the stubs are in place (so the module may enqueue tasks when imported).
     ``port=0`` picks a free port; ``queue_yaml`` configures queues (without one,
-    every queue name is accepted); ``datastore_path`` keeps the datastore in a
-    file between runs. Signing is always on: a per-process random key unless
+    every queue name is accepted); ``storage`` (a folder) keeps Datastore entities
+    and queued tasks across restarts and crashes (:mod:`.storage`); ``datastore_path`` keeps the datastore in a
+    file between runs. Up to ``concurrency`` tasks run at once, each within its
+    ``dispatch_deadline_usec`` or else ``deadline`` seconds; ``threads`` is
+    waitress's thread count (default: one per task in flight plus 4 for the
+    app's own requests). Signing is always on: a per-process random key unless
     keys are configured. The stubs and ``os.environ`` are process-wide, so run
     one server per process.
+
+    While it runs: ``runs`` holds the run records (see :mod:`.dispatch`),
+    ``scheduler.running()`` the tasks in flight, ``taskqueue`` and ``datastore``
+    the stubs. ``kept_in`` says where queued tasks are kept across a stop (None:
+    in memory only), and ``stop_hooks`` run after the last task stopped, before
+    the stubs go away (to save them).
     """
 
     def __init__(
@@ -61,59 +138,71 @@ class LocalServer:
         port: int = DEFAULT_PORT,
         queue_yaml: str | os.PathLike[str] | None = None,
         datastore_path: str | os.PathLike[str] | None = None,
-        threads: int = DEFAULT_THREADS,
+        storage: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        deadline: float = DISPATCH_TIMEOUT,
     ) -> None:
+        if deadline <= 0:
+            raise ValueError(f"deadline must be positive, not {deadline}")
         self.app_spec = app
         self.host = host
         self.requested_port = port
         self.queue_yaml = os.fspath(queue_yaml) if queue_yaml is not None else None
         self.datastore_path = os.fspath(datastore_path) if datastore_path is not None else None
-        self.threads = threads
+        self.storage_dir = os.fspath(storage) if storage is not None else None
+        self.storage: Storage | None = None
+        self.concurrency = concurrency
+        self.threads = threads if threads is not None else concurrency + WEB_THREADS
+        self.deadline = deadline
         self.project = ""
         self.port = port
-        self.app: WSGIApp = _not_found
+        self.app: WSGIApp = not_found
+        self.through_app = False  # True when task requests go through the whole user app
+        self.runs = RunRecords()
         self.taskqueue: taskqueue_stub.TaskQueueServiceStub | None = None
         self.datastore: datastore_file_stub.DatastoreFileStub | None = None
         self.dispatcher: HTTPDispatcher | None = None
+        self.scheduler: ConcurrentScheduler | None = None
+        self.kept_in: str | None = None
+        self.stop_hooks: list[Callable[[], None]] = []
+        self.summary: StopSummary | None = None
+        self._socket: socket.socket | None = None
+        self._served: ServedApp | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._saved_env: dict[str, str | None] = {}
         self._saved_apiproxy: Any = None
         self._own_keyring: config.KeyRing | None = None
+        self._stub_lock = threading.RLock()
         self._stopped = threading.Event()
-        self._scheduler_crashed = threading.Event()
         self._stop_lock = threading.Lock()
+        self._spare_threads = 0
 
     @property
     def url(self) -> str:
         """The server's base URL, e.g. ``http://127.0.0.1:8080``."""
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def running(self) -> bool:
         """True while the server serves requests and its scheduler runs tasks."""
-        return self._thread is not None and self._thread.is_alive() and not self._scheduler_crashed.is_set()
+        alive = self._thread is not None and self._thread.is_alive()
+        return alive and not (self.scheduler is not None and self.scheduler.crashed.is_set())
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        # Every request gets a fresh ndb context, as on App Engine: no cache shared between requests.
-        ndb.set_context(ndb.make_default_context())
-        return self.app(environ, start_response)
+        served = self._served
+        if served is None:
+            return not_found(environ, start_response)
+        return served(environ, start_response)
 
     def start(self) -> LocalServer:
-        """Bind, register the stubs, load the app, then serve in a background thread."""
-        import waitress.server
-
-        if self._server is not None:
+        """Bind, register the stubs, load the app, then serve and run tasks in background threads."""
+        if self._socket is not None:
             raise RuntimeError(f"{self.url} is already started")
-        self._server = waitress.server.create_server(
-            self,
-            host=self.host,
-            port=self.requested_port,
-            threads=self.threads,
-            ident="taskutils",
-            clear_untrusted_proxy_headers=False,
-        )
-        self.port = int(self._server.effective_port)
+        self._socket = _bind(self.host, self.requested_port)
+        self.port = int(self._socket.getsockname()[1])
         try:
             self._set_environment()
             self._register_stubs()
@@ -123,27 +212,56 @@ class LocalServer:
                 cloudtasks.use_emulator_from_env()
                 log.info("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE is on: tasks go to Cloud Tasks, which posts them here")
             self._ensure_signing()
-            user_app = load_app(self.app_spec) if isinstance(self.app_spec, str) else self.app_spec
+            self.app = self._load_app()
             self._ensure_signing()
-            from ..webconsole import mount_console  # the console at /_ah/taskutils/
-
-            self.app = mount_console(self, mount(user_app or _not_found))
+            self._served = ServedApp(self.app)
+            self._serve_in_background()
         except BaseException:
-            self._close_sockets()
+            self._close_listener()
             self._restore()
             raise
-        self.taskqueue.StartBackgroundExecution()  # type: ignore[union-attr]
-        self._thread = threading.Thread(target=self._serve, name=f"taskutils-serve-{self.port}", daemon=True)
-        self._thread.start()
         log.info(
-            "serving %s on %s (project %s, %s, signing key id %s)",
+            "serving %s on %s (project %s, %s, signing key id %s, up to %d tasks at once)",
             self._describe_app(),
             self.url,
             self.project,
             f"queues from {self.queue_yaml}" if self.queue_yaml else "every queue name accepted",
             config.get_keyring().keys[0].key_id.hex(),
+            self.concurrency,
         )
         return self
+
+    def _load_app(self) -> WSGIApp:
+        """Import the app and decide how tasks reach the handler: through it, or beside it."""
+        user_app = load_app(self.app_spec) if isinstance(self.app_spec, str) else self.app_spec
+        if user_app is None:
+            app = mount(not_found)
+        elif routes_tasks(user_app, self.host, self.port):
+            self.through_app = True
+            app = user_app
+            log.info("the app routes %s itself: tasks go through the whole app", config.settings.route)
+        else:
+            app = mount(user_app)
+        from ..webconsole import mount_console  # the console at /_ah/taskutils/
+
+        return mount_console(self, app)
+
+    def _serve_in_background(self) -> None:
+        import waitress.server
+
+        assert self._socket is not None and self.scheduler is not None and self.taskqueue is not None
+        self._server = waitress.server.create_server(
+            self,
+            sockets=[self._socket],
+            threads=self.threads,
+            ident="taskutils",
+            clear_untrusted_proxy_headers=False,
+        )
+        _guard_trigger(self._server.trigger)
+        self.scheduler.start_workers()
+        self.taskqueue.StartBackgroundExecution()
+        self._thread = threading.Thread(target=self._serve, name=f"taskutils-serve-{self.port}", daemon=True)
+        self._thread.start()
 
     def _describe_app(self) -> str:
         if isinstance(self.app_spec, str):
@@ -156,6 +274,9 @@ class LocalServer:
     def _serve(self) -> None:
         try:
             self._server.run()
+        except BaseException:
+            if not self._stopped.is_set() and self._socket is not None:
+                log.critical("the server loop crashed", exc_info=True)
         finally:
             self._stopped.set()
 
@@ -181,60 +302,43 @@ class LocalServer:
             self._saved_env.setdefault("GAE_ENV", os.environ.pop("GAE_ENV"))
 
     def _register_stubs(self) -> None:
-        self.dispatcher = HTTPDispatcher(self.host, self.port)
-        stubs = apiproxy_stub_map.APIProxyStubMap()
-        lock = threading.RLock()
+        """Google's stubs in a fresh stub map: the place to keep them elsewhere (storage) or add more."""
         if self.queue_yaml is not None and not os.path.isfile(self.queue_yaml):
             raise FileNotFoundError(f"queue.yaml not found: {self.queue_yaml}")
-        self.taskqueue = taskqueue_stub.TaskQueueServiceStub(
-            queue_config_path=self.queue_yaml,
-            auto_task_running=True,
-            _all_queues_valid=self.queue_yaml is None,
-            default_http_server=f"{self.host}:{self.port}",
-            request_data=_RequestInfo(self.dispatcher),
+        self.dispatcher = HTTPDispatcher(
+            self.host, self.port, timeout=self.deadline, records=self.runs, on_deadline=self._replace_held_thread
         )
-        if self.queue_yaml is not None:
-            self.taskqueue.GetQueues()  # parse queue.yaml now: a broken file fails at start, not at enqueue
-        self._guard_scheduler(lock)
-        self.datastore = datastore_file_stub.DatastoreFileStub(
-            self.project,
-            self.datastore_path,
-            save_changes=self.datastore_path is not None,
-            use_atexit=False,
-            consistency_policy=datastore_stub_util.PseudoRandomHRConsistencyPolicy(probability=1),
+        self.taskqueue = make_taskqueue(self.queue_yaml, self.host, self.port, self.dispatcher)
+        self.scheduler = ConcurrentScheduler(
+            self.taskqueue,
+            self.dispatcher,
+            self._stub_lock,
+            concurrency=self.concurrency,
+            deadline=self.deadline,
+            limits=queue_limits(self.taskqueue),
         )
-        stubs.RegisterStub("taskqueue", _Serialized(self.taskqueue, lock))
-        stubs.RegisterStub("datastore_v3", _Serialized(self.datastore, lock))
+        if self.storage_dir is not None:
+            self.storage = Storage(self.storage_dir)
+            self.datastore = self.storage.datastore_stub(self.project)
+            self.storage.attach(self.taskqueue)
+            self.kept_in = str(self.storage.directory)
+            self.stop_hooks.append(self.storage.close)
+        else:
+            self.datastore = make_datastore(self.project, self.datastore_path)
+        stubs = apiproxy_stub_map.APIProxyStubMap()
+        stubs.RegisterStub("taskqueue", Serialized(self.taskqueue, self._stub_lock))
+        stubs.RegisterStub("datastore_v3", Serialized(self.datastore, self._stub_lock))
         stubs.RegisterStub("memcache", memcache_stub.MemcacheServiceStub())
         self._saved_apiproxy = apiproxy_stub_map.apiproxy
         apiproxy_stub_map.apiproxy = stubs
 
-    def _guard_scheduler(self, lock: threading.RLock) -> None:
-        """Make the stub's scheduler thread safe to run beside request threads, and its death visible."""
-        assert self.taskqueue is not None
-        # The scheduler walks the queue dict while an add may create a queue in it; "dictionary
-        # changed size during iteration" would end the scheduler. It walks it under the stub lock.
-        group = self.taskqueue._GetGroup()
-        find_next = group.GetNextPushTask
-
-        def next_push_task() -> Any:
-            with lock:
-                return find_next()
-
-        group.GetNextPushTask = next_push_task
-        scheduler = self.taskqueue._task_scheduler
-        main_loop = scheduler.MainLoop
-
-        def run_scheduler() -> None:
-            try:
-                main_loop()
-            except SystemExit:
-                pass  # the dispatcher ends the scheduler this way when the server stops
-            except BaseException:
-                self._scheduler_crashed.set()
-                log.critical("the task scheduler crashed: no task will run any more", exc_info=True)
-
-        scheduler.MainLoop = run_scheduler  # read when StartBackgroundExecution starts its thread
+    def _replace_held_thread(self) -> None:
+        """A task past its deadline still holds a waitress thread (Python cannot stop it): add one."""
+        server = self._server
+        if server is None or self._spare_threads >= MAX_SPARE_THREADS:
+            return
+        self._spare_threads += 1
+        server.task_dispatcher.set_thread_count(self.threads + self._spare_threads)
 
     def _ensure_signing(self) -> None:
         if not config.get_keyring():
@@ -243,38 +347,88 @@ class LocalServer:
             config.configure(secret_keys=[secrets.token_bytes(32)])
             self._own_keyring = config.get_keyring()
 
+    def queued(self) -> int:
+        """How many tasks wait in push queues (those in flight included)."""
+        if self.taskqueue is None:
+            return 0
+        with self._stub_lock:
+            queues = list(self.taskqueue._GetGroup()._queues.values())
+        return sum(q.Count() for q in queues if q.queue_mode != taskqueue_stub.QUEUE_MODE.PULL)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped; True if it has."""
         return self._stopped.wait(timeout)
 
-    def stop(self, grace: float = STOP_GRACE) -> None:
-        """Stop running tasks (letting the one in flight finish), stop serving, save the datastore."""
+    def stop(self, grace: float = STOP_GRACE) -> StopSummary | None:
+        """Stop sending tasks, let those running finish within grace seconds, stop serving.
+
+        Returns what the server did (also kept as ``summary``); None if it was not running.
+        """
         with self._stop_lock:
-            if self._server is None:
-                return
-            if self.dispatcher is not None and not self.dispatcher.close(grace):
-                log.warning("stopping while a task is still running")
+            if self._socket is None:
+                return None
+            ends = time.monotonic() + grace
+            abandoned: list[tuple[str, str]] = []
+            scheduler = self.scheduler
+            if scheduler is not None:
+                scheduler.stop_dispatching()
+                abandoned = scheduler.wait_idle(ends - time.monotonic())
+                for queue, name in abandoned:
+                    log.warning("abandoning task %s of queue %s: still running after %g s", name, queue, grace)
             if self.taskqueue is not None:
                 self.taskqueue.Shutdown()
-            if self._thread is not None and self._thread.is_alive():
-                self._server.trigger.pull_trigger(self._close_sockets)  # run by the server's own thread
-                self._stopped.wait(grace)
-            else:
-                self._close_sockets()
-            self._server.task_dispatcher.shutdown(timeout=grace)
-            self._server = None
+            if self.dispatcher is not None:
+                self.dispatcher.close()
+            for hook in self.stop_hooks:
+                try:
+                    hook()
+                except Exception:
+                    log.exception("a stop hook failed")
             if self.datastore is not None and self.datastore_path is not None:
                 self.datastore.Write()
                 log.info("datastore saved to %s", self.datastore_path)
+            tally = scheduler.tally if scheduler is not None else None
+            self.summary = StopSummary(
+                succeeded=tally.succeeded if tally else 0,
+                failed=tally.failed if tally else 0,
+                retried=tally.retried if tally else 0,
+                dropped=tally.dropped if tally else 0,
+                queued=self.queued(),
+                kept=self.kept_in,
+                abandoned=len(abandoned),
+            )
+            self._stop_serving(0.0 if abandoned else max(0.5, ends - time.monotonic()))
             self._restore()
             log.info("stopped %s", self.url)
+            return self.summary
 
-    def _close_sockets(self) -> None:
+    def _stop_serving(self, wait: float) -> None:
         server = self._server
+        self._server = None
         if server is None:
+            self._close_listener()
             return
-        for channel in list(server._map.values()):  # the listening socket, the trigger, every connection
-            channel.close()
+        if self._thread is not None and self._thread.is_alive():
+            # Close every channel from the server's own thread; its loop then ends.
+            server.trigger.pull_trigger(lambda: self._close_channels(server))
+            self._stopped.wait(max(wait, 2.0))
+        if not self._stopped.is_set():
+            self._close_channels(server)
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=wait)
+        self._close_listener()
+
+    @staticmethod
+    def _close_channels(server: Any) -> None:
+        for channel in list(server._map.values()):  # the listening socket, every connection, the trigger last
+            if channel is not server.trigger:
+                channel.close()
+        server.trigger.close()
+
+    def _close_listener(self) -> None:
+        sock, self._socket = self._socket, None
+        if sock is not None:
+            sock.close()
+        self._stopped.set()
 
     def _restore(self) -> None:
         if self._saved_apiproxy is not None:

@@ -68,11 +68,18 @@ class _Journal:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._dirty = False
+        self._closed = False
+        self._warned = False
         self._last_commit = time.monotonic()
 
     def write(self, sql: str, params: tuple[Any, ...] | list[tuple[Any, ...]], many: bool = False) -> None:
         """Run one statement; commit now unless an RPC in flight will."""
         with self._lock:
+            if self._closed:
+                if not self._warned:
+                    self._warned = True
+                    log.warning("%s is closed: changes made while the server stops are not kept", self.path)
+                return
             if not self._dirty:
                 self._db.execute("BEGIN")
                 self._dirty = True
@@ -99,19 +106,27 @@ class _Journal:
         finally:
             with self._lock:
                 self._in_flight -= 1
-                if self._dirty and (self._in_flight == 0 or time.monotonic() - self._last_commit > _FORCE_COMMIT_AFTER):
+                if (
+                    self._dirty
+                    and not self._closed
+                    and (self._in_flight == 0 or time.monotonic() - self._last_commit > _FORCE_COMMIT_AFTER)
+                ):
                     self._commit()
 
     def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """All rows of a query."""
         with self._lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError(f"{self.path} is closed")
             return self._db.execute(sql, params).fetchall()
 
     def close(self) -> None:
         """Commit what is left and close the database."""
         with self._lock:
-            self._commit()
-            self._db.close()
+            if not self._closed:
+                self._closed = True
+                self._commit()
+                self._db.close()
 
 
 _TASKS_SCHEMA = """
