@@ -57,3 +57,15 @@ class TaskFailedError(TaskError):
 
 class StorageInUseError(TaskError):
     """Raised when a local server's storage folder is already used by another running server."""
+
+
+class ResultError(PermanentTaskFailure):
+    """Raised when a submitted task's return value cannot be pickled or kept: the run fails for good."""
+
+
+class TaskCancelledError(TaskError):
+    """Raised by ``result()`` of a handle or group that was cancelled."""
+
+
+class TaskRunError(TaskError):
+    """Raised by ``result()`` in place of a task's own exception when that cannot be unpickled."""

@@ -37,6 +37,7 @@ log = logging.getLogger("taskutils.handler")
 MAX_BODY = 1 << 20
 TASKQUEUE_SOURCE = "0.1.0.2"
 EXC_INFO_KEY = "taskutils.exc_info"
+HANDLE_KEY = "HTTP_X_TASKUTILS_HANDLE"  # the X-Taskutils-Handle header of a submitted task
 ERROR_HEADER = "X-Taskutils-Error"
 ERROR_LINE_MAX = 200
 # A task asking to be retried, and a task whose code is not deployed (yet), answer neither 503
@@ -256,9 +257,15 @@ class _Run:
                 kwargs["headers"] = Headers(self.environ)
             token = _current.set(self.info)
             try:
-                result = func(*args, **kwargs)
-                if result is not None and inspect.iscoroutine(result):
-                    _run_coroutine(result)
+                handle_id = self.environ.get(HANDLE_KEY)
+                if handle_id is not None:  # added by submit(): the run is recorded on its handle
+                    from .results import run_handled
+
+                    run_handled(handle_id, self.environ, func, args, kwargs)
+                else:
+                    result = func(*args, **kwargs)
+                    if result is not None and inspect.iscoroutine(result):
+                        _run_coroutine(result)
             finally:
                 _current.reset(token)
         except SignatureError as e:

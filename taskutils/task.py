@@ -13,13 +13,16 @@ import sys
 import types
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from google.appengine.api import taskqueue
 
 from . import codec
 from .config import get_keyring, settings
 from .exc import NoApiProxyError, TaskOptionError
+
+if TYPE_CHECKING:
+    from .results import GroupHandle, TaskHandle
 
 log = logging.getLogger("taskutils.task")
 
@@ -464,7 +467,16 @@ class TaskFunction(Generic[P, R]):
         same_check = bool(merged.get("includeheaders")) == self._check.includeheaders
         return TaskFunction(self.__wrapped__, merged, self._check if same_check else None)
 
-    def _build(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], by_url: bool | None = None) -> taskqueue.Task:
+    def _build(
+        self,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        by_url: bool | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> taskqueue.Task:
+        task_kwargs = self._task_kwargs
+        if headers:  # a handle's headers (taskutils.results), merged over the task's own
+            task_kwargs = {**task_kwargs, "headers": {**task_kwargs["headers"], **headers}}
         if by_url is None:
             by_url = self._named_by_url()
         func = None if by_url else self.__wrapped__
@@ -474,18 +486,18 @@ class TaskFunction(Generic[P, R]):
         keyring = get_keyring()
         if len(data) < taskqueue.MAX_PUSH_TASK_SIZE_BYTES:
             try:
-                return taskqueue.Task(payload=codec.frame(path, data, flags, keyring), url=path, **self._task_kwargs)
+                return taskqueue.Task(payload=codec.frame(path, data, flags, keyring), url=path, **task_kwargs)
             except taskqueue.TaskTooLargeError:
                 pass  # the URL and headers tipped it over: spill
         from . import spill
 
         transactional = self._transactional
         pointer = spill.store(
-            self._suffix[1:], data, transactional=transactional, parent=self._parent, task_kwargs=self._task_kwargs
+            self._suffix[1:], data, transactional=transactional, parent=self._parent, task_kwargs=task_kwargs
         )
         try:
             payload = codec.frame(path, pointer, flags | codec.POINTER, keyring)
-            return taskqueue.Task(payload=payload, url=path, **self._task_kwargs)
+            return taskqueue.Task(payload=payload, url=path, **task_kwargs)
         except BaseException:
             spill.delete(pointer, transactional=transactional)
             raise
@@ -540,6 +552,18 @@ class TaskFunction(Generic[P, R]):
                 raise _no_api_proxy(e) from e
             raise
         return added
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
+        """Enqueue as a call does and return a handle on the run: its status, result and callbacks."""
+        from .results import submit
+
+        return submit(self, args, kwargs)
+
+    def submit_map(self, iterable: Iterable[Any]) -> GroupHandle:
+        """One child per item, added in batches as map() adds them; return a handle on the group."""
+        from .results import submit_map
+
+        return submit_map(self, iterable)
 
 
 @overload
