@@ -4,6 +4,7 @@ from . import _sdk  # noqa: F401  (first: loads the SDK without its own import-t
 from .config import configure as configure
 from .config import get_taskroute as get_taskroute
 from .config import set_taskroute as set_taskroute
+from .defer import defer as defer
 from .exc import PayloadTooLargeError as PayloadTooLargeError
 from .exc import PermanentTaskFailure as PermanentTaskFailure
 from .exc import RetryTaskException as RetryTaskException
@@ -44,6 +45,7 @@ __all__ = [
     "configure",
     "console",
     "current_task",
+    "defer",
     "get_taskroute",
     "mount",
     "set_taskroute",

@@ -22,6 +22,7 @@ from google.appengine.ext.deferred import SingularTaskFailure
 
 from . import codec
 from .config import get_keyring, settings
+from .defer import DEFERRED_URL, run_deferred
 from .exc import (
     CorruptPayloadError,
     MissingTaskCodeError,
@@ -37,7 +38,6 @@ log = logging.getLogger("taskutils.handler")
 MAX_BODY = 1 << 20
 TASKQUEUE_SOURCE = "0.1.0.2"
 EXC_INFO_KEY = "taskutils.exc_info"
-HANDLE_KEY = "HTTP_X_TASKUTILS_HANDLE"  # the X-Taskutils-Handle header of a submitted task
 ERROR_HEADER = "X-Taskutils-Error"
 ERROR_LINE_MAX = 200
 # A task asking to be retried, and a task whose code is not deployed (yet), answer neither 503
@@ -257,15 +257,9 @@ class _Run:
                 kwargs["headers"] = Headers(self.environ)
             token = _current.set(self.info)
             try:
-                handle_id = self.environ.get(HANDLE_KEY)
-                if handle_id is not None:  # added by submit(): the run is recorded on its handle
-                    from .results import run_handled
-
-                    run_handled(handle_id, self.environ, func, args, kwargs)
-                else:
-                    result = func(*args, **kwargs)
-                    if result is not None and inspect.iscoroutine(result):
-                        _run_coroutine(result)
+                result = func(*args, **kwargs)
+                if result is not None and inspect.iscoroutine(result):
+                    _run_coroutine(result)
             finally:
                 _current.reset(token)
         except SignatureError as e:
@@ -366,24 +360,38 @@ class TaskApplication(webapp2.WSGIApplication):
     """A webapp2 application that runs the tasks posted under the route.
 
     Task requests take a direct path that reads the body straight from the
-    server's stream; anything else gets webapp2's usual 404.
+    server's stream; tasks ``deferred.defer`` enqueued (``/_ah/queue/deferred``)
+    go to deferred's own handler while ``run_deferred`` is true; anything else
+    gets webapp2's usual 404.
     """
 
+    run_deferred = True
+
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if under_route(environ.get("PATH_INFO", "")):
+        path = environ.get("PATH_INFO", "")
+        if under_route(path):
             return handle(environ, start_response)
+        if path == DEFERRED_URL and self.run_deferred:
+            return run_deferred(environ, start_response)
         return super().__call__(environ, start_response)
 
 
 app = TaskApplication()
 
 
-def mount(wsgi_app: WSGIApp) -> WSGIApp:
-    """One WSGI app: task URLs go to ``taskutils.app``, everything else to wsgi_app."""
+def mount(wsgi_app: WSGIApp, *, deferred: bool = True) -> WSGIApp:
+    """One WSGI app: task URLs go to ``taskutils.app``, everything else to wsgi_app.
+
+    With ``deferred`` (the default), tasks ``deferred.defer`` enqueued go to
+    deferred's own handler, so both kinds run while old queues drain.
+    """
 
     def mounted(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if under_route(environ.get("PATH_INFO", "")):
+        path = environ.get("PATH_INFO", "")
+        if under_route(path):
             return handle(environ, start_response)
+        if deferred and path == DEFERRED_URL:
+            return run_deferred(environ, start_response)
         return wsgi_app(environ, start_response)
 
     mounted.__wrapped__ = wsgi_app  # type: ignore[attr-defined]
