@@ -27,6 +27,7 @@ import fcntl
 import logging
 import os
 import re
+import secrets
 import sqlite3
 import threading
 import time
@@ -46,6 +47,7 @@ log = logging.getLogger("taskutils.local.storage")
 TASKS_DB = "tasks.sqlite3"
 DATASTORE_DB = "datastore.sqlite3"
 LOCK_FILE = "lock"
+SIGNING_KEY_FILE = "signing.key"
 _FORCE_COMMIT_AFTER = 1.0  # seconds: commit even while other RPCs keep writing
 
 Task = taskqueue_service_pb2.TaskQueueQueryTasksResponse.Task
@@ -306,7 +308,8 @@ class TaskJournal(_Journal):
     def _put(self, queue_name: str, name: str, task: Any) -> None:
         self.write(
             "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?)",
-            (queue_name, name, int(task.eta_usec), int(task.retry_count), task.SerializeToString()),
+            # Partial: the stub leaves a run log's timings unset, though the message declares them required.
+            (queue_name, name, int(task.eta_usec), int(task.retry_count), task.SerializePartialToString()),
         )
 
 
@@ -422,6 +425,28 @@ class Storage:
             self.datastore.entity_count() if self.datastore is not None else 0,
         )
         return self.restored_tasks
+
+    def signing_key(self) -> bytes:
+        """The key to sign payloads with when none is configured, kept here (mode 0600).
+
+        Kept tasks carry payloads signed before the restart: a new random key per
+        process would refuse them all.
+        """
+        path = self.directory / SIGNING_KEY_FILE
+        with contextlib.suppress(FileNotFoundError):
+            key = path.read_bytes()
+            if len(key) >= 32:
+                return key
+        key = secrets.token_bytes(32)
+        partial = path.with_suffix(".tmp")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, path)
+        return key
 
     def queued(self) -> int:
         """How many tasks are kept, waiting to run."""
