@@ -344,7 +344,9 @@ class LocalServer:
         if not config.get_keyring():
             if self._own_keyring is not None:
                 log.warning("signing cannot be turned off under the local server: keeping a per-process key")
-            config.configure(secret_keys=[secrets.token_bytes(32)])
+            # With storage, the key is kept there: tasks kept across a restart still verify.
+            key = self.storage.signing_key() if self.storage is not None else secrets.token_bytes(32)
+            config.configure(secret_keys=[key])
             self._own_keyring = config.get_keyring()
 
     def queued(self) -> int:
