@@ -1,8 +1,13 @@
 import textwrap
+import types
 
 import pytest
-from google.appengine.api import taskqueue
+from google.appengine.api import namespace_manager, taskqueue
+from google.appengine.api.taskqueue import taskqueue_stub
+from google.appengine.ext import ndb
 
+import taskutils
+from taskutils import task
 from taskutils.exc import TaskFailedError
 from taskutils.testing import TaskTestbed
 
@@ -72,3 +77,144 @@ def test_a_testbed_with_a_queue_yaml_only_knows_its_queues(tmp_path):
         with pytest.raises(taskqueue.UnknownQueueError):
             tasklib.record.options(queue="nope")()
     assert tasklib.ran == [("report", "friday")]
+
+
+# What drain() posts: what the queue sends
+
+
+class _Dispatcher:
+    """Stands in for the dev server behind the taskqueue stub's own executor: keeps what it was sent."""
+
+    def __init__(self):
+        self.requests = []
+
+    def get_dispatcher(self):
+        return self
+
+    def add_request(self, **request):
+        self.requests.append(request)
+        return types.SimpleNamespace(status="200 OK")
+
+
+headers_seen: list = []
+
+
+@task(includeheaders=True, headers={"X-Team": "reports"})
+def keep_headers(headers):
+    headers_seen.append(dict(headers))
+
+
+def test_drain_posts_the_headers_the_stubs_own_dispatcher_sends(task_testbed):
+    namespace_manager.set_namespace("tenant1")
+    keep_headers()
+    namespace_manager.set_namespace("")
+    queue = task_testbed.taskqueue._GetGroup().GetQueue("default")
+    dispatcher = _Dispatcher()
+    taskqueue_stub._TaskExecutor("localhost:8080", dispatcher).ExecuteTask(queue.OldestTask(), queue)
+    (sent,) = dispatcher.requests
+
+    task_testbed.drain()
+
+    expected = {name.lower(): value for name, value in sent["headers"]}
+    assert expected["x-appengine-current-namespace"] == "tenant1"
+    assert headers_seen == [expected]
+
+
+class Note(ndb.Model):
+    text = ndb.StringProperty()
+
+
+@task
+def write_note(text):
+    Note(id=text, text=text).put()
+
+
+def test_a_task_runs_in_the_namespace_it_was_enqueued_from(task_testbed):
+    namespace_manager.set_namespace("tenant1")
+    write_note("hello")
+    namespace_manager.set_namespace("")
+
+    task_testbed.drain()
+
+    assert Note.get_by_id("hello") is None
+    assert Note.get_by_id("hello", namespace="tenant1").text == "hello"
+    assert namespace_manager.get_namespace() == ""
+
+
+def test_a_task_enqueued_in_the_default_namespace_runs_there_whatever_the_test_set_since(task_testbed):
+    write_note("plain")
+    namespace_manager.set_namespace("tenant2")
+
+    task_testbed.drain()
+
+    assert namespace_manager.get_namespace() == "tenant2"
+    assert Note.get_by_id("plain", namespace="").text == "plain"
+
+
+# drain(retries=N)
+
+attempts: list = []
+
+
+@task(includeheaders=True)
+def succeed_on_third_try(headers):
+    info = taskutils.current_task()
+    attempts.append((info.retry_count, info.execution_count, headers.get("X-AppEngine-TaskPreviousResponse")))
+    if info.retry_count < 2:
+        raise ValueError(f"attempt {info.retry_count} fails")
+
+
+@task
+def always_fail():
+    attempts.append(taskutils.current_task().retry_count)
+    raise ValueError("still broken")
+
+
+@task
+def wait_for_note(text):
+    attempts.append(("wait", taskutils.current_task().retry_count))
+    if Note.get_by_id(text) is None:
+        raise taskutils.RetryTaskException("not yet")
+
+
+@pytest.fixture
+def _no_attempts():
+    attempts.clear()
+    headers_seen.clear()
+
+
+def test_drain_with_retries_posts_a_failing_task_again_with_its_retry_count_raised(task_testbed, _no_attempts):
+    succeed_on_third_try()
+
+    assert task_testbed.drain(retries=2) == 3
+    assert attempts == [(0, 0, None), (1, 1, "500"), (2, 2, "500")]
+    assert task_testbed.tasks() == []
+
+
+def test_drain_raises_the_failure_once_the_retries_run_out(task_testbed, _no_attempts):
+    always_fail()
+
+    with pytest.raises(ValueError, match="still broken"):
+        task_testbed.drain(retries=3)
+    assert attempts == [0, 1, 2, 3]
+
+
+def test_drain_does_not_retry_by_default(task_testbed, _no_attempts):
+    succeed_on_third_try()
+
+    with pytest.raises(ValueError, match="attempt 0 fails"):
+        task_testbed.drain()
+    assert len(attempts) == 1
+
+
+def test_a_retried_task_runs_again_after_the_tasks_waiting_behind_it(task_testbed, _no_attempts):
+    wait_for_note("ready")
+    write_note("ready")
+
+    assert task_testbed.drain(retries=1) == 3
+    assert attempts == [("wait", 0), ("wait", 1)]
+
+
+def test_drain_refuses_a_negative_retry_count(task_testbed):
+    with pytest.raises(ValueError):
+        task_testbed.drain(retries=-1)
