@@ -72,7 +72,6 @@ def test_the_console_is_read_only(site):
 
 
 def test_an_admin_sees_handles_and_groups_with_their_progress(site, task_testbed):
-    pytest.importorskip("taskutils.results", reason="handles and groups are not built yet")
     handle = double.submit(21)
     group = double.submit_map([1, 2, 3])
     task_testbed.drain()
