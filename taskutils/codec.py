@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import logging
 import os
 import pickle
@@ -39,20 +40,68 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _warned_unsigned = False
 
 
+# Values that pickle as themselves: a pickle of nothing else names no module at all.
+_ATOMS = frozenset((bytes, str, int, float, bool, type(None)))
+_FLAT_LIMIT = 32  # look at this many arguments at most before handing over to _MainDetector
+
+
+class _NeedsCloudpickle(Exception):
+    """Raised inside _MainDetector when the pickle would name something in ``__main__``."""
+
+
+class _MainDetector(pickle.Pickler):
+    """The standard pickler, stopped at the first object it would name in ``__main__``.
+
+    ``reducer_override`` sees every object except None, booleans and exact
+    int, float, bytes, str, dict, set, frozenset, list and tuple, so it sees
+    each function, class and instance that a pickle could name by module.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if getattr(obj, "__module__", None) == "__main__":
+            raise _NeedsCloudpickle
+        return NotImplemented
+
+
+def _flat(obj: object) -> bool:
+    """True when obj is a call whose arguments are all atoms: (args, kwargs) or (func, args, kwargs) aside."""
+    if type(obj) is not tuple or not 2 <= len(obj) <= 3:
+        return False
+    args, kwargs = obj[-2], obj[-1]
+    if type(args) is not tuple or type(kwargs) is not dict or len(args) + len(kwargs) > _FLAT_LIMIT:
+        return False
+    if len(obj) == 3 and getattr(obj[0], "__module__", "__main__") == "__main__":
+        return False
+    for value in args:
+        if type(value) not in _ATOMS:
+            return False
+    for value in kwargs.values():
+        if type(value) not in _ATOMS:
+            return False
+    return True
+
+
 def dumps(obj: object) -> bytes:
     """Pickle obj with the standard pickler when it can, cloudpickle when it must.
 
     The standard pickler is faster and names importable functions by
     reference; cloudpickle is needed for nested functions, lambdas and
-    anything defined in ``__main__``, which a worker could not import.
+    anything defined in ``__main__``, which a worker could not import. A call
+    with plain arguments is pickled at once; anything else goes through
+    _MainDetector, which notices ``__main__`` while pickling, at no cost per
+    byte of data.
     """
+    if _flat(obj):
+        try:
+            return pickle.dumps(obj, _PROTOCOL)
+        except Exception:
+            return cloudpickle.dumps(obj, _PROTOCOL)
+    buffer = io.BytesIO()
     try:
-        data = pickle.dumps(obj, _PROTOCOL)
-    except Exception:
+        _MainDetector(buffer, _PROTOCOL).dump(obj)
+    except Exception:  # _NeedsCloudpickle, or what the standard pickler cannot do (closures, lambdas)
         return cloudpickle.dumps(obj, _PROTOCOL)
-    if b"__main__" in data:
-        return cloudpickle.dumps(obj, _PROTOCOL)
-    return data
+    return buffer.getvalue()
 
 
 def dumps_call(

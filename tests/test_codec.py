@@ -2,6 +2,9 @@
 
 import logging
 import pickle
+import subprocess
+import sys
+import types
 
 import pytest
 from google.appengine.ext import ndb
@@ -234,3 +237,55 @@ def test_a_key_sharing_the_signers_id_but_not_its_secret_still_refuses_the_paylo
 
     with pytest.raises(SignatureError, match="bad signature"):
         codec.unframe(PATH, body, KeyRing([COLLIDING[1]]))
+
+
+# Code defined in __main__ (a script, a notebook) cannot be imported by a worker: it is pickled by value.
+
+MAIN_SOURCE = """
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __repr__(self):
+        return f"Point({self.x}, {self.y})"
+
+
+def twice(x):
+    return 2 * x
+"""
+
+
+@pytest.fixture
+def main(monkeypatch):
+    """Point and twice defined in the script being run, where the standard pickler would find them by name."""
+    namespace = {"__name__": "__main__"}
+    exec(MAIN_SOURCE, namespace)
+    for name in ("Point", "twice"):
+        monkeypatch.setattr(sys.modules["__main__"], name, namespace[name], raising=False)
+    return types.SimpleNamespace(Point=namespace["Point"], twice=namespace["twice"])
+
+
+def run_in_a_fresh_process(data: bytes) -> str:
+    """Unpickle a call as a worker would, in another interpreter, run it and return what it printed."""
+    script = "import pickle, sys; f, a, k = pickle.loads(sys.stdin.buffer.read()); print(f(*a, **k))"
+    done = subprocess.run([sys.executable, "-c", script], input=data, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode().strip()
+
+
+def test_an_object_of_a_class_from_main_deep_in_the_arguments_is_pickled_so_a_worker_can_load_it(main):
+    data = codec.dumps((repr, ([{"points": [main.Point(1, 2)]}],), {}))
+
+    assert run_in_a_fresh_process(data) == "[{'points': [Point(1, 2)]}]"
+
+
+def test_a_function_from_main_as_the_callable_is_pickled_so_a_worker_can_run_it(main):
+    data = codec.dumps((main.twice, (21,), {}))
+
+    assert run_in_a_fresh_process(data) == "42"
+
+
+def test_a_function_from_main_passed_as_a_keyword_argument_is_pickled_so_a_worker_can_call_it(main):
+    data = codec.dumps((sorted, ([3, 1, 2],), {"key": main.twice}))
+
+    assert run_in_a_fresh_process(data) == "[1, 2, 3]"
