@@ -224,10 +224,12 @@ class Bench:
     # -- big payloads ----------------------------------------------------
 
     def sizes(self) -> list[Result]:
-        """A 90 KB argument (the most a task carries) and a 200 KB one (spilled to Datastore) against deferred."""
+        """Arguments of 1, 10 and 90 KB (the most a task carries) and 200 KB (spilled to Datastore) against deferred."""
         work_task, work = benchwork.work_task, benchwork.work
         results = []
         for size, number, at_most, label in (
+            (1_000, 200, 1.0, "1 KB argument"),
+            (10_000, 200, 1.0, "10 KB argument"),
             (90_000, 200, 1.0, "90 KB argument"),
             (200_000, 50, 1.3, "200 KB, spilled"),
         ):
@@ -334,7 +336,7 @@ class Bench:
                 "ours",
                 "deferred",
                 number,
-                1.5,
+                1.0,
                 "taskutils.app",
                 "deferred handler",
             )

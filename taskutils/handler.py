@@ -38,6 +38,7 @@ log = logging.getLogger("taskutils.handler")
 MAX_BODY = 1 << 20
 TASKQUEUE_SOURCE = "0.1.0.2"
 EXC_INFO_KEY = "taskutils.exc_info"
+HANDLE_KEY = "HTTP_X_TASKUTILS_HANDLE"  # the X-Taskutils-Handle header of a submitted task
 ERROR_HEADER = "X-Taskutils-Error"
 ERROR_LINE_MAX = 200
 # A task asking to be retried, and a task whose code is not deployed (yet), answer neither 503
@@ -61,12 +62,13 @@ class TaskInfo:
     tag: str | None = None
 
 
-_current: contextvars.ContextVar[TaskInfo | None] = contextvars.ContextVar("taskutils_current_task", default=None)
+_current: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("taskutils_current_task", default=None)
 
 
 def current_task() -> TaskInfo | None:
     """The running task's name, queue, retry count, execution count and ETA; None outside a task."""
-    return _current.get()
+    run = _current.get()
+    return None if run is None else run.info
 
 
 class Headers(Mapping[str, str]):
@@ -215,14 +217,23 @@ def _load_call(path: str, flags: int, data: bytes) -> tuple[Callable[..., Any], 
 class _Run:
     """One task request; ``answer()`` checks it, runs it and returns the HTTP status."""
 
+    __slots__ = ("environ", "path", "body", "pointer", "outcome", "error_line", "_info")
+
     def __init__(self, environ: dict[str, Any]) -> None:
         self.environ = environ
-        self.path = environ.get("PATH_INFO", "")
-        self.info: TaskInfo | None = None
+        self.path: str = environ.get("PATH_INFO", "")
+        self.body = b""
         self.pointer: bytes | None = None
-        self.key_id = ""
-        self.outcome: tuple[str, int, BaseException | None] = ("ok", logging.INFO, None)
+        self.outcome: tuple[str, int, BaseException | None] | None = None  # None: refused before running
         self.error_line: str | None = None
+        self._info: TaskInfo | None = None
+
+    @property
+    def info(self) -> TaskInfo:
+        """What the queue said about the task, read from the request when first asked."""
+        if self._info is None:
+            self._info = _task_info(self.environ)
+        return self._info
 
     def refuse(self, status: HTTPStatus, why: str) -> HTTPStatus:
         log.warning("refused %s %s: %s", escape(self.environ.get("REQUEST_METHOD")), escape(self.path), escape(why))
@@ -232,17 +243,17 @@ class _Run:
         environ = self.environ
         if "HTTP_X_APPENGINE_TASKNAME" not in environ or "HTTP_X_APPENGINE_QUEUENAME" not in environ:
             return self.refuse(HTTPStatus.FORBIDDEN, "no X-AppEngine-TaskName/QueueName headers")
-        if os.environ.get("GAE_ENV") == "standard" and environ.get("REMOTE_ADDR") != TASKQUEUE_SOURCE:
+        if environ.get("REMOTE_ADDR") != TASKQUEUE_SOURCE and os.environ.get("GAE_ENV") == "standard":
             return self.refuse(HTTPStatus.FORBIDDEN, f"source address {environ.get('REMOTE_ADDR')} is not the queue")
         length = environ.get("CONTENT_LENGTH")
         if not length or not length.isdigit():
             return self.refuse(HTTPStatus.BAD_REQUEST, "missing or invalid Content-Length")
-        if int(length) > MAX_BODY:
+        size = int(length)
+        if size > MAX_BODY:
             return self.refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes")
-        self.info = _task_info(environ)
-        body = _read_body(environ, int(length))
-        self.key_id = codec.key_id_of(body)
-        return self.run(body)
+        self.outcome = _OK
+        self.body = _read_body(environ, size)
+        return self.run(self.body)
 
     def run(self, body: bytes) -> HTTPStatus:
         try:
@@ -255,11 +266,17 @@ class _Run:
             func, args, kwargs = _load_call(self.path, flags, data)
             if flags & codec.HEADERS:
                 kwargs["headers"] = Headers(self.environ)
-            token = _current.set(self.info)
+            token = _current.set(self)
             try:
-                result = func(*args, **kwargs)
-                if result is not None and inspect.iscoroutine(result):
-                    _run_coroutine(result)
+                handle_id = self.environ.get(HANDLE_KEY)
+                if handle_id is not None:  # added by submit(): the run is recorded on its handle
+                    from .results import run_handled
+
+                    run_handled(handle_id, self.environ, func, args, kwargs)
+                else:
+                    result = func(*args, **kwargs)
+                    if result is not None and inspect.iscoroutine(result):
+                        _run_coroutine(result)
             finally:
                 _current.reset(token)
         except SignatureError as e:
@@ -280,7 +297,9 @@ class _Run:
         except BaseException as e:  # SystemExit, KeyboardInterrupt...: the task's, never the server's
             self.fail(e, "failed", logging.ERROR, trace=True, answered=True)
             return HTTPStatus.INTERNAL_SERVER_ERROR
-        return self.finish(HTTPStatus.OK)
+        if self.pointer is not None:
+            return self.finish(HTTPStatus.OK)
+        return HTTPStatus.OK
 
     def finish(self, status: HTTPStatus) -> HTTPStatus:
         if self.pointer is not None:
@@ -297,11 +316,17 @@ class _Run:
             self.error_line = error_line(error)
 
 
+_OK: tuple[str, int, BaseException | None] = ("ok", logging.INFO, None)
+
+
 def _log_line(run: _Run, status: HTTPStatus, started: float) -> None:
-    info = run.info
-    outcome, level, error = run.outcome
-    if info is None or not log.isEnabledFor(level):
+    if run.outcome is None:
         return
+    outcome, level, error = run.outcome
+    if not log.isEnabledFor(level):
+        return
+    info = run.info
+    key_id = codec.key_id_of(run.body)
     log.log(
         level,
         "task %s queue=%s name=%s retry=%d key=%s -> %d %s (%.1f ms)",
@@ -309,7 +334,7 @@ def _log_line(run: _Run, status: HTTPStatus, started: float) -> None:
         escape(info.queue_name),
         escape(info.task_name),
         info.retry_count,
-        run.key_id or "-",
+        key_id or "-",
         status.value,
         escape(outcome),
         (time.perf_counter() - started) * 1000,
