@@ -7,6 +7,8 @@ from taskutils.config import DEFAULT_ROUTE
 
 import tasklib
 
+pytest_plugins = ["pytester"]  # test_plugin.py runs user projects on a fresh pytest
+
 
 @pytest.fixture(autouse=True)
 def _fresh_settings():
