@@ -444,10 +444,16 @@ class TaskFunction(Generic[P, R]):
 
     def _named_by_url(self) -> bool:
         """True when a worker can find the callable from the URL alone, and finds this very one."""
-        if not self._by_url_name:
+        parts = self._by_url_name
+        if not parts:
             return False
+        found: Any = sys.modules.get(self._module)
         try:
-            found = resolve(self._module, self._qualname)
+            if found is None:
+                found = resolve(self._module, self._qualname)
+            else:
+                for part in parts:
+                    found = getattr(found, part)
         except Exception:
             return False
         if isinstance(found, TaskFunction):
@@ -455,11 +461,14 @@ class TaskFunction(Generic[P, R]):
         return found is self.__wrapped__
 
     @functools.cached_property
-    def _by_url_name(self) -> bool:
-        """True when the URL names module and qualname exactly: no logname, nothing nested, not __main__."""
+    def _by_url_name(self) -> tuple[str, ...]:
+        """The qualname's parts when the URL names module and qualname exactly (no logname, nothing
+        nested, not __main__); () otherwise."""
         if self._module == "__main__" or "logname" in self._options or "<" in self._qualname:
-            return False
-        return decode_name(self._suffix[1:]) == (self._module, self._qualname)
+            return ()
+        if decode_name(self._suffix[1:]) != (self._module, self._qualname):
+            return ()
+        return tuple(self._qualname.split("."))
 
     def options(self, **options: Any) -> TaskFunction[P, R]:
         """A new task function with these options merged over the current ones."""
@@ -553,6 +562,7 @@ class TaskFunction(Generic[P, R]):
             raise
         return added
 
+
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Enqueue as a call does and return a handle on the run: its status, result and callbacks."""
         from .results import submit
@@ -564,7 +574,6 @@ class TaskFunction(Generic[P, R]):
         from .results import submit_map
 
         return submit_map(self, iterable)
-
 
 @overload
 def task(f: Callable[P, R], /, **options: Any) -> TaskFunction[P, R]: ...
