@@ -14,6 +14,8 @@ from .handler import TaskInfo as TaskInfo
 from .handler import app as app
 from .handler import current_task as current_task
 from .handler import mount as mount
+from .sweep import sweep as sweep
+from .sweep import sweep_app as sweep_app
 from .task import TaskFunction as TaskFunction
 from .task import task as task
 
@@ -49,5 +51,7 @@ __all__ = [
     "get_taskroute",
     "mount",
     "set_taskroute",
+    "sweep",
+    "sweep_app",
     "task",
 ]

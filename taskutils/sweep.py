@@ -1,0 +1,55 @@
+"""``taskutils.sweep``: delete what tasks left in Datastore once no task can still need it.
+
+Run it from cron (see ``cron.yaml.example``): ``sweep_app`` is a ready WSGI app
+that answers App Engine's cron requests and nothing else.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+log = logging.getLogger("taskutils.sweep")
+
+CRON_HEADER = "HTTP_X_APPENGINE_CRON"
+DEFAULT_AGE = datetime.timedelta(days=7)
+
+
+def _cutoff(older_than: datetime.timedelta | float) -> datetime.datetime:
+    """The naive UTC time before which things count as old."""
+    age = older_than if isinstance(older_than, datetime.timedelta) else datetime.timedelta(seconds=older_than)
+    if age < datetime.timedelta(0):
+        raise ValueError(f"sweep(older_than=...) must not be negative, got {older_than!r}")
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - age
+
+
+def sweep(older_than: datetime.timedelta | float) -> int:
+    """Delete spilled payloads whose task was due more than older_than ago; return how many were deleted.
+
+    older_than is a timedelta or a number of seconds. Choose it longer than
+    any task may keep retrying (its queue's task_age_limit, or how long you
+    let a failing task retry): a task still running after that finds its
+    payload gone and is dropped with an error in the log.
+    """
+    from . import spill  # Datastore's modules load on first use, not with taskutils
+
+    before = _cutoff(older_than)
+    return spill.sweep(before)
+
+
+def sweep_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """A WSGI app for cron: ``taskutils.sweep(7 days)`` on a GET from App Engine's cron service, else 403.
+
+    App Engine strips ``X-Appengine-Cron`` from requests that do not come from
+    its cron service, so the header is the proof.
+    """
+    if environ.get(CRON_HEADER) != "true":
+        log.warning("refused a sweep request without X-Appengine-Cron: true")
+        start_response("403 Forbidden", [("Content-Type", "text/plain")])
+        return [b"cron requests only\n"]
+    deleted = sweep(DEFAULT_AGE)
+    body = f"deleted {deleted}\n".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
