@@ -3,7 +3,7 @@
 ``POST /enqueue/<kind>?key=K&...`` enqueues one task inside the server process and
 answers JSON (``{"name": ..., "at": ...}``, or ``{"error": ...}`` with 400/409);
 ``GET /ran`` answers every attempt of every task, in order: ``key``, ``what``,
-``outcome`` ("ok", "retry", "raised"), ``queue``, ``retry_count``, ``task_name``,
+``outcome`` ("ok", "retry", "raised", "slow", "exit", "interrupt"), ``queue``, ``retry_count``, ``task_name``,
 ``at``, plus what the task saw; ``GET /count?prefix=P`` counts successful runs whose key
 starts with P. ``POST /put?key=K&value=V`` and ``GET /get?key=K``
 write and read a Datastore entity; ``GET /info`` tells the project and how many
@@ -69,6 +69,44 @@ def flaky(key: str, failures: int, how: str) -> None:
 
 
 @task
+def nap(key: str, seconds: float) -> None:
+    """Sleeps, then records: I/O-bound work."""
+    time.sleep(seconds)
+    _record("nap", key)
+
+
+@task
+def nap_item(item: tuple[str, float]) -> None:
+    """nap for .map: item is (key, seconds)."""
+    key, seconds = item
+    time.sleep(seconds)
+    _record("nap", key)
+
+
+@task
+def slow_first(key: str, seconds: float) -> None:
+    """Its first attempt sleeps for seconds (past a short deadline); later attempts return at once."""
+    info = taskutils.current_task()
+    assert info is not None
+    if info.retry_count == 0:
+        _record("slow_first", key, "slow")
+        time.sleep(seconds)
+        return
+    _record("slow_first", key)
+
+
+@task
+def exits(key: str, how: str) -> None:
+    """Its first attempt raises SystemExit or KeyboardInterrupt; the next one succeeds."""
+    info = taskutils.current_task()
+    assert info is not None
+    if info.retry_count == 0:
+        _record("exits", key, how)
+        raise SystemExit(3) if how == "exit" else KeyboardInterrupt()
+    _record("exits", key)
+
+
+@task
 def blob(key: str, data: bytes) -> None:
     _record("blob", key, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
@@ -85,11 +123,23 @@ def _enqueue(kind: str, key: str, query: dict[str, str]) -> dict[str, Any]:
         options["name"] = query["name"]
     if "countdown" in query:
         options["countdown"] = float(query["countdown"])
+    if "deadline" in query:
+        options["dispatch_deadline_usec"] = int(float(query["deadline"]) * 1_000_000)
     extra: dict[str, Any] = {}
     if kind == "record":
         added = record.options(**options)(key)
     elif kind == "flaky":
         added = flaky.options(**options)(key, int(query.get("failures", "1")), query.get("how", "retry"))
+    elif kind == "nap":
+        if "n" in query:
+            seconds = float(query.get("seconds", "0.2"))
+            added = nap_item.options(**options).map([(f"{key}-{i}", seconds) for i in range(int(query["n"]))])
+            return {"names": [t.name for t in added], "at": time.time()}
+        added = nap.options(**options)(key, float(query.get("seconds", "0.2")))
+    elif kind == "slow_first":
+        added = slow_first.options(**options)(key, float(query.get("seconds", "3")))
+    elif kind == "exits":
+        added = exits.options(**options)(key, query.get("how", "exit"))
     elif kind == "blob":
         data = os.urandom(int(query.get("size", "200000")))
         extra["sha256"] = hashlib.sha256(data).hexdigest()
