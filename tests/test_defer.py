@@ -13,7 +13,7 @@ from taskutils import task
 ran: list = []
 
 
-class Note(ndb.Model):
+class DeferNote(ndb.Model):
     pass
 
 
@@ -179,14 +179,14 @@ def test_defer_runs_closures_which_deferred_cannot_pickle(task_testbed):
     prefix = "closure-"
 
     def closure(x):
-        Note(id=prefix + x).put()
+        DeferNote(id=prefix + x).put()
 
     with pytest.raises(Exception, match="local object"):
         deferred.defer(closure, "deferred")
     taskutils.defer(closure, "taskutils")
     task_testbed.drain()
 
-    assert [k.id() for k in Note.query().iter(keys_only=True)] == ["closure-taskutils"]
+    assert [k.id() for k in DeferNote.query().iter(keys_only=True)] == ["closure-taskutils"]
 
 
 def test_defer_maps_queue(task_testbed):

@@ -6,7 +6,6 @@ import pathlib
 import pytest
 import webtest
 from google.appengine.ext import deferred
-
 from readme_apps import flask_app, notes, webapp2_app, wsgi_app
 
 README = (pathlib.Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
@@ -14,7 +13,11 @@ README = (pathlib.Path(__file__).parent.parent / "README.md").read_text(encoding
 # Each app, the URL of its route, and the line that mounts taskutils as the README writes it.
 APPS = {
     "wsgi": (wsgi_app, "/notes", "app = wrap_wsgi_app(taskutils.mount(my_wsgi_app))"),
-    "webapp2": (webapp2_app, "/", 'app = wrap_wsgi_app(taskutils.mount(webapp2.WSGIApplication([("/", HomeHandler)])))'),
+    "webapp2": (
+        webapp2_app,
+        "/",
+        'app = wrap_wsgi_app(taskutils.mount(webapp2.WSGIApplication([("/", HomeHandler)])))',
+    ),
     "flask": (flask_app, "/notes", "app.wsgi_app = wrap_wsgi_app(taskutils.mount(app.wsgi_app))"),
 }
 
@@ -41,7 +44,7 @@ def test_a_route_enqueues_a_task_that_writes_to_datastore_in_a_transaction(task_
 
     assert response.status_int == 202
     assert task_testbed.drain(app=module.app if through_the_app else None) == 1
-    note = notes.Note.get_by_id(f"hello-{name}")
+    note = notes.ReadmeNote.get_by_id(f"hello-{name}")
     assert (note.app, note.writes) == (name, 1)
 
 
@@ -53,7 +56,7 @@ def test_a_route_serves_many_tasks_each_run_exactly_once(task_testbed, example):
         client.post(f"{route}?text={name}-{i}")
 
     assert task_testbed.drain(app=module.app) == 10
-    assert sorted(n.writes for n in notes.Note.query()) == [1] * 10
+    assert sorted(n.writes for n in notes.ReadmeNote.query()) == [1] * 10
 
 
 def test_tasks_deferred_enqueued_run_through_the_example_app_too(task_testbed, example):
@@ -62,4 +65,4 @@ def test_tasks_deferred_enqueued_run_through_the_example_app_too(task_testbed, e
     deferred.defer(notes.write, f"deferred-{name}", name)
 
     assert task_testbed.drain(app=module.app) == 1
-    assert notes.Note.get_by_id(f"deferred-{name}").writes == 1
+    assert notes.ReadmeNote.get_by_id(f"deferred-{name}").writes == 1

@@ -120,13 +120,13 @@ def test_drain_posts_the_headers_the_stubs_own_dispatcher_sends(task_testbed):
     assert headers_seen == [expected]
 
 
-class Note(ndb.Model):
+class DrainNote(ndb.Model):
     text = ndb.StringProperty()
 
 
 @task
 def write_note(text):
-    Note(id=text, text=text).put()
+    DrainNote(id=text, text=text).put()
 
 
 def test_a_task_runs_in_the_namespace_it_was_enqueued_from(task_testbed):
@@ -136,8 +136,8 @@ def test_a_task_runs_in_the_namespace_it_was_enqueued_from(task_testbed):
 
     task_testbed.drain()
 
-    assert Note.get_by_id("hello") is None
-    assert Note.get_by_id("hello", namespace="tenant1").text == "hello"
+    assert DrainNote.get_by_id("hello") is None
+    assert DrainNote.get_by_id("hello", namespace="tenant1").text == "hello"
     assert namespace_manager.get_namespace() == ""
 
 
@@ -148,7 +148,7 @@ def test_a_task_enqueued_in_the_default_namespace_runs_there_whatever_the_test_s
     task_testbed.drain()
 
     assert namespace_manager.get_namespace() == "tenant2"
-    assert Note.get_by_id("plain", namespace="").text == "plain"
+    assert DrainNote.get_by_id("plain", namespace="").text == "plain"
 
 
 # drain(retries=N)
@@ -173,7 +173,7 @@ def always_fail():
 @task
 def wait_for_note(text):
     attempts.append(("wait", taskutils.current_task().retry_count))
-    if Note.get_by_id(text) is None:
+    if DrainNote.get_by_id(text) is None:
         raise taskutils.RetryTaskException("not yet")
 
 

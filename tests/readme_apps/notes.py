@@ -3,7 +3,7 @@
 from google.appengine.ext import ndb
 
 
-class Note(ndb.Model):
+class ReadmeNote(ndb.Model):
     text = ndb.StringProperty()
     app = ndb.StringProperty()
     writes = ndb.IntegerProperty(default=0)
@@ -12,6 +12,6 @@ class Note(ndb.Model):
 @ndb.transactional()
 def write(text: str, app: str) -> None:
     """Read, then put, in one transaction: the note counts how many times it was written."""
-    note = Note.get_by_id(text) or Note(id=text, text=text, app=app)
+    note = ReadmeNote.get_by_id(text) or ReadmeNote(id=text, text=text, app=app)
     note.writes += 1
     note.put()
