@@ -224,7 +224,7 @@ def supervise(
             shutil.rmtree(folder, ignore_errors=True)
             if left:
                 log.warning(
-                    "%d queued tasks dropped with the temporary storage %s (give --storage DIR to keep them)",
-                    left,
+                    "removed the temporary storage %s: %d queued task(s) dropped (--storage DIR keeps them)",
                     folder,
+                    left,
                 )
