@@ -290,22 +290,24 @@ class _Run:
             return self.finish(HTTPStatus.OK)
         except MissingTaskCodeError as e:
             self.fail(e, f"retry: {e}", logging.ERROR, answered=True)
-            return MISSING_CODE_STATUS
+            return self.finish(MISSING_CODE_STATUS)
         except (RetryTaskException, SingularTaskFailure) as e:
             self.fail(e, "retry requested", logging.INFO, answered=True)
-            return RETRY_STATUS
+            return self.finish(RETRY_STATUS)
         except BaseException as e:  # SystemExit, KeyboardInterrupt...: the task's, never the server's
             self.fail(e, "failed", logging.ERROR, trace=True, answered=True)
-            return HTTPStatus.INTERNAL_SERVER_ERROR
+            return self.finish(HTTPStatus.INTERNAL_SERVER_ERROR)
         if self.pointer is not None:
             return self.finish(HTTPStatus.OK)
         return HTTPStatus.OK
 
     def finish(self, status: HTTPStatus) -> HTTPStatus:
+        """Delete the spilled payload once the queue will not send the task again: after 2xx, or its last attempt."""
         if self.pointer is not None:
             from . import spill
 
-            spill.delete(self.pointer)
+            if status < 300 or spill.last_attempt(self.pointer, self.info.retry_count):
+                spill.delete(self.pointer)
         return status
 
     def fail(self, error: BaseException, outcome: str, level: int, trace: bool = False, answered: bool = False) -> None:

@@ -122,11 +122,15 @@ def _write(data: bytes, parent: ndb.Key | None, task_kwargs: Mapping[str, Any], 
         entity["due"] = due
         entities.append(entity)
     connection = _connection(transactional)
+    rpc = connection.async_put(None, entities)  # one RPC per chunk, all in flight at once
     try:
-        connection.async_put(None, entities).get_result()
+        rpc.get_result()
     except BaseException:
         if not transactional:  # in a transaction, the error rolls it back, and the chunks with it
-            _delete_keys(connection, group, [e.key() for e in entities])
+            try:
+                rpc.wait()  # get_result raises at the first failed RPC: let the others land first
+            finally:
+                _delete_keys(connection, group, [e.key() for e in entities])
         raise
     pointer: dict[str, Any] = {"g": str(group), "n": len(pieces), "d": hashlib.sha256(data).hexdigest()}
     limit = _retry_limit(task_kwargs)

@@ -1,13 +1,16 @@
 """Big payloads: spilled to Datastore, carried as a signed pointer, cleaned up after."""
 
+import datetime
 import logging
 import os
 
 import pytest
 from google.appengine.api import namespace_manager, taskqueue
+from google.appengine.api.taskqueue import taskqueue_service_bytes_pb2 as taskqueue_pb
 from google.appengine.ext import ndb
 from google.appengine.runtime import apiproxy_errors
 
+import taskutils
 from taskutils import PermanentTaskFailure, spill, task
 from taskutils.codec import MAX_TRANSACTIONAL_PAYLOAD
 from taskutils.exc import PayloadError, PayloadTooLargeError
@@ -29,6 +32,12 @@ def fail_once(blob):
 @task
 def give_up(blob):
     raise PermanentTaskFailure("not this one")
+
+
+@task
+def always_fail(blob):
+    attempts.append(len(blob))
+    raise RuntimeError("this task never succeeds")
 
 
 class Account(ndb.Model):
@@ -335,3 +344,157 @@ def test_big_tasks_mapped_to_a_queue_that_refuses_them_leave_no_spill(tmp_path):
         with pytest.raises(taskqueue.UnknownQueueError):
             tasklib.record.options(queue="nowhere").map([os.urandom(300_000), os.urandom(300_000)])
         assert every_entity() == []
+
+
+# Spills are never left behind by a failed write or add, and never deleted while their task may run.
+
+
+def fail_the_nth(monkeypatch, stub, call, n, error, after=False):
+    """Make the nth RPC `call` to a real stub raise error: before it runs, or after it has run (committed)."""
+    real = stub.MakeSyncCall
+    seen = []
+
+    def make_sync_call(service, method, request, response, *args):
+        if method == call:
+            seen.append(method)
+            if len(seen) == n and not after:
+                raise error
+            real(service, method, request, response, *args)
+            if len(seen) == n:
+                raise error
+            return None
+        return real(service, method, request, response, *args)
+
+    monkeypatch.setattr(stub, "MakeSyncCall", make_sync_call)
+    return seen
+
+
+def test_a_put_that_fails_on_the_second_of_three_chunks_leaves_no_chunk_behind(task_testbed, monkeypatch):
+    datastore = task_testbed.testbed.get_stub("datastore_v3")
+    puts = fail_the_nth(monkeypatch, datastore, "Put", 2, apiproxy_errors.ApplicationError(5, "timeout"))
+
+    with pytest.raises(Exception, match="timeout"):
+        tasklib.record(os.urandom(2_500_000))
+
+    assert len(puts) == 3  # chunks 1 and 3 were written
+    monkeypatch.undo()
+    assert every_entity() == []
+    assert task_testbed.tasks() == []
+
+
+def test_a_failure_after_the_spill_is_written_but_before_the_task_is_built_deletes_the_spill(task_testbed, monkeypatch):
+    from taskutils import codec
+
+    def broken_frame(*args):
+        raise MemoryError
+
+    monkeypatch.setattr(codec, "frame", broken_frame)
+
+    with pytest.raises(MemoryError):
+        tasklib.record(os.urandom(300_000))
+
+    assert every_entity() == []
+
+
+def transient():
+    return apiproxy_errors.ApplicationError(taskqueue_pb.TaskQueueServiceError.TRANSIENT_ERROR)
+
+
+def test_an_add_that_commits_and_then_raises_keeps_the_spill_its_task_will_read(task_testbed, monkeypatch, caplog):
+    blob = os.urandom(300_000)
+    fail_the_nth(monkeypatch, task_testbed.taskqueue, "BulkAdd", 1, transient(), after=True)
+
+    with pytest.raises(taskqueue.TransientError):
+        tasklib.record(blob)
+
+    assert len(task_testbed.tasks()) == 1  # the queue took it after all
+    assert any("taskutils.sweep" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    task_testbed.drain()
+    assert tasklib.ran == [((blob,), {})]
+    assert every_entity() == []
+
+
+def test_a_map_whose_add_commits_and_then_raises_keeps_the_spills_its_tasks_will_read(task_testbed, monkeypatch):
+    blobs = [os.urandom(300_000), os.urandom(300_000)]
+    fail_the_nth(monkeypatch, task_testbed.taskqueue, "BulkAdd", 1, transient(), after=True)
+
+    with pytest.raises(taskqueue.TransientError):
+        tasklib.record.map(blobs)
+
+    task_testbed.drain()
+    assert sorted(tasklib.ran) == sorted(((blob,), {}) for blob in blobs)
+    assert every_entity() == []
+
+
+def test_an_add_the_queue_refused_outright_deletes_the_spill(task_testbed, monkeypatch):
+    refused = apiproxy_errors.ApplicationError(taskqueue_pb.TaskQueueServiceError.UNKNOWN_QUEUE)
+    fail_the_nth(monkeypatch, task_testbed.taskqueue, "BulkAdd", 1, refused)
+
+    with pytest.raises(taskqueue.UnknownQueueError):
+        tasklib.record(os.urandom(300_000))
+
+    assert every_entity() == []
+
+
+LIMIT_2 = taskqueue.TaskRetryOptions(task_retry_limit=2)
+
+
+def test_a_task_that_fails_its_last_allowed_attempt_deletes_its_spill(task_testbed):
+    always_fail.options(retry_options=LIMIT_2)(os.urandom(300_000))
+    (queued,) = task_testbed.tasks()
+
+    for retry_count in (0, 1):
+        status, _ = task_testbed.post(queued, HTTP_X_APPENGINE_TASKRETRYCOUNT=str(retry_count))
+        assert status == 500
+        assert chunks()  # the queue will try again: keep it
+    status, _ = task_testbed.post(queued, HTTP_X_APPENGINE_TASKRETRYCOUNT="2")
+
+    assert status == 500
+    assert attempts == [300_000] * 3
+    assert every_entity() == []
+
+
+def test_a_task_exhausting_its_retries_in_the_drain_leaves_no_spill(task_testbed):
+    always_fail.options(retry_options=LIMIT_2)(os.urandom(300_000))
+
+    with pytest.raises(RuntimeError, match="never succeeds"):
+        task_testbed.drain(retries=2)
+
+    assert len(attempts) == 3
+    assert every_entity() == []
+
+
+@pytest.mark.parametrize(
+    "retry_options",
+    [
+        None,
+        taskqueue.TaskRetryOptions(task_age_limit=60),
+        taskqueue.TaskRetryOptions(task_retry_limit=2, task_age_limit=60),
+    ],
+    ids=["no-limit", "age-limit", "retry-and-age-limit"],
+)
+def test_a_failing_task_that_cannot_tell_its_last_attempt_keeps_its_spill_for_the_sweep(task_testbed, retry_options):
+    always_fail.options(retry_options=retry_options)(os.urandom(300_000))
+    (queued,) = task_testbed.tasks()
+
+    for retry_count in range(10):
+        status, _ = task_testbed.post(queued, HTTP_X_APPENGINE_TASKRETRYCOUNT=str(retry_count))
+        assert status == 500
+    assert len(chunks()) == 1  # the queue may still send it: only sweep, later, deletes it
+
+    assert taskutils.sweep(datetime.timedelta(days=7)) == 0
+    assert len(chunks()) == 1
+
+
+def test_a_retry_limit_in_a_pointer_cannot_be_forged(task_testbed):
+    always_fail.options(retry_options=LIMIT_2)(os.urandom(300_000))
+    (queued,) = task_testbed.tasks()
+    body = queued.payload
+    forged = body.replace(b'"r":2', b'"r":0')
+    assert forged != body
+    queued._Task__payload = forged
+
+    status, _ = task_testbed.post(queued)
+
+    assert status == 403
+    assert len(chunks()) == 1
