@@ -1,6 +1,7 @@
 """Big payloads: spilled to Datastore, carried as a signed pointer, cleaned up after."""
 
 import datetime
+import hashlib
 import logging
 import os
 
@@ -498,3 +499,46 @@ def test_a_retry_limit_in_a_pointer_cannot_be_forged(task_testbed):
 
     assert status == 403
     assert len(chunks()) == 1
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["commits", "rolls-back"])
+def test_a_spill_in_a_cross_group_transaction_commits_or_rolls_back_with_the_callers_writes(task_testbed, fail):
+    blob = os.urandom(2_000_000)
+
+    @ndb.transactional(xg=True)
+    def pay():
+        Account(balance=10).put()
+        tasklib.record.options(transactional=True)(blob)
+        if fail:
+            raise Boom
+
+    if fail:
+        with pytest.raises(Boom):
+            pay()
+        assert task_testbed.tasks() == []
+        assert every_entity() == []
+    else:
+        pay()
+        assert len(chunks()) == 3  # 2,000,000 bytes and the pickle around them
+        task_testbed.drain()
+        assert tasklib.ran == [((blob,), {})]
+        assert [k.kind() for k in every_entity()] == ["Account"]
+
+
+def test_a_pointer_written_before_the_low_level_api_still_loads(task_testbed):
+    # Tasks queued by an earlier release carry ndb's urlsafe group key: they still run after a deploy.
+    data = os.urandom(1_500_000)
+    group = ndb.Key(spill.GROUP_KIND, "queued-before-the-deploy")
+    ndb.put_multi(
+        [
+            TaskPayloadChunk(
+                key=ndb.Key(TaskPayloadChunk, i + 1, parent=group), data=data[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE]
+            )
+            for i in range(2)
+        ]
+    )
+    pointer = b'{"g":"%s","n":2,"d":"%s"}' % (group.urlsafe(), hashlib.sha256(data).hexdigest().encode())
+
+    assert spill.load(pointer) == data
+    spill.delete(pointer)
+    assert every_entity() == []
