@@ -22,7 +22,12 @@ from .task import task as task
 __version__ = "0.1.0"
 
 # Heavier parts, imported on first use: name -> (module, attribute).
-_LAZY = {"console": (".webconsole", "console")}
+_LAZY = {
+    "console": (".webconsole", "console"),
+    "GroupHandle": (".results", "GroupHandle"),
+    "TaskHandle": (".results", "TaskHandle"),
+    "set_progress": (".results", "set_progress"),
+}
 
 
 def __getattr__(name: str) -> object:
@@ -36,11 +41,13 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
+    "GroupHandle",
     "PayloadTooLargeError",
     "PermanentTaskFailure",
     "RetryTaskException",
     "TaskError",
     "TaskFunction",
+    "TaskHandle",
     "TaskInfo",
     "UnpicklableArgumentError",
     "app",
@@ -50,6 +57,7 @@ __all__ = [
     "defer",
     "get_taskroute",
     "mount",
+    "set_progress",
     "set_taskroute",
     "sweep",
     "sweep_app",

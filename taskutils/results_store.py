@@ -1,47 +1,42 @@
-"""Where task handles live in Datastore: the entities, their signed records, and the fan-in tree.
+"""Where task handles live in Datastore: the entities, their signed records, and a group's shape.
 
-See ``taskutils.results`` for the design. Kinds (all root entities, bundled ``ndb``,
-never cached in memcache or the context cache):
+See ``taskutils.results`` for the design. Everything goes through the low-level
+``google.appengine.api.datastore`` API (ndb's tasklets cost several times more per
+transaction). Kinds, all root entities:
 
 - ``_TaskutilsHandle`` (key name: the handle id): one submitted run or one ``then``
-  callback. ``status``, ``created`` and ``finished`` are indexed; ``state`` holds the
-  signed record.
-- ``_TaskutilsGroup`` (key name: the group id): a ``submit_map``. ``total``, ``leaves``,
-  ``fan``, ``queue``; ``state`` holds which tree nodes completed, the failed child and
-  the callbacks.
-- ``_TaskutilsLeaf`` (key name ``<group>.<leaf>``): the records of the children
-  ``i`` with ``i % leaves == leaf``, in slot ``i // leaves``; ``cancelled`` once the
-  group is cancelled.
-- ``_TaskutilsNode`` (key name ``<group>.<level>.<index>``): which nodes of the level
-  below have completed.
-- ``_TaskutilsResult`` / ``_TaskutilsResultChunk``: a result too big to keep inline,
-  in chunks under one parent named after the handle id.
+  callback. ``status``, ``created`` and ``finished`` are indexed; ``state`` holds the record.
+- ``_TaskutilsGroup`` (key name: the group id): a ``submit_map``. ``status``, ``created``,
+  ``finished``; ``total``, ``leaves``, ``fan``; ``state`` holds the nodes of the tree's top
+  level that completed, the failed child and the callbacks.
+- ``_TaskutilsLeaf`` (key name ``<group>.<leaf>``): the records of the children ``i`` with
+  ``i % leaves == leaf``, in slot ``i // leaves``; ``cancelled`` once the group is cancelled.
+- ``_TaskutilsNode`` (key name ``<group>.<level>.<index>``): which nodes of the level below
+  completed.
+- ``_TaskutilsResult`` / ``_TaskutilsResultChunk``: a result too big to keep inline, in
+  chunks under one parent named after the handle id.
 
-A record is a dict: ``s`` status, ``a`` attempts, ``p`` progress ``(done, total)``,
-``r`` the pickled result (or ``R``: chunk count and SHA-256 when stored apart), ``e``
-the pickled exception, ``l`` its one-line ``Type: message``, ``t`` its traceback text,
-``cb`` callbacks ``[(handle id, pickled task function)]``, ``src`` the handle a
-callback waits on. Records are pickled and framed by ``taskutils.codec``: signed
-when keys are configured, and checked before anything is unpickled.
+A record is a dict: ``s`` status, ``a`` attempts, ``p`` progress ``(done, total)``, ``r`` the
+pickled result (or ``R``: chunk count and SHA-256 when kept apart), ``e`` the pickled
+exception, ``l`` its line ``Type: message``, ``t`` its traceback, ``cb`` callbacks, ``src``
+the handle or group a callback waits on. Records are pickled and framed by
+``taskutils.codec``: signed when keys are configured, checked before anything is unpickled.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
-import logging
 import math
 import uuid
-from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from google.appengine.ext import ndb
+from google.appengine.api import datastore, datastore_errors, datastore_types
 
 from . import codec
 from .config import get_keyring
 from .exc import ResultError
-
-log = logging.getLogger("taskutils.results")
 
 PENDING, RUNNING, RETRYING = "pending", "running", "retrying"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -56,12 +51,16 @@ CHUNK_KIND = "_TaskutilsResultChunk"
 
 SLOTS = 32  # children per leaf, at most
 MIN_LEAVES = 16  # a small group is still spread over this many leaves
-FAN = 16  # tree nodes above the leaves collect this many nodes each
+FAN = 16  # a node above the leaves collects this many nodes of the level below
 INLINE_RESULT = 500_000  # bytes of pickled result kept in a handle's own entity
 INLINE_CHILD_RESULT = 8_000  # ... in a leaf, which holds up to SLOTS of them
 CHUNK_SIZE = 1_000_000
-MAX_RESULT = 9 * 1024 * 1024  # written inside one transaction, which commits at most 10 MiB
+MAX_RESULT = 9 * 1024 * 1024  # written in one transaction, which commits at most 10 MiB
 MAX_CALLBACKS = 4  # transactional tasks per transaction: 5, one kept for the fan-in
+
+_TXN = datastore.CreateTransactionOptions(xg=True, retries=5)
+Key = datastore_types.Key
+Entity = datastore.Entity
 
 
 def now() -> datetime.datetime:
@@ -72,89 +71,51 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-class _Model(ndb.Model):
-    _use_cache = False
-    _use_memcache = False
+def transaction(fn: Any, *args: Any) -> Any:
+    """Run fn(*args) in a cross-group transaction, retried on contention."""
+    return datastore.RunInTransactionOptions(_TXN, fn, *args)
 
 
-class HandleEntity(_Model):
-    """One submitted run, or one callback."""
-
-    status = ndb.StringProperty(default=PENDING)
-    created = ndb.DateTimeProperty()
-    finished = ndb.DateTimeProperty()
-    state = ndb.BlobProperty()
-
-    @classmethod
-    def _get_kind(cls) -> str:
-        return HANDLE_KIND
+def get(key: Key) -> Entity | None:
+    try:
+        return datastore.Get(key)
+    except datastore_errors.EntityNotFoundError:
+        return None
 
 
-class GroupEntity(_Model):
-    """One submit_map: its size, its tree's shape, and how far its fan-in got."""
-
-    status = ndb.StringProperty(default=PENDING)
-    created = ndb.DateTimeProperty()
-    finished = ndb.DateTimeProperty()
-    total = ndb.IntegerProperty(indexed=False)
-    leaves = ndb.IntegerProperty(indexed=False)
-    fan = ndb.IntegerProperty(indexed=False)
-    queue = ndb.StringProperty(indexed=False)
-    state = ndb.BlobProperty()
-
-    @classmethod
-    def _get_kind(cls) -> str:
-        return GROUP_KIND
+def get_many(keys: list[Key]) -> list[Entity | None]:
+    found: list[Entity | None] = []
+    for start in range(0, len(keys), 1000):
+        found += datastore.Get(keys[start : start + 1000])
+    return found
 
 
-class LeafEntity(_Model):
-    """The records of up to SLOTS children of a group."""
-
-    state = ndb.BlobProperty()
-    cancelled = ndb.BooleanProperty(default=False, indexed=False)
-
-    @classmethod
-    def _get_kind(cls) -> str:
-        return LEAF_KIND
+def put(entities: Entity | list[Entity]) -> None:
+    datastore.Put(entities)
 
 
-class NodeEntity(_Model):
-    """Which nodes of the level below completed."""
-
-    done = ndb.JsonProperty(default=[])
-
-    @classmethod
-    def _get_kind(cls) -> str:
-        return NODE_KIND
+def handle_key(handle_id: str) -> Key:
+    return Key.from_path(HANDLE_KIND, handle_id)
 
 
-class ResultChunk(_Model):
-    """A piece of a result too big to keep inline."""
-
-    data = ndb.BlobProperty()
-
-    @classmethod
-    def _get_kind(cls) -> str:
-        return CHUNK_KIND
+def group_key(group_id: str) -> Key:
+    return Key.from_path(GROUP_KIND, group_id)
 
 
-def handle_key(handle_id: str) -> ndb.Key:
-    return ndb.Key(HANDLE_KIND, handle_id)
+def leaf_key(group_id: str, leaf: int) -> Key:
+    return Key.from_path(LEAF_KIND, f"{group_id}.{leaf}")
 
 
-def group_key(group_id: str) -> ndb.Key:
-    return ndb.Key(GROUP_KIND, group_id)
+def node_key(group_id: str, level: int, index: int) -> Key:
+    return Key.from_path(NODE_KIND, f"{group_id}.{level}.{index}")
 
 
-def leaf_key(group_id: str, leaf: int) -> ndb.Key:
-    return ndb.Key(LEAF_KIND, f"{group_id}.{leaf}")
+def chunk_keys(owner_id: str, count: int) -> list[Key]:
+    parent = Key.from_path(RESULT_KIND, owner_id)
+    return [Key.from_path(CHUNK_KIND, n + 1, parent=parent) for n in range(count)]
 
 
-def node_key(group_id: str, level: int, index: int) -> ndb.Key:
-    return ndb.Key(NODE_KIND, f"{group_id}.{level}.{index}")
-
-
-# -- the shape of a group ---------------------------------------------------
+# -- the shape of a group ---------------------------------------------------------
 
 
 def leaves_for(total: int) -> int:
@@ -168,30 +129,27 @@ def leaf_size(total: int, leaves: int, leaf: int) -> int:
 
 
 def levels(leaves: int, fan: int) -> list[int]:
-    """Nodes per level: the leaves, then nodes of fan each, up to a level of at most fan nodes.
-
-    The group entity collects the nodes of the last level.
-    """
+    """Nodes per level: the leaves, then nodes of fan each, up to a level of at most fan (the group's)."""
     sizes = [leaves]
     while sizes[-1] > fan:
         sizes.append(math.ceil(sizes[-1] / fan))
     return sizes
 
 
-# -- records ----------------------------------------------------------------
+# -- records ----------------------------------------------------------------------
 
 
 def new_record() -> dict[str, Any]:
     return {"s": PENDING, "a": 0, "p": None, "cb": []}
 
 
-def seal(where: str, obj: object) -> bytes:
+def seal(where: str, obj: object) -> datastore_types.Blob:
     """Pickle obj and frame it for ``where`` (signed when keys are configured)."""
-    return codec.frame("/_taskutils/" + where, codec.dumps(obj), 0, get_keyring())
+    return datastore_types.Blob(codec.frame("/_taskutils/" + where, codec.dumps(obj), 0, get_keyring()))
 
 
 def unseal(where: str, blob: bytes) -> Any:
-    """The object seal() framed for ``where``; SignatureError when it was not this app's."""
+    """The object seal() framed for ``where``; SignatureError when it is not this app's."""
     _, data = codec.unframe("/_taskutils/" + where, blob, get_keyring())
     return codec.loads(data)
 
@@ -208,154 +166,207 @@ def dump_result(task_name: str, value: object) -> bytes:
     if len(data) > MAX_RESULT:
         raise ResultError(
             f"task {task_name} returned {len(data)} bytes pickled; a handle keeps at most {MAX_RESULT}: "
-            "store big results yourself and return a key"
+            "store big results yourself and return their key"
         )
     return data
 
 
-def keep_result(record: dict[str, Any], owner_id: str, data: bytes, inline: int) -> list[ndb.Model]:
+def keep_result(record: dict[str, Any], owner_id: str, data: bytes, inline: int) -> list[Entity]:
     """Put the pickled result in record, or in chunks apart; return the chunk entities to write."""
     if len(data) <= inline:
         record["r"] = data
         return []
-    parent = ndb.Key(RESULT_KIND, owner_id)
     pieces = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)]
     record["R"] = (len(pieces), hashlib.sha256(data).hexdigest())
-    return [ResultChunk(key=ndb.Key(CHUNK_KIND, n + 1, parent=parent), data=p) for n, p in enumerate(pieces)]
-
-
-def chunk_keys(owner_id: str, count: int) -> list[ndb.Key]:
-    parent = ndb.Key(RESULT_KIND, owner_id)
-    return [ndb.Key(CHUNK_KIND, n + 1, parent=parent) for n in range(count)]
+    chunks = []
+    for key, piece in zip(chunk_keys(owner_id, len(pieces)), pieces, strict=True):
+        chunk = Entity(CHUNK_KIND, parent=key.parent(), id=key.id())
+        chunk["data"] = datastore_types.Blob(piece)
+        chunks.append(chunk)
+    return chunks
 
 
 def load_result(record: dict[str, Any], owner_id: str) -> Any:
     """The result a record holds (reading its chunks when kept apart)."""
     if "R" in record:
         count, digest = record["R"]
-        chunks = ndb.get_multi(chunk_keys(owner_id, count), use_cache=False, use_memcache=False)
+        chunks = get_many(chunk_keys(owner_id, count))
         if any(c is None for c in chunks):
-            raise ResultError(f"the result of handle {owner_id} is gone from Datastore")
-        data = b"".join(c.data for c in chunks)
+            raise ResultError(f"the result of task handle {owner_id} is gone from Datastore")
+        data = b"".join(c["data"] for c in chunks if c is not None)
         if hashlib.sha256(data).hexdigest() != digest:
-            raise ResultError(f"the result of handle {owner_id} does not match its digest")
+            raise ResultError(f"the result of task handle {owner_id} does not match its digest")
         return codec.loads(data)
     return codec.loads(record["r"]) if record.get("r") is not None else None
 
 
-def dump_exception(error: BaseException) -> bytes | None:
-    """The pickled exception, or None when it does not survive a round trip."""
+def record_error(record: dict[str, Any], error: BaseException, trace: str) -> None:
+    """Keep the exception (pickled, when it survives a round trip), its line and its traceback."""
     try:
-        data = codec.dumps(error)
+        data: bytes | None = codec.dumps(error)
         codec.loads(data)
     except Exception:
-        return None
-    return data
-
-
-def record_error(record: dict[str, Any], error: BaseException, trace: str) -> None:
-    line = f"{type(error).__name__}: {error}".replace("\r", "\\r").replace("\n", "\\n")
-    record["e"] = dump_exception(error)
-    record["l"] = line[:500]
+        data = None
+    record["e"] = data
+    record["l"] = f"{type(error).__name__}: {error}".replace("\r", "\\r").replace("\n", "\\n")[:500]
     record["t"] = trace[-8000:]
 
 
-# -- entities to records ------------------------------------------------------
+# -- entities -----------------------------------------------------------------------
 
 
-def handle_record(entity: HandleEntity | None, handle_id: str) -> dict[str, Any] | None:
-    if entity is None:
-        return None
-    record: dict[str, Any] = unseal(f"handle/{handle_id}", entity.state)
-    return record
-
-
-def put_handle(entity: HandleEntity | None, handle_id: str, record: dict[str, Any]) -> HandleEntity:
-    """The handle entity holding record, made or updated (not yet written)."""
-    if entity is None:
-        entity = HandleEntity(key=handle_key(handle_id), created=now())
-    entity.status = record["s"]
-    if record["s"] in FINAL and entity.finished is None:
-        entity.finished = now()
-    entity.state = seal(f"handle/{handle_id}", record)
+def new_handle_entity(handle_id: str) -> Entity:
+    entity = Entity(HANDLE_KIND, name=handle_id, unindexed_properties=("state",))
+    entity["created"] = now()  # "finished" is set once final: an unfinished one is in no sweep's index
     return entity
 
 
-def leaf_records(entity: LeafEntity | None, group_id: str, leaf: int) -> dict[int, dict[str, Any]]:
-    if entity is None or entity.state is None:
+def write_handle(entity: Entity | None, handle_id: str, record: dict[str, Any]) -> Entity:
+    """The handle entity holding record, made or updated (not written yet)."""
+    if entity is None:
+        entity = new_handle_entity(handle_id)
+    entity["status"] = record["s"]
+    if record["s"] in FINAL and entity.get("finished") is None:
+        entity["finished"] = now()
+    entity["state"] = seal(f"handle/{handle_id}", record)
+    return entity
+
+
+def read_handle(entity: Entity | None, handle_id: str) -> dict[str, Any] | None:
+    return None if entity is None else unseal(f"handle/{handle_id}", entity["state"])  # type: ignore[no-any-return]
+
+
+def read_leaf(entity: Entity | None, group_id: str, leaf: int) -> dict[int, dict[str, Any]]:
+    if entity is None or entity.get("state") is None:
         return {}
-    records: dict[int, dict[str, Any]] = unseal(f"leaf/{group_id}.{leaf}", entity.state)
-    return records
+    return unseal(f"leaf/{group_id}.{leaf}", entity["state"])  # type: ignore[no-any-return]
 
 
-def put_leaf(entity: LeafEntity | None, group_id: str, leaf: int, records: dict[int, dict[str, Any]]) -> LeafEntity:
+def write_leaf(entity: Entity | None, group_id: str, leaf: int, records: dict[int, dict[str, Any]]) -> Entity:
     if entity is None:
-        entity = LeafEntity(key=leaf_key(group_id, leaf))
-    entity.state = seal(f"leaf/{group_id}.{leaf}", records)
+        entity = Entity(LEAF_KIND, name=f"{group_id}.{leaf}", unindexed_properties=("state", "cancelled"))
+        entity["cancelled"] = False
+    entity["state"] = seal(f"leaf/{group_id}.{leaf}", records)
     return entity
 
 
-def group_state(entity: GroupEntity) -> dict[str, Any]:
-    state: dict[str, Any] = unseal(f"group/{entity.key.id()}", entity.state)
-    return state
+def new_group_entity(group_id: str, total: int, leaves: int, queue: str) -> Entity:
+    entity = Entity(GROUP_KIND, name=group_id, unindexed_properties=("state", "total", "leaves", "fan", "queue"))
+    entity.update({"created": now(), "total": total, "leaves": leaves, "fan": FAN, "queue": queue})
+    entity["status"] = SUCCEEDED if total == 0 else PENDING
+    return write_group(entity, {"done": [], "failed": None, "cb": []})
 
 
-def put_group_state(entity: GroupEntity, state: dict[str, Any]) -> GroupEntity:
-    if entity.status in FINAL and entity.finished is None:
-        entity.finished = now()
-    entity.state = seal(f"group/{entity.key.id()}", state)
+def read_group(entity: Entity) -> dict[str, Any]:
+    return unseal(f"group/{entity.key().name()}", entity["state"])  # type: ignore[no-any-return]
+
+
+def write_group(entity: Entity, state: dict[str, Any], status: str | None = None) -> Entity:
+    if status is not None:
+        entity["status"] = status
+    if entity["status"] in FINAL and entity.get("finished") is None:
+        entity["finished"] = now()
+    entity["state"] = seal(f"group/{entity.key().name()}", state)
     return entity
 
 
-# -- sweep --------------------------------------------------------------------
+# -- where one handle's record lives -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A handle's record: its own entity, or slot ``index // leaves`` of leaf ``index % leaves``."""
+
+    handle_id: str
+    group_id: str | None = None
+    index: int = 0
+    total: int = 0
+    leaves: int = 0
+
+    @property
+    def key(self) -> Key:
+        if self.group_id is None:
+            return handle_key(self.handle_id)
+        return leaf_key(self.group_id, self.leaf)
+
+    @property
+    def leaf(self) -> int:
+        return self.index % self.leaves
+
+    @property
+    def slot(self) -> int:
+        return self.index // self.leaves
+
+    def read(self, entity: Entity | None) -> dict[str, Any] | None:
+        """The record in entity (None if there is none); a child not started in a cancelled group is cancelled."""
+        if self.group_id is None:
+            return read_handle(entity, self.handle_id)
+        record = read_leaf(entity, self.group_id, self.leaf).get(self.slot)
+        if entity is not None and entity.get("cancelled") and (record is None or record["s"] == PENDING):
+            record = {**(record or new_record()), "s": CANCELLED}
+        return record
+
+    def write(self, entity: Entity | None, record: dict[str, Any]) -> tuple[Entity, bool]:
+        """The entity to put so that it holds record; and, for a child, whether its leaf is now complete."""
+        if self.group_id is None:
+            return write_handle(entity, self.handle_id, record), False
+        records = read_leaf(entity, self.group_id, self.leaf)
+        records[self.slot] = record
+        complete = sum(1 for r in records.values() if r["s"] == SUCCEEDED) == leaf_size(
+            self.total, self.leaves, self.leaf
+        )
+        return write_leaf(entity, self.group_id, self.leaf, records), complete
+
+
+def ref_of(handle_id: str) -> Ref | None:
+    """Where a handle id's record lives; None for a child id of a group that does not exist."""
+    group_id, dot, index = handle_id.partition(".")
+    if not dot:
+        return Ref(handle_id)
+    group = get(group_key(group_id)) if index.isdigit() else None
+    if group is None or int(index) >= group["total"]:
+        return None
+    return Ref(handle_id, group_id, int(index), group["total"], group["leaves"])
+
+
+# -- sweep --------------------------------------------------------------------------------
 
 
 def sweep(older_than: datetime.timedelta | datetime.datetime) -> int:
-    """Delete finished handles and groups that finished before older_than; return how many entities went."""
-    cutoff = older_than if isinstance(older_than, datetime.datetime) else now() - older_than
-    if cutoff.tzinfo is not None:
-        cutoff = cutoff.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    """Delete handles and groups that finished before older_than (an age or a time); return how many."""
+    if isinstance(older_than, datetime.datetime):
+        cutoff = older_than
+        if cutoff.tzinfo is not None:
+            cutoff = cutoff.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    else:
+        cutoff = now() - older_than
     deleted = 0
-    for key in HandleEntity.query(HandleEntity.finished < cutoff).iter(keys_only=True, batch_size=500):
-        entity = key.get()
-        doomed = [key]
-        if entity is not None and entity.state is not None:
-            record = handle_record(entity, key.id()) or {}
-            if "R" in record:
-                doomed += chunk_keys(key.id(), record["R"][0])
-        ndb.delete_multi(doomed)
-        deleted += len(doomed)
-    for group in GroupEntity.query(GroupEntity.finished < cutoff).iter(batch_size=50):
-        deleted += _delete_group(group)
+    for entity in datastore.Query(HANDLE_KIND, {"finished <": cutoff}).Run(batch_size=500):
+        doomed = [entity.key()]
+        record = read_handle(entity, entity.key().name()) or {}
+        if "R" in record:
+            doomed += chunk_keys(entity.key().name(), record["R"][0])
+        datastore.Delete(doomed)
+        deleted += 1
+    for group in datastore.Query(GROUP_KIND, {"finished <": cutoff}).Run(batch_size=50):
+        _delete_group(group)
+        deleted += 1
     return deleted
 
 
-def _delete_group(group: GroupEntity) -> int:
-    gid = group.key.id()
-    keys = [leaf_key(gid, n) for n in range(group.leaves or 0)]
-    doomed: list[ndb.Key] = [group.key]
-    for start in range(0, len(keys), 500):
-        part = keys[start : start + 500]
-        for leaf_no, leaf in zip(range(start, start + len(part)), ndb.get_multi(part), strict=True):
-            if leaf is None:
-                continue
-            doomed.append(leaf.key)
-            for slot, record in leaf_records(leaf, gid, leaf_no).items():
-                if "R" in record:
-                    doomed += chunk_keys(f"{gid}.{slot * group.leaves + leaf_no}", record["R"][0])
-    for level, size in enumerate(levels(group.leaves or 0, group.fan or FAN)[1:], start=1):
+def _delete_group(group: Entity) -> None:
+    gid, leaves = group.key().name(), group["leaves"] or 0
+    keys = [leaf_key(gid, n) for n in range(leaves)]
+    doomed: list[Key] = []
+    for leaf_no, leaf in enumerate(get_many(keys)):
+        if leaf is None:
+            continue
+        doomed.append(leaf.key())
+        for slot, record in read_leaf(leaf, gid, leaf_no).items():
+            if "R" in record:
+                doomed += chunk_keys(f"{gid}.{slot * leaves + leaf_no}", record["R"][0])
+    for level, size in enumerate(levels(leaves, group["fan"] or FAN)[1:], start=1):
         doomed += [node_key(gid, level, n) for n in range(size)]
+    doomed.append(group.key())
     for start in range(0, len(doomed), 500):
-        ndb.delete_multi(doomed[start : start + 500])
-    return len(doomed)
-
-
-def chunked(keys: Iterable[ndb.Key], size: int = 500) -> Iterable[list[ndb.Key]]:
-    batch: list[ndb.Key] = []
-    for key in keys:
-        batch.append(key)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        datastore.Delete(doomed[start : start + 500])

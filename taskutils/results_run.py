@@ -1,0 +1,350 @@
+"""Running a submitted task: its record before and after, its callbacks, and a group's fan-in.
+
+See ``taskutils.results`` for the design; ``run_handled`` is the handler's seam.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPermanentTaskFailure
+
+from . import results_store as store
+from .exc import PermanentTaskFailure
+from .handler import current_task
+from .task import TaskFunction, task
+
+log = logging.getLogger("taskutils.results")
+
+HANDLE_HEADER = "X-Taskutils-Handle"
+LIMIT_HEADER = "X-Taskutils-Retry-Limit"
+GROUP_HEADER = "X-Taskutils-Group"  # "<total> <leaves>" on a group's children
+_LIMIT_KEY = "HTTP_X_TASKUTILS_RETRY_LIMIT"
+_GROUP_KEY = "HTTP_X_TASKUTILS_GROUP"
+
+PROGRESS_EVERY = 1.0  # set_progress writes at most once a second; the last value goes with the outcome
+
+
+# -- callbacks -------------------------------------------------------------------------
+
+
+class Then:
+    """The body of a callback task: read the source's result, then call the callback with it."""
+
+    def __init__(self, source: str, func: Callable[[Any], Any]) -> None:
+        self.source = source
+        self.func = func
+
+    def __call__(self) -> Any:
+        from .results import GroupHandle, TaskHandle
+
+        if "." in self.source or store.get(store.handle_key(self.source)) is not None:
+            value = TaskHandle(self.source).result()
+        else:
+            value = GroupHandle(self.source).results()
+        return self.func(value)
+
+
+@dataclass
+class Callback:
+    """A ``then`` callback: its handle id, the handle or group it waits on, and its task function."""
+
+    handle_id: str
+    source: str
+    function: TaskFunction[Any, Any]
+
+    @classmethod
+    def make(cls, callback: Callable[[Any], Any], source: str) -> Callback:
+        function = callback if isinstance(callback, TaskFunction) else task(callback)
+        return cls(store.new_id(), source, function)
+
+    def sealed(self) -> tuple[str, bytes]:
+        call = (self.function.__wrapped__, dict(self.function.task_options))
+        return self.handle_id, bytes(store.seal(f"callback/{self.handle_id}", call))
+
+    @classmethod
+    def unsealed(cls, sealed: tuple[str, bytes], source: str) -> Callback:
+        handle_id, blob = sealed
+        func, options = store.unseal(f"callback/{handle_id}", blob)
+        return cls(handle_id, source, task(func, **options))
+
+    def pending_entity(self) -> store.Entity:
+        """Its own handle, recorded pending (read as cancelled once the source failed)."""
+        return store.write_handle(None, self.handle_id, {**store.new_record(), "src": self.source})
+
+    def enqueue(self) -> None:
+        """Add the callback's task inside the running transaction, with the callable's own options."""
+        options = dict(self.function.task_options)
+        options.pop("name", None)
+        options.pop("parent", None)
+        options["transactional"] = True
+        options.setdefault("logname", self.function._suffix[1:])
+        enqueue(TaskFunction(Then(self.source, self.function.__wrapped__), options), (), {}, self.handle_id)
+
+
+def fire(callbacks: Iterable[tuple[str, bytes]], source: str) -> None:
+    for sealed in callbacks:
+        Callback.unsealed(sealed, source).enqueue()
+
+
+def headers_for(function: TaskFunction[Any, Any], handle_id: str) -> dict[str, str]:
+    headers = {HANDLE_HEADER: handle_id}
+    limit = getattr(function.task_options.get("retry_options"), "task_retry_limit", None)
+    if limit is not None:
+        headers[LIMIT_HEADER] = str(limit)
+    return headers
+
+
+def enqueue(function: TaskFunction[Any, Any], args: tuple[Any, ...], kwargs: Mapping[str, Any], handle_id: str) -> Any:
+    """Call function as usual, its task carrying the handle's headers."""
+    return function.options(headers=headers_for(function, handle_id))(*args, **kwargs)
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    ref: store.Ref
+    progress: tuple[float, float] | None = None
+    written: float = 0.0
+
+
+_running: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("taskutils_running_handle", default=None)
+
+
+def set_progress(done: float, total: float) -> bool:
+    """Inside a submitted task: report done out of total on its handle; False anywhere else.
+
+    Written at most once a second; the last value is written with the run's outcome.
+    """
+    run = _running.get()
+    if run is None:
+        return False
+    run.progress = (float(done), float(total))
+    if time.monotonic() - run.written < PROGRESS_EVERY:
+        return True
+    run.written = time.monotonic()
+    ref, progress = run.ref, run.progress
+
+    def txn() -> None:
+        entity = store.get(ref.key)
+        record = ref.read(entity)
+        if record is not None and record["s"] == store.RUNNING:
+            record["p"] = progress
+            store.put(ref.write(entity, record)[0])
+
+    store.transaction(txn)
+    return True
+
+
+def _ref_for_run(handle_id: str, environ: Mapping[str, Any]) -> store.Ref:
+    group_id, dot, index = handle_id.partition(".")
+    if not dot:
+        return store.Ref(handle_id)
+    total, leaves = (int(n) for n in environ[_GROUP_KEY].split())
+    return store.Ref(handle_id, group_id, int(index), total, leaves)
+
+
+def run_handled(
+    handle_id: str, environ: Mapping[str, Any], func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run a submitted task's call and record it on its handle: the task handler's seam.
+
+    Returns the value, or raises what the call raised (the handler answers as for
+    any task); a delivery of a run already finished or cancelled is skipped.
+    """
+    ref = _ref_for_run(handle_id, environ)
+    skipped = store.transaction(_start, ref)
+    if skipped is not None:
+        log.info("task handle %s is %s: this delivery is skipped", handle_id, skipped)
+        return None
+    run = _Run(ref)
+    token = _running.set(run)
+    try:
+        value = func(*args, **kwargs)
+        if inspect.iscoroutine(value):
+            value = _await(value)
+        data = store.dump_result(environ.get("PATH_INFO", handle_id), value)
+    except BaseException as error:
+        final = _is_final(error, environ)
+        store.transaction(_fail, ref, run, error, traceback.format_exc(), final)
+        raise
+    finally:
+        _running.reset(token)
+    info = current_task()
+    store.transaction(_succeed, ref, run, data, info.queue_name if info else "default")
+    return value
+
+
+def _await(coroutine: Any) -> Any:
+    """Run an async task's coroutine to completion and return its value."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    out: list[Any] = []
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            out.append((True, context.run(asyncio.run, coroutine)))
+        except BaseException as e:
+            out.append((False, e))
+
+    thread = threading.Thread(target=run, name="taskutils-async-task")
+    thread.start()
+    thread.join()
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _is_final(error: BaseException, environ: Mapping[str, Any]) -> bool:
+    """True when the queue will not run the task again: a permanent failure, or its last attempt."""
+    if isinstance(error, (PermanentTaskFailure, DeferredPermanentTaskFailure)):
+        return True
+    limit = environ.get(_LIMIT_KEY)
+    info = current_task()
+    return limit is not None and limit.isdigit() and info is not None and info.retry_count >= int(limit)
+
+
+def _start(ref: store.Ref) -> str | None:
+    entity = store.get(ref.key)
+    record = ref.read(entity) or store.new_record()
+    if record["s"] in store.FINAL:
+        return str(record["s"])
+    record["s"] = store.RUNNING
+    record["a"] += 1
+    store.put(ref.write(entity, record)[0])
+    return None
+
+
+def _succeed(ref: store.Ref, run: _Run, data: bytes, queue: str) -> None:
+    entity = store.get(ref.key)
+    record = ref.read(entity) or store.new_record()
+    if record["s"] in store.FINAL:
+        return  # another delivery finished first: its result stands
+    record["s"] = store.SUCCEEDED
+    if run.progress is not None:
+        record["p"] = run.progress
+    inline = store.INLINE_RESULT if ref.group_id is None else store.INLINE_CHILD_RESULT
+    chunks = store.keep_result(record, ref.handle_id, data, inline)
+    written, leaf_complete = ref.write(entity, record)
+    store.put([written, *chunks])
+    fire(record["cb"], ref.handle_id)
+    if leaf_complete and ref.group_id is not None:
+        advance(ref.group_id, 0, ref.leaf, ref.leaves, store.FAN, queue)
+
+
+def _fail(ref: store.Ref, run: _Run, error: BaseException, trace: str, final: bool) -> None:
+    entity = store.get(ref.key)
+    record = ref.read(entity) or store.new_record()
+    if record["s"] in store.FINAL:
+        return
+    record["s"] = store.FAILED if final else store.RETRYING
+    if run.progress is not None:
+        record["p"] = run.progress
+    store.record_error(record, error, trace)
+    entities = [ref.write(entity, record)[0]]
+    if final and ref.group_id is not None:
+        entities += end_group(ref.group_id, ref.index, store.FAILED)
+    store.put(entities)
+
+
+def end_group(group_id: str, index: int, status: str) -> list[store.Entity]:
+    """Inside a transaction: the group entity marked failed or cancelled because of child index."""
+    group = store.get(store.group_key(group_id))
+    if group is None or group["status"] in store.FINAL:
+        return []
+    state = store.read_group(group)
+    state["failed"] = index
+    return [store.write_group(group, state, status)]
+
+
+# -- fan-in -----------------------------------------------------------------------------------
+
+
+def advance(group_id: str, level: int, index: int, leaves: int, fan: int, queue: str) -> None:
+    """Inside a transaction: add the task that records node (level, index) of a group's tree as complete."""
+    complete_node.options(queue=queue, transactional=True)(group_id, level, index, leaves, fan, queue)
+
+
+@task
+def complete_node(group_id: str, level: int, index: int, leaves: int, fan: int, queue: str) -> None:
+    """Node (level, index) of a group's tree is complete: record it one level up, once."""
+    sizes = store.levels(leaves, fan)
+    if level == len(sizes) - 1:
+        store.transaction(_complete_group, group_id, index, sizes[-1])
+        return
+    parent = index // fan
+    expected = min(fan, sizes[level] - parent * fan)
+    key = store.node_key(group_id, level + 1, parent)
+
+    def txn() -> None:
+        node = store.get(key)
+        if node is None:
+            node = store.Entity(store.NODE_KIND, name=key.name(), unindexed_properties=("done",))
+            node["done"] = []
+        done = list(node["done"] or [])
+        if index in done:
+            return
+        node["done"] = [*done, index]
+        store.put(node)
+        if len(done) + 1 == expected:
+            advance(group_id, level + 1, parent, leaves, fan, queue)
+
+    store.transaction(txn)
+
+
+def _complete_group(group_id: str, index: int, expected: int) -> None:
+    group = store.get(store.group_key(group_id))
+    if group is None or group["status"] in store.FINAL:
+        return
+    state = store.read_group(group)
+    if index in state["done"]:
+        return
+    state["done"].append(index)
+    status = None
+    if len(state["done"]) == expected:
+        status = store.SUCCEEDED
+        fire(state["cb"], group_id)
+    store.put(store.write_group(group, state, status))
+
+
+def cancel_group(group_id: str) -> bool:
+    """Mark the group cancelled, then every leaf, so that children not started are skipped."""
+
+    def txn() -> tuple[bool, int]:
+        group = store.get(store.group_key(group_id))
+        if group is None:
+            return False, 0
+        if group["status"] in store.FINAL:
+            return group["status"] == store.CANCELLED, 0
+        store.put(store.write_group(group, store.read_group(group), store.CANCELLED))
+        return True, group["leaves"]
+
+    cancelled, leaves = store.transaction(txn)
+    keys = [store.leaf_key(group_id, n) for n in range(leaves)]
+    for start in range(0, len(keys), 20):  # a cross-group transaction touches at most 25 groups
+        store.transaction(_mark_cancelled, group_id, start, keys[start : start + 20])
+    return bool(cancelled)
+
+
+def _mark_cancelled(group_id: str, first: int, keys: list[store.Key]) -> None:
+    leaves = store.get_many(keys)
+    for n, leaf in enumerate(leaves):
+        if leaf is None:
+            leaves[n] = leaf = store.write_leaf(None, group_id, first + n, {})
+        leaf["cancelled"] = True
+    store.put([leaf for leaf in leaves if leaf is not None])

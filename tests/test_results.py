@@ -1,0 +1,393 @@
+"""Task handles: ``submit``, ``TaskHandle``, ``then``, ``cancel``, ``set_progress``, on Google's testbed stubs."""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from google.appengine.api import apiproxy_stub_map, datastore, taskqueue
+from google.appengine.ext import ndb
+
+import taskutils
+from taskutils import GroupHandle, PermanentTaskFailure, TaskHandle, set_progress, task
+from taskutils.exc import ResultError, SignatureError, TaskCancelledError
+
+import tasklib
+
+HANDLE_HEADER = "X-Taskutils-Handle"
+
+
+@task
+def double(x: int) -> int:
+    tasklib.ran.append(("double", x))
+    return 2 * x
+
+
+@task(queue="reports", countdown=30, headers={"X-Team": "reports"})
+def report(day: str) -> str:
+    return f"report for {day}"
+
+
+@task
+def broken() -> None:
+    raise ValueError("broken for now")
+
+
+@task(retry_options=taskqueue.TaskRetryOptions(task_retry_limit=2))
+def broken_with_a_limit() -> None:
+    raise ValueError("still broken")
+
+
+@task
+def gives_up() -> None:
+    raise PermanentTaskFailure("no point trying again")
+
+
+@task
+def returns_a_lock() -> Any:
+    return threading.Lock()
+
+
+@task
+def returns_a_lot() -> bytes:
+    return b"x" * 1_500_000
+
+
+@task
+def note(value: Any) -> None:
+    tasklib.ran.append(("note", value))
+
+
+@task(queue="reports")
+def note_in_reports(value: Any) -> None:
+    tasklib.ran.append(("note_in_reports", value))
+
+
+_watched: dict[str, str] = {}
+
+
+@task
+def counts_progress() -> str:
+    watched = TaskHandle(_watched["id"])
+    set_progress(1, 4)
+    tasklib.ran.append(("progress", watched.progress, watched.status))
+    set_progress(3, 4)  # within the second: kept, and written with the outcome
+    tasklib.ran.append(("progress", watched.progress, watched.status))
+    return "done"
+
+
+# A task that is delivered again while its first delivery is still running.
+_redelivery: dict[str, Any] = {}
+
+
+@task
+def delivered_twice() -> int:
+    runs = [r for r in tasklib.ran if r[0] == "delivered_twice"]
+    tasklib.ran.append(("delivered_twice", len(runs)))
+    if not runs:
+        _redelivery["bed"].post(_redelivery["task"])  # the duplicate runs, and finishes, in the middle
+    return len(runs)
+
+
+@pytest.fixture
+def datastore_calls(task_testbed) -> Iterator[collections.Counter[str]]:
+    """Datastore RPCs made through the stub, counted by call name."""
+    stub = apiproxy_stub_map.apiproxy.GetStub("datastore_v3")
+    calls: collections.Counter[str] = collections.Counter()
+    original = stub.MakeSyncCall
+
+    def counting(service: str, call: str, request: Any, response: Any, *args: Any, **kwargs: Any) -> Any:
+        calls[call] += 1
+        return original(service, call, request, response, *args, **kwargs)
+
+    stub.MakeSyncCall = counting
+    yield calls
+    stub.MakeSyncCall = original
+
+
+def the_task(bed: Any, queue: str = "default") -> Any:
+    [added] = bed.tasks(queue)
+    return added
+
+
+def test_submit_enqueues_the_task_a_call_would_with_a_handle_header(task_testbed):
+    handle = report.submit("monday")
+
+    added = the_task(task_testbed, "reports")
+    call = report("tuesday")
+    assert added.url == call.url == "/_ah/task/test_results/report"
+    assert added.headers["X-Team"] == "reports"
+    assert added.headers[HANDLE_HEADER] == handle.id
+    assert added.eta_posix - time.time() > 25  # countdown=30
+    assert HANDLE_HEADER not in call.headers
+
+
+def test_submit_writes_nothing_to_datastore(task_testbed, datastore_calls):
+    double.submit(1)
+
+    assert sum(datastore_calls.values()) == 0
+    assert len(task_testbed.tasks()) == 1
+
+
+def test_a_submitted_run_is_pending_until_it_runs_then_succeeds_with_its_value(task_testbed):
+    handle = double.submit(21)
+    assert handle.status == "pending"
+    assert not handle.done()
+
+    task_testbed.drain()
+
+    assert handle.status == "succeeded"
+    assert handle.done()
+    assert handle.result() == 42
+    assert handle.exception() is None
+    assert handle.attempts == 1
+    assert handle.progress == 1.0
+
+
+def test_get_finds_a_handle_once_its_task_ran_and_answers_none_for_unknown_ids(task_testbed):
+    handle = double.submit(2)
+    assert TaskHandle.get(handle.id) is None  # nothing is written until the task runs
+
+    task_testbed.drain()
+
+    found = TaskHandle.get(handle.id)
+    assert found == handle
+    assert found.result() == 4
+    assert TaskHandle.get("no-such-handle") is None
+    assert TaskHandle.get("no-such-group.3") is None
+
+
+def test_result_waits_and_raises_timeout_error_when_the_run_has_not_finished(task_testbed):
+    handle = double.submit(1)
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="pending"):
+        handle.result(timeout=0.3)
+    assert time.monotonic() - started >= 0.25
+    with pytest.raises(TimeoutError):
+        handle.result()
+
+
+def test_a_failure_without_a_retry_limit_leaves_the_run_retrying(task_testbed):
+    handle = broken.submit()
+
+    with pytest.raises(ValueError, match="broken for now"):
+        task_testbed.drain(retries=3)
+
+    assert handle.status == "retrying"
+    assert handle.attempts == 4
+    assert handle.error_line == "ValueError: broken for now"
+    assert handle.exception() is None
+    with pytest.raises(TimeoutError):
+        handle.result()
+
+
+def test_a_failure_on_the_last_attempt_the_retry_limit_allows_fails_the_run(task_testbed):
+    handle = broken_with_a_limit.submit()
+    added = the_task(task_testbed)
+    assert added.headers["X-Taskutils-Retry-Limit"] == "2"
+
+    task_testbed.post(added, retry_count=0)
+    task_testbed.post(added, retry_count=1)
+    assert handle.status == "retrying"
+    task_testbed.post(added, retry_count=2)
+
+    assert handle.status == "failed"
+    assert handle.attempts == 3
+    with pytest.raises(ValueError, match="still broken"):
+        handle.result()
+    assert isinstance(handle.exception(), ValueError)
+
+
+def test_permanent_task_failure_fails_the_run_at_once(task_testbed):
+    handle = gives_up.submit()
+
+    task_testbed.drain()  # PermanentTaskFailure answers 2xx: the queue drops the task
+
+    assert handle.status == "failed"
+    with pytest.raises(PermanentTaskFailure, match="no point trying again"):
+        handle.result()
+
+
+def test_a_result_that_cannot_be_pickled_fails_the_run_with_a_message_that_says_so(task_testbed):
+    handle = returns_a_lock.submit()
+
+    task_testbed.drain()
+
+    assert handle.status == "failed"
+    with pytest.raises(ResultError, match="returned a lock that cannot be pickled"):
+        handle.result()
+
+
+def test_a_result_over_the_inline_size_is_kept_apart_and_read_back_whole(task_testbed):
+    handle = returns_a_lot.submit()
+
+    task_testbed.drain()
+
+    assert handle.result() == b"x" * 1_500_000
+
+
+def test_a_duplicate_delivery_after_success_is_skipped_and_records_nothing(task_testbed):
+    handle = double.submit(5)
+    added = the_task(task_testbed)
+    callback = handle.then(note)
+
+    task_testbed.post(added)
+    task_testbed.post(added)
+
+    assert tasklib.ran == [("double", 5)]
+    assert handle.attempts == 1
+    assert [t.url for t in task_testbed.tasks()].count("/_ah/task/test_results/note") == 1  # added once
+    task_testbed.taskqueue.DeleteTask("default", added.name)
+    task_testbed.drain()
+    assert tasklib.ran == [("double", 5), ("note", 10)]
+    assert callback.result() is None
+
+
+def test_a_duplicate_delivered_while_the_first_still_runs_records_one_result_and_one_callback(task_testbed):
+    handle = delivered_twice.submit()
+    handle.then(note)
+    _redelivery.update(bed=task_testbed, task=the_task(task_testbed))
+
+    task_testbed.post(_redelivery["task"])
+
+    assert [r for r in tasklib.ran if r[0] == "delivered_twice"] == [("delivered_twice", 0), ("delivered_twice", 1)]
+    assert handle.result() == 1  # the delivery that finished first
+    assert handle.attempts == 2
+    task_testbed.drain()
+    assert [r for r in tasklib.ran if r[0] == "note"] == [("note", 1)]
+
+
+def test_a_cancelled_run_is_skipped_when_its_task_arrives(task_testbed):
+    handle = double.submit(3)
+
+    assert handle.cancel() is True
+    assert TaskHandle.get(handle.id) is not None  # cancel() records the handle
+    task_testbed.drain()
+
+    assert tasklib.ran == []
+    assert handle.status == "cancelled"
+    assert handle.done()
+    with pytest.raises(TaskCancelledError):
+        handle.result()
+    assert isinstance(handle.exception(), TaskCancelledError)
+
+
+def test_cancel_is_refused_once_the_run_has_started(task_testbed):
+    handle = double.submit(3)
+    task_testbed.drain()
+
+    assert handle.cancel() is False
+    assert handle.result() == 6
+
+
+def test_then_runs_the_callback_once_with_the_result_after_success(task_testbed):
+    handle = double.submit(21)
+    callback = handle.then(note)
+    assert callback.status == "pending"
+
+    task_testbed.drain()
+
+    assert tasklib.ran == [("double", 21), ("note", 42)]
+    assert callback.status == "succeeded"
+
+
+def test_then_on_a_handle_that_already_succeeded_still_fires_once(task_testbed):
+    handle = double.submit(4)
+    task_testbed.drain()
+
+    handle.then(note)
+    task_testbed.drain()
+
+    assert tasklib.ran == [("double", 4), ("note", 8)]
+
+
+def test_then_takes_a_plain_callable_or_a_task_function_with_its_own_options(task_testbed):
+    handle = double.submit(1)
+    handle.then(note_in_reports)
+    handle.then(tasklib.plain)
+
+    task_testbed.drain("default")
+
+    assert [t.url for t in task_testbed.tasks("reports")] == ["/_ah/task/test_results/note_in_reports"]
+    task_testbed.drain()
+    assert sorted(map(str, tasklib.ran)) == sorted(map(str, [("double", 1), ("note_in_reports", 2), ("plain", 2, 0)]))
+
+
+def test_the_callback_of_a_failed_run_never_runs_and_reads_as_cancelled(task_testbed):
+    handle = gives_up.submit()
+    callback = handle.then(note)
+
+    task_testbed.drain()
+    late = handle.then(note)
+    task_testbed.drain()
+
+    assert tasklib.ran == []
+    assert callback.status == "cancelled"
+    assert late.status == "cancelled"
+
+
+def test_a_transactional_submit_commits_or_rolls_back_with_its_transaction(task_testbed):
+    in_txn = double.options(transactional=True)
+
+    def rolled_back() -> TaskHandle:
+        handle = in_txn.submit(1)
+        raise RuntimeError(handle.id)
+
+    with pytest.raises(RuntimeError) as raised:
+        ndb.transaction(rolled_back)
+    assert task_testbed.tasks() == []
+    task_testbed.drain()
+    assert TaskHandle.get(str(raised.value)) is None
+
+    handle = ndb.transaction(lambda: in_txn.submit(2))
+    task_testbed.drain()
+    assert handle.result() == 4
+
+
+def test_set_progress_is_seen_on_the_handle_while_the_task_runs(task_testbed):
+    handle = counts_progress.submit()
+    _watched["id"] = handle.id
+    assert set_progress(1, 2) is False  # outside a submitted task it does nothing
+
+    task_testbed.drain()
+
+    assert tasklib.ran == [("progress", 0.25, "running"), ("progress", 0.25, "running")]
+    assert handle.result() == "done"
+    assert handle.progress == 1.0
+
+
+def test_records_are_signed_and_a_forged_one_is_refused(task_testbed, signed):
+    handle = double.submit(1)
+    task_testbed.drain()
+    entity = datastore.Get(datastore.Key.from_path("_TaskutilsHandle", handle.id))
+    state = bytearray(entity["state"])
+    state[-1] ^= 1
+    entity["state"] = datastore.datastore_types.Blob(bytes(state))
+    datastore.Put(entity)
+
+    with pytest.raises(SignatureError):
+        handle.result()
+
+
+def test_sweep_deletes_handles_and_groups_that_finished_before_the_cutoff(task_testbed):
+    done = double.submit(1)
+    group = double.submit_map([1, 2, 3])
+    task_testbed.drain()
+    unfinished = broken.submit()
+    with pytest.raises(ValueError):
+        task_testbed.drain()
+
+    assert taskutils.sweep(datetime.timedelta(hours=1)) == 0
+    time.sleep(0.01)
+    assert taskutils.sweep(0) == 2
+
+    assert TaskHandle.get(done.id) is None
+    assert GroupHandle.get(group.id) is None
+    assert datastore.Query("_TaskutilsLeaf").Count() == 0
+    assert TaskHandle.get(unfinished.id) is not None  # still retrying: kept
