@@ -143,12 +143,14 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE TABLE IF NOT EXISTS tombstones (
     queue TEXT NOT NULL,
     name TEXT NOT NULL,
-    PRIMARY KEY (queue, name)
-) WITHOUT ROWID;
+    UNIQUE (queue, name)
+);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 _CHOSEN_NAME = re.compile(r"task(\d+)")
+MAX_TOMBSTONES = 100_000  # names given by the app kept taken, the newest (as the server keeps them in memory)
+NAMES_RESERVED = 1_000  # the stub's own task-name counter is journaled once per this many names
 
 
 class TaskJournal(_Journal):
@@ -158,6 +160,7 @@ class TaskJournal(_Journal):
         super().__init__(path, _TASKS_SCHEMA)
         self._chosen: set[str] = set()  # names the stub chose itself: no tombstone needed
         self._chosen_lock = threading.Lock()
+        self._reserved = 0  # the stub's counter may reach this before the journal is told again
 
     def attach(self, stub: taskqueue_stub.TaskQueueServiceStub) -> int:
         """Restore the journaled tasks into the stub, then journal its changes. Returns the tasks restored.
@@ -185,9 +188,11 @@ class TaskJournal(_Journal):
 
     def _restore(self, group: Any) -> int:
         rows = self.read("SELECT queue, name, task FROM tasks")
-        tombstones = self.read("SELECT queue, name FROM tombstones")
+        self.write("DELETE FROM tombstones WHERE rowid <= (SELECT max(rowid) FROM tombstones) - ?", (MAX_TOMBSTONES,))
+        tombstones = self.read("SELECT queue, name FROM tombstones ORDER BY rowid")
         counter = self.read("SELECT value FROM counters WHERE name = 'next_task_id'")
         if counter:
+            # Names up to the reserved value may have been used: start after them all.
             group._next_task_id = max(group._next_task_id, int(counter[0][0]))
         restored = 0
         missing: dict[str, int] = {}
@@ -234,10 +239,11 @@ class TaskJournal(_Journal):
             name = str(choose())
             with self._chosen_lock:
                 self._chosen.add(name)
-            self.write(
-                "INSERT OR REPLACE INTO counters VALUES ('next_task_id', ?)",
-                (group._next_task_id,),
-            )
+                reserve = group._next_task_id > self._reserved
+                if reserve:
+                    self._reserved = group._next_task_id + NAMES_RESERVED
+            if reserve:
+                self.write("INSERT OR REPLACE INTO counters VALUES ('next_task_id', ?)", (self._reserved,))
             return name
 
         group._ConstructQueue = construct_queue
