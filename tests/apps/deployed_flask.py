@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from deployed_common import start, stats
 from flask import Flask, request
 from google.appengine.api import wrap_wsgi_app
 
 import taskutils
-
-from deployed_common import start, stats
 
 app = Flask(__name__)
 app.wsgi_app = wrap_wsgi_app(taskutils.mount(app.wsgi_app))  # type: ignore[method-assign]

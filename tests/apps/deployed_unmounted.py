@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from google.appengine.api import wrap_wsgi_app
-
 from deployed_wsgi import my_wsgi_app
+from google.appengine.api import wrap_wsgi_app
 
 app = wrap_wsgi_app(my_wsgi_app)

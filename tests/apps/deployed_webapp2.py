@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import webapp2
+from deployed_common import start, stats
 from google.appengine.api import wrap_wsgi_app
 
 import taskutils
-
-from deployed_common import start, stats
 
 
 class Start(webapp2.RequestHandler):

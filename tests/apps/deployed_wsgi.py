@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from deployed_common import start, stats
 from google.appengine.api import wrap_wsgi_app
 
 import taskutils
 
-from deployed_common import start, stats
 from wsgi_json import query, respond
 
 
