@@ -303,10 +303,10 @@ def resolve(module: str, qualname: str) -> Any:
     return obj
 
 
-def _no_api_proxy(error: AssertionError) -> BaseException:
-    """The error to raise for an AssertionError out of the SDK: NoApiProxyError when no API is reachable."""
+def _no_api_proxy(error: AssertionError) -> NoApiProxyError | None:
+    """NoApiProxyError when the SDK's AssertionError says no API is reachable here; None for any other."""
     if "api proxy" not in str(error).lower():
-        return error
+        return None
     return NoApiProxyError(
         "no App Engine API here to add the task to (the SDK says: "
         f"{error}). Outside App Engine, run the app with `python -m taskutils serve MODULE:APP`, "
@@ -353,7 +353,6 @@ class _ArgumentCheck:
                 self._signature.bind(*args, **kwargs)  # type: ignore[union-attr]
             except TypeError as e:
                 raise TypeError(f"task {task._suffix[1:]}: {e}, for {self._name}{self._signature}") from None
-            raise
 
 
 def _takes_headers(signature: inspect.Signature) -> bool:
@@ -526,7 +525,10 @@ class TaskFunction(Generic[P, R]):
                 _discard_spills([built], self._transactional, e)
                 raise
         except AssertionError as e:
-            raise _no_api_proxy(e) from e
+            no_proxy = _no_api_proxy(e)
+            if no_proxy is None:
+                raise
+            raise no_proxy from e
 
     def map(self, iterable: Iterable[Any]) -> list[taskqueue.Task]:
         """Enqueue one task per item, the item its single argument; return the added tasks in order.
@@ -557,8 +559,9 @@ class TaskFunction(Generic[P, R]):
         except BaseException as e:
             _discard_spills(batch, transactional)
             _discard_spills(sent, transactional, e)
-            if isinstance(e, AssertionError):
-                raise _no_api_proxy(e) from e
+            no_proxy = _no_api_proxy(e) if isinstance(e, AssertionError) else None
+            if no_proxy is not None:
+                raise no_proxy from e
             raise
         return added
 
