@@ -131,12 +131,12 @@ def test_the_sweep_app_runs_the_sweep_for_cron_requests_only(task_testbed, monke
     lose_every_queued_task(task_testbed)
     client = webtest.TestApp(taskutils.sweep_app)
 
-    refused = client.get("/_ah/taskutils/sweep", expect_errors=True)
-    forged = client.get("/_ah/taskutils/sweep", headers={"X-Appengine-Cron": "1"}, expect_errors=True)
+    refused = client.get("/cron/taskutils-sweep", expect_errors=True)
+    forged = client.get("/cron/taskutils-sweep", headers={"X-Appengine-Cron": "1"}, expect_errors=True)
     assert (refused.status_int, forged.status_int) == (403, 403)
     assert len(every_entity()) == 1
 
-    answer = client.get("/_ah/taskutils/sweep", headers={"X-Appengine-Cron": "true"})
+    answer = client.get("/cron/taskutils-sweep", headers={"X-Appengine-Cron": "true"})
     assert answer.status_int == 200
     assert answer.text == "deleted 1\n"
     assert every_entity() == []
