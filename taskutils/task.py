@@ -545,10 +545,9 @@ class TaskFunction(Generic[P, R]):
         added: list[taskqueue.Task] = []
         batch: list[taskqueue.Task] = []  # built, not sent yet
         sent: list[taskqueue.Task] = []  # the batch handed to the queue last
-        check = self._check
+        self._check(self, (None,), {})  # one positional argument per task: it fits for every item or none
         try:
             for item in iterable:
-                check(self, (item,), {})
                 batch.append(self._build((item,), {}, by_url))
                 if len(batch) == size:
                     sent, batch = batch, []

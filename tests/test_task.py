@@ -532,7 +532,7 @@ def test_calls_that_fit_the_signature_are_enqueued_and_run(task_testbed):
     )
 
 
-def test_map_checks_each_item_against_the_signature_and_enqueues_nothing_on_a_bad_fit(task_testbed):
+def test_map_checks_the_signature_before_it_adds_anything(task_testbed):
     with pytest.raises(TypeError, match="missing a required argument"):
         task(keyword_only).map([1, 2])
 
