@@ -1,0 +1,227 @@
+"""Groups: ``submit_map``, ``GroupHandle``, fan-in with ``then``, on Google's testbed stubs."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from google.appengine.api import apiproxy_stub_map, datastore
+from google.appengine.ext import ndb
+
+from taskutils import GroupHandle, PermanentTaskFailure, TaskHandle, task
+from taskutils.exc import TaskCancelledError
+
+import tasklib
+
+HANDLE_HEADER = "X-Taskutils-Handle"
+
+
+@task
+def square(n: int) -> int:
+    tasklib.ran.append(("square", n))
+    return n * n
+
+
+@task
+def square_but_not_7(n: int) -> int:
+    if n == 7:
+        raise PermanentTaskFailure("7 is right out")
+    return n * n
+
+
+@task
+def summarize(results: list[int]) -> int:
+    tasklib.ran.append(("summarize", results))
+    return sum(results)
+
+
+@pytest.fixture
+def datastore_writes(task_testbed) -> Iterator[dict[str, Any]]:
+    """Datastore RPCs by call name, and how many times each entity was written, counted at the stub."""
+    stub = apiproxy_stub_map.apiproxy.GetStub("datastore_v3")
+    seen: dict[str, Any] = {"calls": collections.Counter(), "writes": collections.Counter()}
+    original = stub.MakeSyncCall
+
+    def counting(service: str, call: str, request: Any, response: Any, *args: Any, **kwargs: Any) -> Any:
+        seen["calls"][call] += 1
+        if call == "Put":
+            for entity in request.entity:
+                seen["writes"][tuple(e.name or e.id for e in entity.key.path.element)] += 1
+        return original(service, call, request, response, *args, **kwargs)
+
+    stub.MakeSyncCall = counting
+    yield seen
+    stub.MakeSyncCall = original
+
+
+def children_tasks(bed: Any) -> list[Any]:
+    return [t for t in bed.tasks("default") if "/square" in t.url]
+
+
+def test_submit_map_adds_one_child_per_item_and_results_come_back_in_item_order(task_testbed):
+    group = square.submit_map(range(40))
+    assert group.status == "pending"
+    assert group.progress == 0.0
+    assert [h.id for h in group.handles] == [f"{group.id}.{i}" for i in range(40)]
+    assert sorted(t.headers[HANDLE_HEADER] for t in children_tasks(task_testbed)) == sorted(h.id for h in group.handles)
+
+    task_testbed.drain()
+
+    assert group.status == "succeeded"
+    assert group.done()
+    assert group.progress == 1.0
+    assert group.results() == [n * n for n in range(40)]
+    assert group.handles[5].result() == 25
+    assert TaskHandle.get(group.handles[5].id).status == "succeeded"
+    assert GroupHandle.get(group.id).total == 40
+    assert GroupHandle.get("no-such-group") is None
+
+
+def test_submit_map_writes_one_entity_and_each_child_two_reads_and_two_writes(task_testbed, datastore_writes):
+    group = square.submit_map(range(200))
+    assert datastore_writes["calls"] == {"Put": 1}
+    datastore_writes["calls"].clear()
+
+    for added in children_tasks(task_testbed):
+        task_testbed.taskqueue.DeleteTask("default", added.name)
+        task_testbed.post(added)
+
+    calls = datastore_writes["calls"]
+    assert calls["Get"] == 2 * 200
+    assert calls["Put"] == 2 * 200
+    assert calls["RunQuery"] == 0
+    task_testbed.drain()  # the fan-in: one task per leaf, one per node, then the group
+    assert group.results() == [n * n for n in range(200)]
+
+
+def test_no_entity_is_written_by_every_child(task_testbed, datastore_writes):
+    group = square.submit_map(range(600))
+
+    task_testbed.drain()
+
+    assert group.status == "succeeded"
+    busiest, writes = datastore_writes["writes"].most_common(1)[0]
+    assert writes <= 2 * 32, (busiest, writes)  # a leaf: start and finish of at most 32 children
+    assert datastore_writes["writes"][("_TaskutilsGroup", group.id)] <= 1 + 16
+
+
+def test_then_runs_the_summary_once_after_every_child_succeeded_with_results_in_item_order(task_testbed):
+    group = square.submit_map(range(30))
+    summary = group.then(summarize)
+
+    for added in children_tasks(task_testbed)[:29]:
+        task_testbed.taskqueue.DeleteTask("default", added.name)
+        task_testbed.post(added)
+    task_testbed.drain()  # the last child, then the fan-in
+
+    assert [r for r in tasklib.ran if r[0] == "summarize"] == [("summarize", [n * n for n in range(30)])]
+    assert summary.result() == sum(n * n for n in range(30))
+
+
+def test_then_on_a_group_that_already_succeeded_still_fires_once(task_testbed):
+    group = square.submit_map([1, 2, 3])
+    task_testbed.drain()
+
+    summary = group.then(summarize)
+    task_testbed.drain()
+
+    assert summary.result() == 14
+    assert [r for r in tasklib.ran if r[0] == "summarize"] == [("summarize", [1, 4, 9])]
+
+
+def test_a_failed_child_fails_the_group_and_its_callback_never_runs(task_testbed):
+    group = square_but_not_7.submit_map(range(10))
+    summary = group.then(summarize)
+
+    task_testbed.drain()
+
+    assert group.status == "failed"
+    assert group.handles[7].status == "failed"
+    assert group.handles[6].result() == 36
+    with pytest.raises(PermanentTaskFailure, match="7 is right out"):
+        group.results()
+    assert summary.status == "cancelled"
+    assert not [r for r in tasklib.ran if r[0] == "summarize"]
+
+
+def test_duplicate_deliveries_of_every_child_record_one_result_each_and_one_summary(task_testbed):
+    group = square.submit_map(range(20))
+    summary = group.then(summarize)
+    children = children_tasks(task_testbed)
+
+    for added in children + children:
+        task_testbed.post(added)
+    for added in children:
+        task_testbed.taskqueue.DeleteTask("default", added.name)
+    for fan_in in task_testbed.tasks():  # the fan-in tasks, each delivered twice too
+        task_testbed.post(fan_in)
+    task_testbed.drain()
+
+    assert sorted(r[1] for r in tasklib.ran if r[0] == "square") == list(range(20))
+    assert [r for r in tasklib.ran if r[0] == "summarize"] == [("summarize", [n * n for n in range(20)])]
+    assert summary.result() == sum(n * n for n in range(20))
+    assert all(h.attempts == 1 for h in group.handles)
+
+
+def test_cancelling_a_group_skips_the_children_that_have_not_started(task_testbed):
+    group = square.submit_map(range(10))
+    summary = group.then(summarize)
+    first = children_tasks(task_testbed)[0]
+    task_testbed.taskqueue.DeleteTask("default", first.name)
+    task_testbed.post(first)
+
+    assert group.status == "running"
+    assert group.cancel() is True
+    task_testbed.drain()
+
+    assert len([r for r in tasklib.ran if r[0] == "square"]) == 1
+    assert group.status == "cancelled"
+    assert group.progress == 1.0
+    assert group.counts()["cancelled"] == 9
+    with pytest.raises(TaskCancelledError):
+        group.results()
+    assert summary.status == "cancelled"
+    assert group.cancel() is True  # already cancelled
+
+
+def test_progress_counts_the_children_that_finished(task_testbed):
+    group = square.submit_map(range(8))
+
+    for added in children_tasks(task_testbed)[:2]:
+        task_testbed.taskqueue.DeleteTask("default", added.name)
+        task_testbed.post(added)
+
+    assert group.progress == 0.25
+    assert group.counts()["succeeded"] == 2
+    assert group.status == "running"
+    with pytest.raises(TimeoutError):
+        group.results(timeout=0.2)
+
+
+def test_an_empty_group_has_succeeded_with_no_results(task_testbed):
+    group = square.submit_map([])
+
+    assert group.status == "succeeded"
+    assert group.results() == []
+    summary = group.then(summarize)
+    task_testbed.drain()
+    assert summary.result() == 0
+
+
+def test_a_transactional_submit_map_rolls_back_with_its_transaction(task_testbed):
+    in_txn = square.options(transactional=True)
+
+    def rolled_back() -> None:
+        in_txn.submit_map([1, 2, 3])
+        raise RuntimeError("roll back")
+
+    with pytest.raises(RuntimeError):
+        ndb.transaction(rolled_back, xg=True)
+
+    assert task_testbed.tasks() == []
+    assert datastore.Query("_TaskutilsGroup").Count() == 0
+    group = ndb.transaction(lambda: in_txn.submit_map([1, 2, 3]), xg=True)
+    task_testbed.drain()
+    assert group.results() == [1, 4, 9]
