@@ -23,7 +23,6 @@ together and holds an exclusive lock on ``DIR`` so that two servers never share 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import re
@@ -41,6 +40,11 @@ from google.appengine.api.taskqueue import taskqueue_stub
 from google.appengine.datastore import datastore_stub_util, entity_bytes_pb2
 
 from ..exc import StorageInUseError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock on the folder
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("taskutils.local.storage")
 
@@ -407,7 +411,8 @@ class Storage:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(self.directory / LOCK_FILE, "a+")  # noqa: SIM115 - held until close()
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
             self._lock_file.close()
             raise StorageInUseError(f"{self.directory} is used by another server") from e
