@@ -128,3 +128,14 @@ def test_a_retrying_task_keeps_its_retry_count_across_a_kill_9(servers):
     assert after[0]["task_name"] == added["name"]
     assert after[0]["retry_count"] >= max(before), (before, after)
     assert [r["retry_count"] for r in after if r["outcome"] == "ok"] == [5]
+
+
+def test_a_second_server_on_the_same_storage_refuses_to_start(servers):
+    first = servers.start()
+    second = ServeProcess("durable_app:app", servers.tmp_path / "second.log", "--storage", str(servers.storage))
+    servers.started.append(second)
+
+    assert second.proc.wait(60) == 2
+    assert "StorageInUseError" in second.log()
+    first.post("/put?key=still&value=served")
+    assert first.get("/get?key=still") == {"value": "served"}
