@@ -18,6 +18,7 @@ from typing import Any
 
 from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPermanentTaskFailure
 
+from . import codec
 from . import results_store as store
 from .exc import PermanentTaskFailure
 from .handler import current_task
@@ -42,7 +43,7 @@ class Then:
 
     def __init__(self, source: str, func: Callable[[Any], Any]) -> None:
         self.source = source
-        self.func = func
+        self.func = func  # the task function itself when it pickles (by reference), else what it wraps
 
     def __call__(self) -> Any:
         from .results import GroupHandle, TaskHandle
@@ -51,7 +52,17 @@ class Then:
             value = TaskHandle(self.source).result()
         else:
             value = GroupHandle(self.source).results()
-        return self.func(value)
+        func = self.func.__wrapped__ if isinstance(self.func, TaskFunction) else self.func
+        return func(value)
+
+
+def _portable(function: TaskFunction[Any, Any]) -> Any:
+    """The task function when it pickles, else the callable it wraps (e.g. ``task(sum)``)."""
+    try:
+        codec.dumps(function)
+    except Exception:
+        return function.__wrapped__
+    return function
 
 
 @dataclass
@@ -68,14 +79,14 @@ class Callback:
         return cls(store.new_id(), source, function)
 
     def sealed(self) -> tuple[str, bytes]:
-        call = (self.function.__wrapped__, dict(self.function.task_options))
+        call = (_portable(self.function), dict(self.function.task_options))
         return self.handle_id, bytes(store.seal(f"callback/{self.handle_id}", call))
 
     @classmethod
     def unsealed(cls, sealed: tuple[str, bytes], source: str) -> Callback:
         handle_id, blob = sealed
         func, options = store.unseal(f"callback/{handle_id}", blob)
-        return cls(handle_id, source, task(func, **options))
+        return cls(handle_id, source, func if isinstance(func, TaskFunction) else task(func, **options))
 
     def pending_entity(self) -> store.Entity:
         """Its own handle, recorded pending (read as cancelled once the source failed)."""
@@ -88,7 +99,7 @@ class Callback:
         options.pop("parent", None)
         options["transactional"] = True
         options.setdefault("logname", self.function._suffix[1:])
-        enqueue(TaskFunction(Then(self.source, self.function.__wrapped__), options), (), {}, self.handle_id)
+        enqueue(TaskFunction(Then(self.source, _portable(self.function)), options), (), {}, self.handle_id)
 
 
 def fire(callbacks: Iterable[tuple[str, bytes]], source: str) -> None:
