@@ -542,3 +542,24 @@ def test_a_pointer_written_before_the_low_level_api_still_loads(task_testbed):
     assert spill.load(pointer) == data
     spill.delete(pointer)
     assert every_entity() == []
+
+
+def test_serve_retrying_a_failing_spilled_task_to_its_retry_limit_leaves_no_entity():
+    """Google's own taskqueue stub decides the retries, over HTTP, as App Engine would."""
+    import time
+
+    from taskutils.local import LocalServer
+
+    server = LocalServer(port=0).start()
+    try:
+        retry = taskqueue.TaskRetryOptions(task_retry_limit=2, min_backoff_seconds=0.1, max_backoff_seconds=0.2)
+        always_fail.options(retry_options=retry)(os.urandom(300_000))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (len(attempts) < 3 or every_entity()):
+            time.sleep(0.1)
+        time.sleep(1)  # long past the backoff: a fourth attempt would have come
+
+        assert attempts == [300_000] * 3
+        assert every_entity() == []
+    finally:
+        server.stop()
