@@ -389,78 +389,6 @@ class Bench:
         ], note
 
 
-def serve_comparison(rounds: int) -> list[Result]:
-    """Tasks per second through the local server (``python -m taskutils serve``) against requests
-    per second of a bare WSGI app on that same server, sent by that same dispatcher."""
-    from taskutils.local import LocalServer
-
-    number = 100
-    server = LocalServer(benchwork.bare_app, port=0).start()
-    try:
-        dispatcher = server.dispatcher
-        assert dispatcher is not None
-        body = benchwork.served._build((0,), {}).payload  # signed, as serve signs every task
-        # The request the taskqueue stub's executor sends for a task, to the bare app's URL.
-        headers = [
-            ("content-type", "application/octet-stream"),
-            ("X-AppEngine-QueueName", "default"),
-            ("X-AppEngine-TaskName", "task1"),
-            ("X-AppEngine-TaskRetryCount", "0"),
-            ("X-AppEngine-TaskETA", "1700000000.0"),
-            ("X-AppEngine-Fake-Is-Admin", "1"),
-            ("Content-Length", str(len(body))),
-            ("X-AppEngine-TaskExecutionCount", "0"),
-            ("host", f"{server.host}:{server.port}"),
-        ]
-
-        with_enqueue: list[float] = []
-
-        def tasks(n: int) -> float:
-            """Fan out n tasks with one .map; the time from all n queued to all n run."""
-            benchwork.countdown.expect(n)
-            start = time.perf_counter()
-            benchwork.served.map(range(n))  # one BulkAdd: nothing runs before all n are queued
-            queued = time.perf_counter()
-            if not benchwork.countdown.done.wait(120):
-                raise RuntimeError("the local server did not run every task")
-            done = time.perf_counter()
-            with_enqueue.append(done - start)
-            return done - queued
-
-        def requests(n: int) -> float:
-            t = time.perf_counter()
-            for _ in range(n):
-                answer = dispatcher.add_request("POST", "/bare", headers, body, "0.1.0.2")
-            elapsed = time.perf_counter() - t
-            if not answer.status.startswith("200"):
-                raise RuntimeError(f"the bare app answered {answer.status}")
-            return elapsed
-
-        times = measure({"tasks": tasks, "requests": requests}, rounds, number, lambda: None)
-    finally:
-        server.stop()
-    del with_enqueue[: len(with_enqueue) - rounds]  # drop the warm-up round
-    results = []
-    for name, task_times, at_least in (
-        ("tasks/s through `serve` over HTTP / req/s of a bare WSGI app, same server and client", times["tasks"], 0.75),
-        ("the same, counting the `.map` that enqueues them", with_enqueue, None),
-    ):
-        ratio = statistics.median(b / a for a, b in zip(task_times, times["requests"], strict=True))
-        results.append(
-            Result(
-                name,
-                ratio,
-                "(information)" if at_least is None else f"≥ {at_least}",
-                None if at_least is None else ratio >= at_least,
-                number / statistics.median(task_times),
-                number / statistics.median(times["requests"]),
-                "tasks/s",
-                "req/s",
-            )
-        )
-    return results
-
-
 def table(results: list[Result]) -> str:
     lines = [
         "| comparison | median ratio | target | met | A | B |",
@@ -513,7 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.bed.deactivate()
     try:
         if "serve" in only:
-            results += serve_comparison(rounds)
+            import bench_serve  # serve on I/O-bound tasks against a bare WSGI app
+
+            results += [Result(*row) for row in bench_serve.rows(rounds)]
     finally:
         logging.disable(logging.NOTSET)
 

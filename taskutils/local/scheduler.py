@@ -73,6 +73,7 @@ class ConcurrentScheduler(taskqueue_stub._BackgroundTaskScheduler):
         self.crashed = threading.Event()
         self._stub_lock = lock
         self._state = threading.Condition()
+        self._claim_lock = threading.Lock()
         self._running: dict[tuple[str, str], float] = {}
         self._per_queue: collections.Counter[str] = collections.Counter()
         self._dispatching = True
@@ -105,17 +106,35 @@ class ConcurrentScheduler(taskqueue_stub._BackgroundTaskScheduler):
         with self._wakeup_lock:
             self._next_wakeup = taskqueue_stub.INF
         while not self._should_exit:
+            item = self._claim()
+            if item is None:
+                return  # woken again by an add, the next ETA, or a retry put back
+            self._work.put(item)
+
+    def _claim(self) -> tuple[Any, Any, float] | None:
+        """Take the next due task for one free slot; None when no slot is free or no task is due."""
+        with self._claim_lock:
             with self._state:
                 if not self._dispatching or len(self._running) >= self.concurrency:
-                    return  # an attempt that finishes wakes the scheduler
+                    return None
             now = self._get_time()
             picked, eta = self._next_due()
-            if picked is None or _UsecToSec(eta) > now:
-                if picked is not None:
-                    with self._wakeup_lock:
-                        self._next_wakeup = min(self._next_wakeup, _UsecToSec(eta))
-                return
-            self._launch(*picked, now)
+            if picked is None:
+                return None
+            if _UsecToSec(eta) > now:
+                self.UpdateNextEventTime(_UsecToSec(eta))
+                return None
+            queue, task = picked
+            if task.retry_count == 0:
+                task.first_try_usec = _SecToUsec(now)
+            if task.HasField("dispatch_deadline_usec") and task.dispatch_deadline_usec > 0:
+                deadline = _UsecToSec(task.dispatch_deadline_usec)
+            else:
+                deadline = self.deadline
+            with self._state:
+                self._running[(queue.queue_name, _name(task))] = time.monotonic()
+                self._per_queue[queue.queue_name] += 1
+            return queue, task, deadline
 
     def _next_due(self) -> tuple[tuple[Any, Any] | None, int]:
         """The queue and task with the lowest ETA among tasks not in flight, in queues with room."""
@@ -138,44 +157,35 @@ class ConcurrentScheduler(taskqueue_stub._BackgroundTaskScheduler):
                     break
         return best, best_eta
 
-    def _launch(self, queue: Any, task: Any, now: float) -> None:
-        if task.retry_count == 0:
-            task.first_try_usec = _SecToUsec(now)
-        if task.HasField("dispatch_deadline_usec") and task.dispatch_deadline_usec > 0:
-            deadline = _UsecToSec(task.dispatch_deadline_usec)
-        else:
-            deadline = self.deadline
-        with self._state:
-            self._running[(queue.queue_name, _name(task))] = time.monotonic()
-            self._per_queue[queue.queue_name] += 1
-        self._work.put((queue, task, deadline))
-
     # -- running them ----------------------------------------------------------------------
 
     def _worker(self) -> None:
         while True:
             item = self._work.get()
-            if item is None:
+            while item is not None:
+                self._run(*item)
+                item = self._claim()  # the next due task, straight away: no hop through the scheduler
+            if self._should_exit:
                 return
-            queue, task, deadline = item
-            code = 0
-            try:
-                self.dispatcher.set_deadline(deadline)
-                code = self.task_executor.ExecuteTask(task, queue)
-            except BaseException:
-                log.exception("could not send task %s of queue %s", _name(task), queue.queue_name)
-            try:
-                self._answered(queue, task, code)
-            except BaseException:
-                log.exception("could not reschedule task %s of queue %s", _name(task), queue.queue_name)
-            finally:
-                with self._state:
-                    self._running.pop((queue.queue_name, _name(task)), None)
-                    self._per_queue[queue.queue_name] -= 1
-                    if not self._per_queue[queue.queue_name]:
-                        del self._per_queue[queue.queue_name]
-                    self._state.notify_all()
-                self.UpdateNextEventTime(self._get_time())  # a slot is free
+
+    def _run(self, queue: Any, task: Any, deadline: float) -> None:
+        code = 0
+        try:
+            self.dispatcher.set_deadline(deadline)
+            code = self.task_executor.ExecuteTask(task, queue)
+        except BaseException:
+            log.exception("could not send task %s of queue %s", _name(task), queue.queue_name)
+        try:
+            self._answered(queue, task, code)
+        except BaseException:
+            log.exception("could not reschedule task %s of queue %s", _name(task), queue.queue_name)
+        finally:
+            with self._state:
+                self._running.pop((queue.queue_name, _name(task)), None)
+                self._per_queue[queue.queue_name] -= 1
+                if not self._per_queue[queue.queue_name]:
+                    del self._per_queue[queue.queue_name]
+                self._state.notify_all()
 
     def _answered(self, queue: Any, task: Any, code: int) -> None:
         """Delete the task after a 2xx; otherwise retry it with backoff, or drop it after its last retry."""
@@ -212,6 +222,7 @@ class ConcurrentScheduler(taskqueue_stub._BackgroundTaskScheduler):
         if outcome in ("ok", "dropped"):
             self.dispatcher.records.forget(name)
         if outcome == "retry":
+            self.UpdateNextEventTime(_UsecToSec(_SecToUsec(now) + backoff))
             log.warning("Task %s failed to execute. This task will retry in %.3f seconds", name, _UsecToSec(backoff))
         elif outcome == "dropped":
             log.warning(
