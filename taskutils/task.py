@@ -322,7 +322,22 @@ class _ArgumentCheck:
     error of a call that does not.
     """
 
-    __slots__ = ("includeheaders", "_signature", "_fits", "_name")
+    __slots__ = ("includeheaders", "_signature", "_fits", "_name", "__weakref__")
+
+    @classmethod
+    def of(cls, func: Callable[..., Any], includeheaders: bool) -> _ArgumentCheck:
+        """The check for func, made once per callable (``task(f, ...)`` and ``defer(f)`` on every call reuse it)."""
+        try:
+            found = _checks.get(func)
+        except TypeError:  # unhashable or not weakly referenceable: make one each time
+            return cls(func, includeheaders)
+        if found is None or found.includeheaders != includeheaders:
+            found = cls(func, includeheaders)
+            try:
+                _checks[func] = found
+            except TypeError:
+                pass
+        return found
 
     def __init__(self, func: Callable[..., Any], includeheaders: bool) -> None:
         self.includeheaders = includeheaders
@@ -353,6 +368,9 @@ class _ArgumentCheck:
                 self._signature.bind(*args, **kwargs)  # type: ignore[union-attr]
             except TypeError as e:
                 raise TypeError(f"task {task._suffix[1:]}: {e}, for {self._name}{self._signature}") from None
+
+
+_checks: weakref.WeakKeyDictionary[Callable[..., Any], _ArgumentCheck] = weakref.WeakKeyDictionary()
 
 
 def _takes_headers(signature: inspect.Signature) -> bool:
@@ -402,7 +420,7 @@ class TaskFunction(Generic[P, R]):
 
     def __init__(self, func: Callable[P, R], options: Mapping[str, Any], check: _ArgumentCheck | None = None) -> None:
         functools.update_wrapper(self, func)
-        self._check = check or _ArgumentCheck(func, bool(options.get("includeheaders")))
+        self._check = check or _ArgumentCheck.of(func, bool(options.get("includeheaders")))
         self._options = types.MappingProxyType(dict(options))
         self._suffix = "/" + (options.get("logname") or url_path_of(func))
         self._queue = taskqueue.Queue(options.get("queue", "default"))
