@@ -16,8 +16,9 @@ around them, so that a restart or a crash (``kill -9``) loses nothing that was a
   RPC that made it returns.
 
 Both databases are in WAL mode with ``synchronous=NORMAL``: a committed write
-survives the process being killed (not a power cut). :class:`Storage` ties it
-together and holds an exclusive lock on ``DIR`` so that two servers never share it.
+survives the process being killed; a power cut may lose the last commits but
+leaves the files sound. :class:`Storage` ties it together and holds an exclusive
+lock on ``DIR`` so that two servers never share it.
 """
 
 from __future__ import annotations
