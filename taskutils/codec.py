@@ -64,13 +64,11 @@ class _MainDetector(pickle.Pickler):
 
 
 def _flat(obj: object) -> bool:
-    """True when obj is a call whose arguments are all atoms: (args, kwargs) or (func, args, kwargs) aside."""
-    if type(obj) is not tuple or not 2 <= len(obj) <= 3:
-        return False
-    args, kwargs = obj[-2], obj[-1]
+    """True when obj is a call named by its URL, ``(args, kwargs)``, whose arguments are all atoms."""
+    if type(obj) is not tuple or len(obj) != 2:
+        return False  # a call that carries its callable goes through _MainDetector
+    args, kwargs = obj
     if type(args) is not tuple or type(kwargs) is not dict or len(args) + len(kwargs) > _FLAT_LIMIT:
-        return False
-    if len(obj) == 3 and getattr(obj[0], "__module__", "__main__") == "__main__":
         return False
     for value in args:
         if type(value) not in _ATOMS:

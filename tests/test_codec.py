@@ -1,5 +1,6 @@
 """The payload codec: framing, signing, verifying, and what the call site is told."""
 
+import functools
 import logging
 import pickle
 import subprocess
@@ -289,3 +290,9 @@ def test_a_function_from_main_passed_as_a_keyword_argument_is_pickled_so_a_worke
     data = codec.dumps((sorted, ([3, 1, 2],), {"key": main.twice}))
 
     assert run_in_a_fresh_process(data) == "[1, 2, 3]"
+
+
+def test_a_partial_of_a_function_from_main_as_the_callable_is_pickled_so_a_worker_can_run_it(main):
+    data = codec.dumps((functools.partial(main.twice, 20), (), {}))
+
+    assert run_in_a_fresh_process(data) == "40"
