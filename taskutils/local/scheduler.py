@@ -146,8 +146,8 @@ class ConcurrentScheduler(taskqueue_stub._BackgroundTaskScheduler):
             running = set(self._running)
             full = {q for q, n in self._per_queue.items() if n >= self.limits.get(q, n + 1)}
         for queue in queues:
-            if queue.queue_mode == _PULL or queue.paused or queue.queue_name in full:
-                continue
+            if not queue._sorted_by_eta or queue.queue_mode == _PULL or queue.paused or queue.queue_name in full:
+                continue  # (an empty queue is skipped without taking its lock: thousands of queues may exist)
             with queue._lock:
                 for eta, name, task in queue._sorted_by_eta:
                     if (queue.queue_name, name) in running:
