@@ -98,7 +98,7 @@ def flaky() -> None:
     if retry < 2:
         _ran("flaky")
         raise RetryTaskException(f"attempt {retry + 1} fails on purpose")
-    _ran("flaky", f"failed twice (503, retried with backoff), then succeeded on retry {retry}")
+    _ran("flaky", f"failed twice (retried with backoff), then succeeded on retry {retry}")
 
 
 @task
@@ -193,7 +193,9 @@ def main(timeout: float = 60.0, out: TextIO = sys.stdout) -> int:
             console.say("interrupted")
             return 130
         finally:
-            server.stop()
+            summary = server.stop()
+            for line in summary.lines() if summary is not None else ():
+                console.say(f"  server   {line}")
 
 
 def _run(server: LocalServer, console: _Console, timeout: float) -> int:
