@@ -412,13 +412,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="9 rounds: a smoke run, not figures to quote")
     parser.add_argument(
         "--only",
-        choices=("enqueue", "sizes", "map", "handle", "payload", "serve"),
+        choices=("enqueue", "sizes", "map", "handle", "payload", "results", "serve"),
         action="append",
         help="run only these comparisons (repeatable)",
     )
     args = parser.parse_args(argv)
     rounds = 9 if args.quick else args.rounds
-    only = set(args.only or ("enqueue", "sizes", "map", "handle", "payload", "serve"))
+    only = set(args.only or ("enqueue", "sizes", "map", "handle", "payload", "results", "serve"))
 
     bench = Bench(rounds)
     results: list[Result] = []
@@ -437,6 +437,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             found, note = bench.payload()
             results += found
             notes.append(note)
+        if "results" in only:  # submit, submit_map and fan-in: bench/bench_results.py
+            import bench_results
+
+            found, more = bench_results.rows(bench, 1_000 if args.quick else bench_results.BIG)
+            results += found
+            notes += more
     finally:
         bench.bed.deactivate()
     try:

@@ -48,10 +48,17 @@ from google.appengine.api import datastore, taskqueue
 from . import codec
 from . import results_store as store
 from .exc import TaskCancelledError, TaskError, TaskRunError
-from .results_run import GROUP_HEADER, HANDLE_HEADER, Callback, cancel_group, end_group, enqueue, headers_for
+from .results_run import GROUP_HEADER, HANDLE_HEADER, Callback, cancel_group, end_group, headers_for
 from .results_run import run_handled as run_handled
 from .results_run import set_progress as set_progress
-from .task import _MAX_TASKS_PER_ADD, _MAX_TRANSACTIONAL_TASKS_PER_ADD, TaskFunction, _add_batch, _discard_spills
+from .task import (
+    _MAX_TASKS_PER_ADD,
+    _MAX_TRANSACTIONAL_TASKS_PER_ADD,
+    TaskFunction,
+    _add_batch,
+    _discard_spills,
+    _no_api_proxy,
+)
 
 __all__ = ["GroupHandle", "TaskHandle", "set_progress"]
 
@@ -352,7 +359,17 @@ class GroupHandle:
 def submit(function: TaskFunction[Any, Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> TaskHandle:
     """Enqueue function(*args, **kwargs) as a call would, and return a handle on the run."""
     handle_id = store.new_id()
-    enqueue(function, args, kwargs, handle_id)
+    function._check(function, args, kwargs)
+    transactional = function._transactional
+    try:
+        built = function._build(args, kwargs, headers=headers_for(function, handle_id))
+        try:
+            function._queue.add(built, transactional=transactional)
+        except BaseException as e:
+            _discard_spills([built], transactional, e)
+            raise
+    except AssertionError as e:
+        raise _no_api_proxy(e) from e
     return TaskHandle(handle_id, store.Ref(handle_id))
 
 
@@ -368,13 +385,12 @@ def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any]) -> Gro
     base = {**headers_for(function, group_id), GROUP_HEADER: f"{total} {leaves}"}
     size = _MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else _MAX_TASKS_PER_ADD
     by_url = function._named_by_url()
-    check = getattr(function, "_check", None)
+    check = function._check
     batch: list[taskqueue.Task] = []
     sent: list[taskqueue.Task] = []
     try:
         for index, item in enumerate(items):
-            if check is not None:
-                check(function, (item,), {})
+            check(function, (item,), {})
             headers = {**base, HANDLE_HEADER: f"{group_id}.{index}"}
             batch.append(function._build((item,), {}, by_url, headers=headers))
             if len(batch) == size:
