@@ -4,6 +4,7 @@ import datetime
 import hashlib
 import logging
 import os
+import time
 
 import pytest
 from google.appengine.api import namespace_manager, taskqueue
@@ -546,8 +547,6 @@ def test_a_pointer_written_before_the_low_level_api_still_loads(task_testbed):
 
 def test_serve_retrying_a_failing_spilled_task_to_its_retry_limit_leaves_no_entity():
     """Google's own taskqueue stub decides the retries, over HTTP, as App Engine would."""
-    import time
-
     from taskutils.local import LocalServer
 
     server = LocalServer(port=0).start()
