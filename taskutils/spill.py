@@ -87,9 +87,7 @@ def _chunk_keys(group: datastore_types.Key, count: int) -> list[datastore_types.
 
 
 def _utc(when: datetime.datetime) -> datetime.datetime:
-    """A naive UTC datetime, as Datastore stores them; a naive one is taken as UTC already."""
-    if when.tzinfo is None:
-        return when
+    """A naive UTC datetime, as Datastore stores them; a naive one is local time, as taskqueue takes it."""
     return when.astimezone(datetime.timezone.utc).replace(tzinfo=None)
 
 
