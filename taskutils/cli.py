@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--concurrency",
-        type=int,
+        type=_count,
         default=DEFAULT_CONCURRENCY,
         metavar="N",
         help="tasks run at once, at most (a queue's max_concurrent_requests still applies; default: %(default)s)",
@@ -122,6 +122,13 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=60.0, help="seconds to wait for every task (default: %(default)s)"
     )
     return parser
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of tasks, at least 1, not {text!r}")
+    return value
 
 
 def _seconds(text: str) -> float:
