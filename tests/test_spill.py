@@ -416,6 +416,23 @@ def test_an_add_that_commits_and_then_raises_keeps_the_spill_its_task_will_read(
     assert every_entity() == []
 
 
+def test_retrying_a_named_call_whose_add_committed_then_raised_runs_the_first_payload_and_leaves_nothing(
+    task_testbed, monkeypatch
+):
+    named = tasklib.record.options(name="nightly-2026-12-02")
+    first, second = os.urandom(300_000), os.urandom(300_000)
+    fail_the_nth(monkeypatch, task_testbed.taskqueue, "BulkAdd", 1, transient(), after=True)
+    with pytest.raises(taskqueue.TransientError):
+        named(first)  # the queue took it, but the caller cannot know
+
+    with pytest.raises(taskqueue.TaskAlreadyExistsError):
+        named(second)  # the retry: its own spill goes, the first task keeps its own
+
+    task_testbed.drain()
+    assert tasklib.ran == [((first,), {})]
+    assert every_entity() == []
+
+
 def test_a_map_whose_add_commits_and_then_raises_keeps_the_spills_its_tasks_will_read(task_testbed, monkeypatch):
     blobs = [os.urandom(300_000), os.urandom(300_000)]
     fail_the_nth(monkeypatch, task_testbed.taskqueue, "BulkAdd", 1, transient(), after=True)
