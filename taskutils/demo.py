@@ -27,9 +27,11 @@ from typing import Any, TextIO
 from .exc import RetryTaskException
 from .handler import current_task
 from .local import LocalServer, StubLogFilter
+from .results import GroupHandle
 from .task import task
 
-KINDS = ("plain", "nested", "recursive", "closure", "lambda", "flaky", "big")
+KINDS = ("plain", "nested", "recursive", "closure", "lambda", "flaky", "big", "fan-in")
+FAN_OUT = 12
 BIG_PAYLOAD = 150 * 1024
 
 _lock = threading.Lock()
@@ -110,6 +112,22 @@ def checksum(data: bytes, expected: str) -> None:
         _ran("big", f"{len(data):,} bytes went through Datastore, every byte as sent (SHA-256)")
 
 
+_group: dict[str, str] = {}
+
+
+@task
+def square(n: int) -> int:
+    """A child of a group (``submit_map``): its return value is kept on its handle."""
+    time.sleep(0.05)
+    return n * n
+
+
+@task
+def report_squares(squares: list[int]) -> None:
+    """The group's ``then`` callback: runs once, after every child succeeded, with their results in order."""
+    _ran("fan-in", f"{len(squares)} children ran side by side, then one callback got their results: {squares}")
+
+
 def enqueue_all() -> None:
     """Enqueue one task of every kind."""
     myfunction()
@@ -120,6 +138,9 @@ def enqueue_all() -> None:
     flaky()
     data = os.urandom(BIG_PAYLOAD)
     checksum(data, hashlib.sha256(data).hexdigest())
+    group = square.submit_map(range(FAN_OUT))
+    group.then(report_squares)
+    _group["id"] = group.id
 
 
 def _json(start_response: Callable[..., Any], body: Any, status: str = "200 OK") -> Iterable[bytes]:
@@ -136,7 +157,11 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         return _json(start_response, {"enqueued": list(KINDS)})
     if path == "/progress":
         with _lock:
-            return _json(start_response, {"done": dict(_done), "failed": dict(_failed), "runs": dict(_runs)})
+            body: dict[str, Any] = {"done": dict(_done), "failed": dict(_failed), "runs": dict(_runs)}
+        if "id" in _group:  # the fan-out's progress, as its GroupHandle reports it
+            counts = GroupHandle(_group["id"]).counts()
+            body["group"] = f"{counts['finished']}/{counts['total']}"
+        return _json(start_response, body)
     return _json(start_response, {"error": f"no {method} {path}"}, "404 Not Found")
 
 
@@ -206,8 +231,12 @@ def _run(server: LocalServer, console: _Console, timeout: float) -> int:
     _get(server.url + "/start", data=b"")
     shown: set[str] = set()
     progress: dict[str, Any] = {"done": {}, "failed": {}, "runs": {}}
+    group = ""
     while time.monotonic() - began < timeout and not progress["failed"]:
         progress = _get(server.url + "/progress")
+        if progress.get("group", group) != group and "fan-in" not in shown:
+            group = progress["group"]
+            console.say(f"  ...      {'fan-in':<10} {group} children done")
         for kind in KINDS:
             if kind in progress["done"] and kind not in shown:
                 shown.add(kind)

@@ -18,7 +18,7 @@ Design (what each step costs in Datastore, and why it is safe to deliver twice):
   which Cloud Tasks forgets after about an hour.
 - **A group writes one entity to submit:** ``_TaskutilsGroup`` (its size and shape).
   Children are ``<group>.<i>``; child ``i`` keeps its record in slot ``i // L`` of leaf
-  ``i % L`` (``L`` leaves of at most 32 children, at least 16 leaves), so neighbouring
+  ``i % L`` (``L`` leaves of at most 32 children, at least 8 leaves), so neighbouring
   children, which run at the same time, write different leaves. A child's run is the two
   transactions above on its leaf: two reads and two writes, whatever the group's size
   (a child whose result pickles to more than 8 KB writes it apart, in the same commit).

@@ -50,7 +50,7 @@ RESULT_KIND = "_TaskutilsResult"
 CHUNK_KIND = "_TaskutilsResultChunk"
 
 SLOTS = 32  # children per leaf, at most
-MIN_LEAVES = 16  # a small group is still spread over this many leaves
+MIN_LEAVES = 8  # a small group is still spread over this many leaves
 FAN = 16  # a node above the leaves collects this many nodes of the level below
 INLINE_RESULT = 500_000  # bytes of pickled result kept in a handle's own entity
 INLINE_CHILD_RESULT = 8_000  # ... in a leaf, which holds up to SLOTS of them

@@ -347,7 +347,8 @@ def test_the_demo_runs_every_kind_of_task_and_exits_0(tmp_path):
     )
 
     assert done.returncode == 0, done.stdout + done.stderr
-    for kind in ("plain", "nested", "recursive", "closure", "lambda", "flaky", "big"):
+    for kind in ("plain", "nested", "recursive", "closure", "lambda", "flaky", "big", "fan-in"):
         assert re.search(rf"^  ok +{kind} ", done.stdout, re.M), done.stdout
     assert re.search(r"retry=2 -> 200 OK", done.stdout), done.stdout
-    assert "all 7 kinds of task ran" in done.stdout
+    assert "all 8 kinds of task ran" in done.stdout
+    assert re.search(r"^  \.\.\. +fan-in +\d+/12 children done", done.stdout, re.M), done.stdout
