@@ -582,7 +582,6 @@ class TaskFunction(Generic[P, R]):
             raise
         return added
 
-
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Enqueue as a call does and return a handle on the run: its status, result and callbacks."""
         from .results import submit
@@ -594,6 +593,7 @@ class TaskFunction(Generic[P, R]):
         from .results import submit_map
 
         return submit_map(self, iterable)
+
 
 @overload
 def task(f: Callable[P, R], /, **options: Any) -> TaskFunction[P, R]: ...
