@@ -120,13 +120,15 @@ def _write(data: bytes, parent: ndb.Key | None, task_kwargs: Mapping[str, Any], 
         entity["due"] = due
         entities.append(entity)
     connection = _connection(transactional)
-    rpc = connection.async_put(None, entities)  # one RPC per chunk, all in flight at once
+    rpc = None
     try:
+        rpc = connection.async_put(None, entities)  # one RPC per chunk, all in flight at once
         rpc.get_result()
     except BaseException:
         if not transactional:  # in a transaction, the error rolls it back, and the chunks with it
             try:
-                rpc.wait()  # get_result raises at the first failed RPC: let the others land first
+                if rpc is not None:
+                    rpc.wait()  # get_result raises at the first failed RPC: let the others land first
             finally:
                 _delete_keys(connection, group, [e.key() for e in entities])
         raise
