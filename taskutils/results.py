@@ -369,7 +369,10 @@ def submit(function: TaskFunction[Any, Any], args: tuple[Any, ...], kwargs: Mapp
             _discard_spills([built], transactional, e)
             raise
     except AssertionError as e:
-        raise _no_api_proxy(e) from e
+        no_proxy = _no_api_proxy(e)
+        if no_proxy is None:
+            raise
+        raise no_proxy from e
     return TaskHandle(handle_id, store.Ref(handle_id))
 
 
@@ -404,6 +407,9 @@ def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any]) -> Gro
         _discard_spills(sent, transactional, e)
         if not transactional:  # the children added so far are skipped when they arrive
             cancel_group(group_id)
+        no_proxy = _no_api_proxy(e) if isinstance(e, AssertionError) else None
+        if no_proxy is not None:
+            raise no_proxy from e
         raise
     return GroupHandle(group_id, total, leaves)
 

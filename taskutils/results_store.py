@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.appengine.api import datastore, datastore_errors, datastore_types
+from google.appengine.api.datastore import Entity
+from google.appengine.api.datastore_types import Key
 
 from . import codec
 from .config import get_keyring
@@ -59,8 +61,6 @@ MAX_RESULT = 9 * 1024 * 1024  # written in one transaction, which commits at mos
 MAX_CALLBACKS = 4  # transactional tasks per transaction: 5, one kept for the fan-in
 
 _TXN = datastore.CreateTransactionOptions(xg=True, retries=5)
-Key = datastore_types.Key
-Entity = datastore.Entity
 
 
 def now() -> datetime.datetime:
@@ -202,8 +202,9 @@ def load_result(record: dict[str, Any], owner_id: str) -> Any:
 
 def record_error(record: dict[str, Any], error: BaseException, trace: str) -> None:
     """Keep the exception (pickled, when it survives a round trip), its line and its traceback."""
+    data: bytes | None
     try:
-        data: bytes | None = codec.dumps(error)
+        data = codec.dumps(error)
         codec.loads(data)
     except Exception:
         data = None

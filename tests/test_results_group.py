@@ -225,3 +225,47 @@ def test_a_transactional_submit_map_rolls_back_with_its_transaction(task_testbed
     group = ndb.transaction(lambda: in_txn.submit_map([1, 2, 3]), xg=True)
     task_testbed.drain()
     assert group.results() == [1, 4, 9]
+
+
+def run_children_only(bed: Any) -> list[Any]:
+    """Post every child task once; return the fan-in tasks they added (taken off the queue)."""
+    for added in children_tasks(bed):
+        bed.taskqueue.DeleteTask("default", added.name)
+        bed.post(added)
+    fan_in = bed.tasks("default")
+    for added in fan_in:
+        bed.taskqueue.DeleteTask("default", added.name)
+    return fan_in
+
+
+def test_a_fan_in_step_delivered_many_times_counts_once_at_the_group(task_testbed):
+    group = square.submit_map(range(20))  # 8 leaves, which the group entity collects itself
+    summary = group.then(summarize)
+    fan_in = run_children_only(task_testbed)
+    assert len(fan_in) == 8
+
+    for _ in range(8):
+        task_testbed.post(fan_in[0])
+
+    assert group.status == "running"
+    assert task_testbed.tasks() == []  # no summary yet
+    for step in fan_in[1:]:
+        task_testbed.post(step)
+    task_testbed.drain()
+    assert summary.result() == sum(n * n for n in range(20))
+    assert [r for r in tasklib.ran if r[0] == "summarize"] == [("summarize", [n * n for n in range(20)])]
+
+
+def test_a_fan_in_step_delivered_many_times_counts_once_in_a_tree_node(task_testbed):
+    group = square.submit_map(range(600))  # 19 leaves under 2 nodes of 16, under the group
+    fan_in = run_children_only(task_testbed)
+    assert len(fan_in) == 19
+
+    for _ in range(16):
+        task_testbed.post(fan_in[0])
+
+    assert task_testbed.tasks() == []  # the node is not complete: nothing goes up a level
+    for step in fan_in[1:]:
+        task_testbed.post(step)
+    task_testbed.drain()
+    assert group.status == "succeeded"
