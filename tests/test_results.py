@@ -391,3 +391,26 @@ def test_sweep_deletes_handles_and_groups_that_finished_before_the_cutoff(task_t
     assert GroupHandle.get(group.id) is None
     assert datastore.Query("_TaskutilsLeaf").Count() == 0
     assert TaskHandle.get(unfinished.id) is not None  # still retrying: kept
+
+
+@task
+async def double_later(x: int) -> int:
+    return 2 * x
+
+
+def test_an_async_tasks_value_is_recorded_on_its_handle(task_testbed):
+    handle = double_later.submit(8)
+
+    task_testbed.drain()
+
+    assert handle.result() == 16
+
+
+def test_recent_lists_the_handles_recorded_last_first(task_testbed):
+    first = double.submit(1)
+    task_testbed.drain()
+    time.sleep(0.01)
+    second = double.submit(2)
+    task_testbed.drain()
+
+    assert TaskHandle.recent(10)[:2] == [second, first]

@@ -269,3 +269,25 @@ def test_a_fan_in_step_delivered_many_times_counts_once_in_a_tree_node(task_test
         task_testbed.post(step)
     task_testbed.drain()
     assert group.status == "succeeded"
+
+
+def test_a_childs_own_then_fires_after_that_child_and_a_builtin_can_be_the_groups_callback(task_testbed):
+    group = square.submit_map(range(5))
+    child_callback = group.handles[2].then(square)
+    total = group.then(sum)
+
+    task_testbed.drain()
+
+    assert child_callback.result() == 16  # square(square(2))
+    assert total.result() == sum(n * n for n in range(5))
+    assert GroupHandle.recent(1)[0].id == group.id
+    assert group.counts() == {
+        "pending": 0,
+        "running": 0,
+        "retrying": 0,
+        "succeeded": 5,
+        "failed": 0,
+        "cancelled": 0,
+        "finished": 5,
+        "total": 5,
+    }
