@@ -31,10 +31,22 @@ Design (what each step costs in Datastore, and why it is safe to deliver twice):
   step is idempotent (a node records which children it has seen), so a duplicate delivery
   changes nothing. A failed child marks the group failed in its own transaction; its leaf
   then never completes, and the callback never runs.
+- **Why not the alternatives.** One counter entity that every child increments caps a
+  group at about one child per second (one write per second per entity group). Sharded
+  counters need every shard read to know the total: O(shards) per child. A count query
+  over the children's entities costs O(children) per child, O(n^2) in all. Polling for the
+  last child (Celery's ``chord_unlock``) wastes work and races. The tree costs each child
+  its two transactions, and the whole group about n/32 + n/512 + ... fan-in tasks.
 - **Reading** a handle is one get (a child: its leaf); a group's status, progress and
   results read its leaves in one batched get.
 - Results and exceptions are pickled (cloudpickle when needed) and framed by
   ``taskutils.codec``: signed when keys are configured, and checked before unpickling.
+  The ``X-Taskutils-*`` headers are not signed: whoever can post tasks to the handler
+  (with keys set, only a replay of a payload this app signed) can choose which handle a
+  run records on.
+- All of it goes through the low-level ``google.appengine.api.datastore`` API, whose
+  transactions cost a fraction of ndb's in CPU; entities are listed in
+  ``taskutils.results_store``.
 """
 
 from __future__ import annotations
