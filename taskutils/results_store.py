@@ -341,6 +341,20 @@ def sweep(older_than: datetime.timedelta | datetime.datetime) -> int:
             cutoff = cutoff.astimezone(datetime.timezone.utc).replace(tzinfo=None)
     else:
         cutoff = now() - older_than
+    from google.appengine.api import namespace_manager
+    from google.appengine.ext.ndb import metadata
+
+    deleted, current = 0, namespace_manager.get_namespace()
+    try:
+        for namespace in metadata.get_namespaces():
+            namespace_manager.set_namespace(namespace)  # the keys made below are in it
+            deleted += _sweep_namespace(cutoff)
+    finally:
+        namespace_manager.set_namespace(current)
+    return deleted
+
+
+def _sweep_namespace(cutoff: datetime.datetime) -> int:
     deleted = 0
     for entity in datastore.Query(HANDLE_KIND, {"finished <": cutoff}).Run(batch_size=500):
         doomed = [entity.key()]

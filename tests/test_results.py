@@ -414,3 +414,19 @@ def test_recent_lists_the_handles_recorded_last_first(task_testbed):
     task_testbed.drain()
 
     assert TaskHandle.recent(10)[:2] == [second, first]
+
+
+def test_sweep_reaches_handles_in_every_namespace(task_testbed):
+    from google.appengine.api import namespace_manager
+
+    namespace_manager.set_namespace("tenant")
+    try:
+        handle = double.submit(1)
+        task_testbed.drain()
+        assert handle.result() == 2
+    finally:
+        namespace_manager.set_namespace("")
+    assert TaskHandle.get(handle.id) is None  # it lives in the namespace its task ran in
+
+    time.sleep(0.01)
+    assert taskutils.sweep(0) == 1
