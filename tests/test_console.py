@@ -105,7 +105,7 @@ def browser(request: pytest.FixtureRequest) -> Iterator[Any]:
     # An explicit driver path: Selenium Manager never runs and nothing is downloaded.
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
-    driver.javascript = request.param == "with-javascript"
+    driver.javascript = request.param == "with-javascript"  # type: ignore[attr-defined]
     try:
         yield driver
     finally:
