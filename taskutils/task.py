@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from google.appengine.api import taskqueue
+from google.appengine.runtime import apiproxy_errors
 
 from . import codec
 from .config import get_keyring, settings
@@ -303,10 +304,23 @@ def resolve(module: str, qualname: str) -> Any:
     return obj
 
 
-def _no_api_proxy(error: AssertionError) -> NoApiProxyError | None:
-    """NoApiProxyError when the SDK's AssertionError says no API is reachable here; None for any other."""
-    if "api proxy" not in str(error).lower():
+_NO_API_ERRORS = (AssertionError, apiproxy_errors.RPCFailedError)
+
+
+def _no_api_proxy(error: BaseException) -> NoApiProxyError | None:
+    """NoApiProxyError when the SDK's error says no App Engine API is reachable here; None for any other.
+
+    That is the SDK's ``No api proxy found`` (no stubs at all: a plain script), or, off App
+    Engine, a call with no security ticket (``wrap_wsgi_app`` under ``flask run``).
+    """
+    message = str(error).lower()
+    if isinstance(error, AssertionError):
+        if "api proxy" not in message:
+            return None
+    elif not isinstance(error, apiproxy_errors.RPCFailedError) or "security ticket" not in message:
         return None
+    elif os.environ.get("GAE_ENV") == "standard":
+        return None  # on App Engine: a call outside a request, not a missing server
     return NoApiProxyError(
         "no App Engine API here to add the task to (the SDK says: "
         f"{error}). Outside App Engine, run the app with `python -m taskutils serve MODULE:APP`, "
@@ -542,7 +556,7 @@ class TaskFunction(Generic[P, R]):
             except BaseException as e:
                 _discard_spills([built], self._transactional, e)
                 raise
-        except AssertionError as e:
+        except _NO_API_ERRORS as e:
             no_proxy = _no_api_proxy(e)
             if no_proxy is None:
                 raise
@@ -576,7 +590,7 @@ class TaskFunction(Generic[P, R]):
         except BaseException as e:
             _discard_spills(batch, transactional)
             _discard_spills(sent, transactional, e)
-            no_proxy = _no_api_proxy(e) if isinstance(e, AssertionError) else None
+            no_proxy = _no_api_proxy(e) if isinstance(e, _NO_API_ERRORS) else None
             if no_proxy is not None:
                 raise no_proxy from e
             raise

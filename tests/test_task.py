@@ -647,10 +647,37 @@ def test_options_at_the_edges_app_engine_accepts_are_accepted(task_testbed):
 # -- outside App Engine -----------------------------------------------------------------------
 
 
-def test_calling_a_task_with_no_api_proxy_says_how_to_run_it_locally():
+@pytest.fixture
+def no_api_proxy(monkeypatch):
+    """The SDK's state in a plain `python script.py`: no API stub registered."""
+    from google.appengine.api import apiproxy_stub_map
+
+    monkeypatch.setattr(apiproxy_stub_map, "apiproxy", apiproxy_stub_map.APIProxyStubMap())
+    monkeypatch.delenv("GAE_ENV", raising=False)
+
+
+def test_calling_a_task_with_no_api_proxy_says_how_to_run_it_locally(no_api_proxy):
     with pytest.raises(taskutils.exc.NoApiProxyError, match="python -m taskutils serve") as raised:
         tasklib.record(1)
 
     assert "task_testbed" in str(raised.value)
     with pytest.raises(taskutils.exc.NoApiProxyError):
         tasklib.record.map([1, 2])
+
+
+def test_calling_a_task_from_a_wrapped_app_run_without_serve_says_how_to_run_it_locally(no_api_proxy):
+    import webtest
+    from google.appengine.api import wrap_wsgi_app
+
+    def view(environ, start_response):
+        try:
+            tasklib.record(1)
+            answer = b"added"
+        except taskutils.exc.NoApiProxyError as e:
+            answer = str(e).encode()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [answer]
+
+    answer = webtest.TestApp(wrap_wsgi_app(view)).get("/").text  # what `flask run` does
+
+    assert "python -m taskutils serve" in answer and "task_testbed" in answer
