@@ -134,7 +134,8 @@ class TaskTestbed:
                 if error is not None:
                     raise error
                 tried = f" after {attempt + 1} attempts" if attempt else ""
-                raise TaskFailedError(f"task {task.url} answered {status}{tried}")
+                hint = "; drain(app=your_app) sends tasks through your own app" if status == 404 and not app else ""
+                raise TaskFailedError(f"task {task.url} answered {status}{tried}{hint}")
         raise TaskFailedError(f"tasks still enqueue tasks after {MAX_ROUNDS} rounds")
 
 

@@ -218,3 +218,18 @@ def test_a_retried_task_runs_again_after_the_tasks_waiting_behind_it(task_testbe
 def test_drain_refuses_a_negative_retry_count(task_testbed):
     with pytest.raises(ValueError):
         task_testbed.drain(retries=-1)
+
+
+def test_a_task_for_a_url_of_the_apps_own_is_run_by_the_app_given_to_drain(task_testbed, _no_attempts):
+    def own_worker(environ, start_response):
+        attempts.append((environ["PATH_INFO"], environ["HTTP_X_APPENGINE_QUEUENAME"]))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"done"]
+
+    taskqueue.add(url="/work/rebuild", params={"day": "monday"})
+
+    with pytest.raises(TaskFailedError, match="404.*drain\\(app="):
+        task_testbed.drain()
+    taskqueue.add(url="/work/rebuild", params={"day": "monday"})
+    assert task_testbed.drain(app=own_worker) == 1
+    assert attempts == [("/work/rebuild", "default")]
