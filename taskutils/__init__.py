@@ -5,10 +5,12 @@ from .config import configure as configure
 from .config import get_taskroute as get_taskroute
 from .config import set_taskroute as set_taskroute
 from .defer import defer as defer
+from .exc import NoApiProxyError as NoApiProxyError
 from .exc import PayloadTooLargeError as PayloadTooLargeError
 from .exc import PermanentTaskFailure as PermanentTaskFailure
 from .exc import RetryTaskException as RetryTaskException
 from .exc import TaskError as TaskError
+from .exc import TaskOptionError as TaskOptionError
 from .exc import UnpicklableArgumentError as UnpicklableArgumentError
 from .handler import TaskInfo as TaskInfo
 from .handler import app as app
@@ -41,6 +43,8 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
+    "NoApiProxyError",
+    "TaskOptionError",
     "GroupHandle",
     "PayloadTooLargeError",
     "PermanentTaskFailure",
