@@ -38,7 +38,16 @@ SDK_WARNING_FILTERS = (
     # webapp2 imports cgi, and wrap_wsgi_app reloads it: deprecated from Python 3.11, gone in 3.13.
     "ignore:'cgi' is deprecated:DeprecationWarning:webapp2",
     "ignore:'cgi' is deprecated:DeprecationWarning:importlib",
+    # google.api_core, which the SDK's Cloud Tasks backend imports, warns at import on Python 3.10
+    # that its own future releases will drop it: App Engine still runs python310.
+    "ignore:You are using a non-supported Python version:FutureWarning:google.api_core",
 )
+
+_CATEGORIES: dict[str, type[Warning]] = {
+    "DeprecationWarning": DeprecationWarning,
+    "PendingDeprecationWarning": PendingDeprecationWarning,
+    "FutureWarning": FutureWarning,
+}
 
 
 def set_app_engine_environment(environ: MutableMapping[str, str] | None = None) -> None:
@@ -65,7 +74,7 @@ def _filter_sdk_warnings() -> None:
         warnings.filterwarnings(
             action,  # type: ignore[arg-type]
             message=message,
-            category=DeprecationWarning if category == "DeprecationWarning" else PendingDeprecationWarning,
+            category=_CATEGORIES[category],
             module=module,
         )
 
