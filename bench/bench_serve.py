@@ -33,33 +33,15 @@ from typing import Any
 
 from taskutils import task
 
+from benchwork import Countdown
+
 CONCURRENCY = 8
 NUMBER = 200
 SLEEP = 0.010
 TARGET = 0.8
 
 
-class _Countdown:
-    """Set ``done`` once the expected number of tasks ran."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._left = 0
-        self.done = threading.Event()
-
-    def expect(self, count: int) -> None:
-        with self._lock:
-            self._left = count
-            self.done.clear()
-
-    def tick(self) -> None:
-        with self._lock:
-            self._left -= 1
-            if self._left == 0:
-                self.done.set()
-
-
-countdown = _Countdown()
+countdown = Countdown()
 
 
 @task

@@ -12,7 +12,9 @@ import warnings
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"google\.appengine|webapp2|importlib")
     warnings.filterwarnings("ignore", category=PendingDeprecationWarning, module=r"google\.appengine")
-    warnings.filterwarnings("ignore", "You are using a non-supported Python version", FutureWarning, r"google\.api_core")
+    warnings.filterwarnings(
+        "ignore", "You are using a non-supported Python version", FutureWarning, module=r"google\.api_core"
+    )
     import webapp2  # noqa: F401
     from google.appengine.api import taskqueue  # noqa: F401
     from google.appengine.ext import deferred, ndb  # noqa: F401

@@ -6,6 +6,7 @@ import pathlib
 import pytest
 import webtest
 from google.appengine.ext import deferred
+
 from readme_apps import flask_app, notes, webapp2_app, wsgi_app
 
 README = (pathlib.Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")

@@ -2,7 +2,7 @@
 
 The app (tests/apps/soak_app.py) enqueues in batches from inside the server; the
 taskqueue stub's scheduler posts every task back over HTTP; every fifth task fails
-its first attempt (503 or 500) and is retried after queue.yaml's 10 ms backoff.
+its first attempt (408 or 500) and is retried after queue.yaml's 10 ms backoff.
 Every task must succeed exactly once, and none may be lost.
 """
 

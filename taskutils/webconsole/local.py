@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, unquote, urlencode
 
 from . import decode, handles, queues
 from .html import asset, duration, esc, page, path_part, status_badge, table, when
-from .runs import RunLog
+from .runs import RunLog, started_at
 
 log = logging.getLogger("taskutils.webconsole")
 
@@ -391,7 +391,7 @@ class LocalConsole:
                 outcome = '<span class="error">failed: the queue retries it</span>'
             rows.append(
                 [
-                    when(run.at),
+                    when(started_at(run)),
                     esc(run.queue),
                     task_link,
                     f"<code>{esc(decode.function_of(run.url))}</code>",

@@ -2,7 +2,7 @@
 
 ``POST /enqueue?start=S&count=N`` enqueues ``work(i)`` for i in [S, S+N) with
 ``.map()`` (100 tasks per queue RPC) on the "soak" queue. Every fifth task fails
-its first attempt: half of those raise RetryTaskException (503), half raise
+its first attempt: half of those raise RetryTaskException (408), half raise
 RuntimeError (500). ``GET /stats`` answers how many attempts ran, how many
 succeeded, the items that did not succeed exactly once, and the queue's depth.
 """

@@ -7,6 +7,7 @@ from flask import Flask, request
 from google.appengine.api import wrap_wsgi_app
 
 import taskutils
+
 from readme_apps import notes
 
 app = Flask(__name__)

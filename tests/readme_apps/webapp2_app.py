@@ -7,6 +7,7 @@ import webapp2
 from google.appengine.api import wrap_wsgi_app
 
 import taskutils
+
 from readme_apps import notes
 
 

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs
 from google.appengine.api import wrap_wsgi_app
 
 import taskutils
+
 from readme_apps import notes
 
 
