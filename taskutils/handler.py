@@ -262,7 +262,7 @@ class _Run:
                 from . import spill
 
                 self.pointer = data
-                data = spill.load(data)
+                data = spill.load(data, signed=bool(flags & codec.SIGNED))
             func, args, kwargs = _load_call(self.path, flags, data)
             if flags & codec.HEADERS:
                 kwargs["headers"] = Headers(self.environ)

@@ -2,8 +2,12 @@
 
 The data is split into entities under Datastore's 1 MiB entity and API request
 limits, all in one entity group (under the caller's ``parent`` when given), so
-that a transactional write touches one group. The pointer names the group and
-holds the SHA-256 of the data, so a worker only unpickles exactly what was written.
+that a transactional write touches one group. The pointer names the group. When
+payloads are signed, it also holds the SHA-256 of the data, so that a worker only
+unpickles exactly what the signer wrote: whoever can write to Datastore cannot
+swap the data under a signed pointer. Unsigned, nothing is authenticated (a
+forged request needs no spill), so no digest is made: hashing costs as much as
+the rest of the call.
 
 The entities are written, read and deleted with Datastore's low-level API
 (``google.appengine.api.datastore``): ndb's tasklets cost more than the payload.
@@ -106,7 +110,9 @@ def _retry_limit(task_kwargs: Mapping[str, Any]) -> int | None:
     return int(options.task_retry_limit)
 
 
-def _write(data: bytes, parent: ndb.Key | None, task_kwargs: Mapping[str, Any], transactional: bool) -> bytes:
+def _write(
+    data: bytes, parent: ndb.Key | None, task_kwargs: Mapping[str, Any], transactional: bool, digest: bool
+) -> bytes:
     """Put the chunks; if a Put outside a transaction fails, delete every chunk it may have written, then raise."""
     group = datastore_types.Key.from_path(
         GROUP_KIND, uuid.uuid4().hex, parent=None if parent is None else parent.to_old_key()
@@ -132,7 +138,9 @@ def _write(data: bytes, parent: ndb.Key | None, task_kwargs: Mapping[str, Any], 
             finally:
                 _delete_keys(connection, group, [e.key() for e in entities])
         raise
-    pointer: dict[str, Any] = {"g": str(group), "n": len(pieces), "d": hashlib.sha256(data).hexdigest()}
+    pointer: dict[str, Any] = {"g": str(group), "n": len(pieces)}
+    if digest:
+        pointer["d"] = hashlib.sha256(data).hexdigest()
     limit = _retry_limit(task_kwargs)
     if limit is not None:
         pointer["r"] = limit
@@ -146,6 +154,7 @@ def store(
     transactional: bool = False,
     parent: ndb.Key | None = None,
     task_kwargs: Mapping[str, Any] | None = None,
+    digest: bool = True,
 ) -> bytes:
     """Write data to Datastore and return the pointer a task carries instead.
 
@@ -154,10 +163,11 @@ def store(
     at once, even when called inside a transaction. A write that fails leaves
     nothing behind. ``task_kwargs`` (countdown, eta, retry_options) tell when
     the task is first due and whether it can say which attempt is its last.
+    ``digest=False`` leaves the SHA-256 out, for a pointer that is not signed.
     """
     task_kwargs = task_kwargs or {}
     if not transactional:
-        return _write(data, None, task_kwargs, False)  # codec.dumps_call has held data to MAX_PAYLOAD
+        return _write(data, None, task_kwargs, False, digest)  # codec.dumps_call has held data to MAX_PAYLOAD
     if not ndb.in_transaction():
         raise taskqueue.BadTransactionStateError(
             f"task {task_name}: transactional=True needs a running ndb transaction"
@@ -171,7 +181,7 @@ def store(
             f"{MAX_TRANSACTIONAL_PAYLOAD} bytes taskutils carries inside a transaction"
         )
     try:
-        pointer = _write(data, parent, task_kwargs, True)
+        pointer = _write(data, parent, task_kwargs, True, digest)
     except datastore_errors.BadRequestError as e:
         if parent is None and "cross-group" in str(e):
             raise PayloadError(
@@ -184,27 +194,31 @@ def store(
     return pointer
 
 
-def _parse(pointer: bytes) -> dict[str, Any]:
+def _parse(pointer: bytes, *, signed: bool = False) -> dict[str, Any]:
+    """The pointer's fields; a signed one must hold a digest, and a digest must be well formed."""
     try:
         fields = json.loads(pointer)
-        group, count, digest = datastore_types.Key(fields["g"]), fields["n"], fields["d"]
+        group, count, digest = datastore_types.Key(fields["g"]), fields["n"], fields.get("d")
     except Exception as e:
         raise CorruptPayloadError(f"bad spill pointer: {type(e).__name__}: {e}") from e
     if group.kind() != GROUP_KIND or type(count) is not int or not 0 < count <= MAX_CHUNKS:
         raise CorruptPayloadError("bad spill pointer: not a taskutils payload")
-    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
-        raise CorruptPayloadError("bad spill pointer: bad digest")
+    if (digest is not None or signed) and not (isinstance(digest, str) and _DIGEST_RE.fullmatch(digest)):
+        raise CorruptPayloadError(
+            "bad spill pointer: bad digest" if digest is not None else "bad spill pointer: no digest"
+        )
     fields["g"] = group
     return fields
 
 
-def load(pointer: bytes) -> bytes:
+def load(pointer: bytes, *, signed: bool = True) -> bytes:
     """Read the data a pointer names, checking it against the pointer's digest.
 
-    Raises SpilledPayloadMissingError when entities are gone, CorruptPayloadError
-    when the data is not what was written.
+    A signed pointer must hold a digest; an unsigned one is checked against its
+    digest when it has one. Raises SpilledPayloadMissingError when entities are
+    gone, CorruptPayloadError when the data is not what was written.
     """
-    fields = _parse(pointer)
+    fields = _parse(pointer, signed=signed)
     group, count = fields["g"], fields["n"]
     entities = _connection(False).async_get(None, _chunk_keys(group, count)).get_result()
     missing = [i + 1 for i, e in enumerate(entities) if e is None]
@@ -213,7 +227,7 @@ def load(pointer: bytes) -> bytes:
             f"spilled payload {group.name()} lost {len(missing)} of its {count} entities (first: {missing[0]})"
         )
     data = b"".join(e["data"] for e in entities)
-    if hashlib.sha256(data).hexdigest() != fields["d"]:
+    if fields.get("d") is not None and hashlib.sha256(data).hexdigest() != fields["d"]:
         raise CorruptPayloadError(f"spilled payload {group.name()} does not match its digest")
     return data
 

@@ -533,7 +533,12 @@ class TaskFunction(Generic[P, R]):
 
         transactional = self._transactional
         pointer = spill.store(
-            self._suffix[1:], data, transactional=transactional, parent=self._parent, task_kwargs=task_kwargs
+            self._suffix[1:],
+            data,
+            transactional=transactional,
+            parent=self._parent,
+            task_kwargs=task_kwargs,
+            digest=bool(keyring),
         )
         try:
             payload = codec.frame(path, pointer, flags | codec.POINTER, keyring)

@@ -242,6 +242,15 @@ def test_a_signed_pointer_with_a_digest_for_other_data_is_dropped_without_unpick
     assert not canary.fired()
 
 
+def test_a_signed_pointer_without_a_digest_is_dropped_without_unpickling(client, canary, signed):
+    # Only an unsigned pointer may go without one: a signed call always carries its digest.
+    pointer = spill.store("tasklib/record", canary.pickle, digest=False)
+    body = codec.frame(RECORD, pointer, codec.BY_URL | codec.POINTER, KeyRing([KEY]))
+
+    assert post(client, RECORD, body) == 200
+    assert not canary.fired()
+
+
 # Rotation and the log.
 
 

@@ -279,6 +279,28 @@ def test_a_spill_that_does_not_match_its_digest_is_dropped_not_run(task_testbed,
     assert every_entity() == []
 
 
+def test_unsigned_a_big_payload_carries_no_digest_and_still_round_trips(task_testbed):
+    # Without keys nothing is authenticated, so the SHA-256 (as costly as the rest of the call) is not made.
+    taskutils.configure(secret_keys=[])
+    blob = os.urandom(1_500_000)
+    tasklib.record(blob)
+    (queued,) = task_testbed.tasks()
+    assert b'"d"' not in queued.payload
+
+    task_testbed.drain()
+
+    assert tasklib.ran == [((blob,), {})]
+    assert every_entity() == []
+
+
+def test_a_signed_big_payload_carries_the_digest_of_its_data(task_testbed):
+    blob = os.urandom(150_000)
+    tasklib.record(blob)
+    (queued,) = task_testbed.tasks()
+    (chunk,) = chunks()
+    assert hashlib.sha256(chunk.data).hexdigest().encode() in queued.payload
+
+
 def test_a_failed_attempt_keeps_the_spill_for_the_retry(task_testbed):
     blob = os.urandom(1_500_000)
     fail_once(blob)

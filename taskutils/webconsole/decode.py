@@ -70,7 +70,7 @@ def decode(url: str, body: bytes) -> Call:
         if spilled:
             from .. import spill
 
-            data = spill.load(data)
+            data = spill.load(data, signed=signed)
         call = codec.loads(data)
         if flags & codec.BY_URL:
             args, kwargs = call
