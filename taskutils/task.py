@@ -547,6 +547,28 @@ class TaskFunction(Generic[P, R]):
             spill.delete(pointer, transactional=transactional)
             raise
 
+    def _item_builder(self, by_url: bool) -> Callable[[Any], taskqueue.Task]:
+        """``_build((item,), {}, by_url)`` for many items, with what does not change per item worked out once."""
+        path = settings.route + self._suffix
+        flags = self._flags | (codec.BY_URL if by_url else 0)
+        keyring = get_keyring()
+        prefix = None if keyring else codec.frame(path, b"", flags, keyring)  # unsigned: just the header byte
+        task_kwargs = self._task_kwargs
+        name, func, transactional = self._suffix[1:], None if by_url else self.__wrapped__, self._transactional
+        limit = taskqueue.MAX_PUSH_TASK_SIZE_BYTES
+
+        def build(item: Any) -> taskqueue.Task:
+            data = codec.dumps_call(name, func, (item,), {}, transactional=transactional)
+            if len(data) < limit:
+                payload = prefix + data if prefix is not None else codec.frame(path, data, flags, keyring)
+                try:
+                    return taskqueue.Task(payload=payload, url=path, **task_kwargs)
+                except taskqueue.TaskTooLargeError:
+                    pass  # the URL and headers tipped it over: _build spills it
+            return self._build((item,), {}, by_url)
+
+        return build
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> taskqueue.Task:
         """Enqueue one push task that calls the wrapped callable with these arguments.
 
@@ -583,9 +605,10 @@ class TaskFunction(Generic[P, R]):
         batch: list[taskqueue.Task] = []  # built, not sent yet
         sent: list[taskqueue.Task] = []  # the batch handed to the queue last
         self._check(self, (None,), {})  # one positional argument per task: it fits for every item or none
+        build = self._item_builder(by_url)
         try:
             for item in iterable:
-                batch.append(self._build((item,), {}, by_url))
+                batch.append(build(item))
                 if len(batch) == size:
                     sent, batch = batch, []
                     added += _add_batch(self._queue, sent, transactional)

@@ -101,6 +101,22 @@ def test_a_transactional_map_over_the_transaction_limit_rolls_back_every_task(ta
     assert task_testbed.tasks() == []
 
 
+def test_a_signed_map_of_a_closure_runs_every_item_and_spills_only_the_big_one(task_testbed, signed):
+    offset = 100
+
+    def shifted(item):  # a closure: the pickle carries the function, the URL cannot name it
+        collect.__wrapped__(item if isinstance(item, bytes) else item + offset)
+
+    big = b"x" * 150_000
+    added = task(shifted).map([1, big, 2])
+
+    assert [len(t.payload) < 1_000 for t in added] == [True, True, True]  # the big one carries a pointer
+    assert len(ndb.Query().fetch(keys_only=True)) == 1
+    assert task_testbed.drain() == 3
+    assert sorted(seen, key=repr) == sorted([101, big, 102], key=repr)
+    assert ndb.Query().fetch(keys_only=True) == []
+
+
 def test_map_refuses_a_named_task_function(task_testbed):
     with pytest.raises(TypeError, match="name="):
         collect.options(name="only-one").map([1, 2])
