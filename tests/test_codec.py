@@ -165,8 +165,8 @@ def test_a_payload_over_the_maximum_raises_at_the_call_site_naming_task_and_argu
 
 @pytest.fixture
 def fresh_warning(monkeypatch):
-    """Forget that the unsigned-payload warning was given, so this test sees the first one."""
-    monkeypatch.setattr(codec, "_warned_unsigned", False)
+    """Forget that the process looked for App Engine to warn about unsigned payloads."""
+    monkeypatch.setattr(codec, "_checked_unsigned", False)
 
 
 def test_unsigned_tasks_in_production_warn_once_pointing_to_the_readme(
@@ -192,6 +192,8 @@ def test_the_handler_warns_about_unsigned_payloads_even_if_this_process_enqueued
     taskutils.configure(secret_keys=[])
     tasklib.record(1)
     (queued,) = task_testbed.tasks()
+    # The worker is another process, on App Engine, that has enqueued nothing itself.
+    monkeypatch.setattr(codec, "_checked_unsigned", False)
     monkeypatch.setenv("GAE_ENV", "standard")
     caplog.set_level(logging.WARNING, logger="taskutils")
 
