@@ -2,7 +2,7 @@
 
 Run from the repository root with the installed package:
 
-    python bench/run.py            # every comparison (about 30 seconds on 2 cores)
+    python bench/run.py            # every comparison (about 4 minutes on 2 cores)
     python bench/run.py --quick    # fewer rounds, for a smoke run
 
 Every comparison runs its two sides in alternating rounds (A then B, B then
