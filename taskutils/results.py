@@ -60,7 +60,15 @@ from google.appengine.api import datastore, taskqueue
 from . import codec
 from . import results_store as store
 from .exc import TaskCancelledError, TaskError, TaskRunError
-from .results_run import GROUP_HEADER, HANDLE_HEADER, Callback, cancel_group, end_group, headers_for
+from .results_run import (
+    GROUP_HEADER,
+    HANDLE_HEADER,
+    Callback,
+    cancel_group,
+    drop_callbacks,
+    end_group,
+    headers_for,
+)
 from .results_run import run_handled as run_handled
 from .results_run import set_progress as set_progress
 from .task import (
@@ -174,6 +182,7 @@ class TaskHandle:
                 return bool(record["s"] == store.CANCELLED)
             record["s"] = store.CANCELLED
             entities = [ref.write(entity, record)[0]]
+            drop_callbacks(record["cb"])
             if ref.group_id is not None:  # a group with a cancelled child can no longer succeed
                 entities += end_group(ref.group_id, ref.index, store.CANCELLED)
             store.put(entities)
@@ -200,7 +209,7 @@ class TaskHandle:
                 record["cb"].append(cb.sealed())
                 store.put([ref.write(entity, record)[0], cb.pending_entity()])
                 return
-            store.put(cb.pending_entity())
+            store.put(cb.pending_entity(store.PENDING if record["s"] == store.SUCCEEDED else store.CANCELLED))
 
         store.transaction(txn)
         return TaskHandle(cb.handle_id, store.Ref(cb.handle_id))
@@ -214,10 +223,10 @@ class TaskHandle:
 
 
 def _status_of(handle_id: str) -> str:
-    """The status of a handle or a group."""
-    if "." in handle_id:
+    """The status of a handle (as TaskHandle.status reads it: a callback of a callback too) or a group."""
+    if "." in handle_id or store.get(store.handle_key(handle_id)) is not None:
         return TaskHandle(handle_id).status
-    entity = store.get(store.handle_key(handle_id)) or store.get(store.group_key(handle_id))
+    entity = store.get(store.group_key(handle_id))
     return str(entity["status"]) if entity is not None else store.PENDING
 
 
@@ -355,7 +364,7 @@ class GroupHandle:
                 state["cb"].append(cb.sealed())
                 store.put([store.write_group(group, state), cb.pending_entity()])
                 return
-            store.put(cb.pending_entity())
+            store.put(cb.pending_entity(store.PENDING if group["status"] == store.SUCCEEDED else store.CANCELLED))
 
         store.transaction(txn)
         return TaskHandle(cb.handle_id, store.Ref(cb.handle_id))
@@ -395,6 +404,11 @@ def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any]) -> Gro
     items = list(iterable)
     total, leaves, group_id = len(items), store.leaves_for(len(items)), store.new_id()
     transactional = function._transactional
+    if transactional and total > _MAX_TRANSACTIONAL_TASKS_PER_ADD:
+        raise taskqueue.TooManyTasksError(
+            f"submit_map(transactional=True) adds every child inside your transaction, and App Engine takes at "
+            f"most {_MAX_TRANSACTIONAL_TASKS_PER_ADD} tasks in one transaction: {total} items given"
+        )
     group = store.new_group_entity(group_id, total, leaves, function.task_options.get("queue", "default"))
     _put_group(group, transactional)
     base = {**headers_for(function, group_id), GROUP_HEADER: f"{total} {leaves}"}

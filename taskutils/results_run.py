@@ -41,11 +41,12 @@ PROGRESS_EVERY = 1.0  # set_progress writes at most once a second; the last valu
 class Then:
     """The body of a callback task: read the source's result, then call the callback with it."""
 
-    def __init__(self, source: str, func: Callable[[Any], Any]) -> None:
+    def __init__(self, source: str, func: Callable[..., Any]) -> None:
         self.source = source
         self.func = func  # the task function itself when it pickles (by reference), else what it wraps
 
-    def __call__(self) -> Any:
+    def __call__(self, headers: Any = None) -> Any:
+        """``headers`` is the request's, when the callback was made with ``includeheaders=True``."""
         from .results import GroupHandle, TaskHandle
 
         if "." in self.source or store.get(store.handle_key(self.source)) is not None:
@@ -53,7 +54,7 @@ class Then:
         else:
             value = GroupHandle(self.source).results()
         func = self.func.__wrapped__ if isinstance(self.func, TaskFunction) else self.func
-        return func(value)
+        return func(value) if headers is None else func(value, headers=headers)
 
 
 def _portable(function: TaskFunction[Any, Any]) -> Any:
@@ -79,8 +80,15 @@ class Callback:
         return cls(store.new_id(), source, function)
 
     def sealed(self) -> tuple[str, bytes]:
+        """The callback as its source's record keeps it; ValueError when it pickles too big to keep."""
         call = (_portable(self.function), dict(self.function.task_options))
-        return self.handle_id, bytes(store.seal(f"callback/{self.handle_id}", call))
+        blob = bytes(store.seal(f"callback/{self.handle_id}", call))
+        if len(blob) > store.MAX_CALLBACK:
+            raise ValueError(
+                f"then({self.function!r}): the callback pickles to {len(blob)} bytes and a handle keeps at "
+                f"most {store.MAX_CALLBACK} per callback: pass a module-level function, or data it can look up"
+            )
+        return self.handle_id, blob
 
     @classmethod
     def unsealed(cls, sealed: tuple[str, bytes], source: str) -> Callback:
@@ -88,9 +96,9 @@ class Callback:
         func, options = store.unseal(f"callback/{handle_id}", blob)
         return cls(handle_id, source, func if isinstance(func, TaskFunction) else task(func, **options))
 
-    def pending_entity(self) -> store.Entity:
-        """Its own handle, recorded pending (read as cancelled once the source failed)."""
-        return store.write_handle(None, self.handle_id, {**store.new_record(), "src": self.source})
+    def pending_entity(self, status: str = store.PENDING) -> store.Entity:
+        """Its own handle, recorded pending (or cancelled, when its source can no longer succeed)."""
+        return store.write_handle(None, self.handle_id, {**store.new_record(), "s": status, "src": self.source})
 
     def enqueue(self) -> None:
         """Add the callback's task inside the running transaction, with the callable's own options."""
@@ -105,6 +113,37 @@ class Callback:
 def fire(callbacks: Iterable[tuple[str, bytes]], source: str) -> None:
     for sealed in callbacks:
         Callback.unsealed(sealed, source).enqueue()
+
+
+def drop_callbacks(callbacks: Iterable[tuple[str, bytes]]) -> None:
+    """Inside a transaction: the source can no longer succeed, so its callbacks' handles are to be cancelled.
+
+    One task, added with the outcome, marks them cancelled, then their own callbacks, level by
+    level; until it has run, their handles already read as cancelled (``TaskHandle.status``).
+    """
+    handle_ids = [handle_id for handle_id, _ in callbacks]
+    if handle_ids:
+        cancel_callbacks.options(transactional=True)(handle_ids)
+
+
+@task
+def cancel_callbacks(handle_ids: list[str]) -> None:
+    """Mark these callback handles cancelled where still pending; then theirs, in a task of their own."""
+    after: list[str] = []
+    for handle_id in handle_ids:
+        after += store.transaction(_cancel_pending, handle_id)
+    if after:
+        cancel_callbacks(after)
+
+
+def _cancel_pending(handle_id: str) -> list[str]:
+    entity = store.get(store.handle_key(handle_id))
+    record = store.read_handle(entity, handle_id)
+    if record is None or record["s"] != store.PENDING:
+        return []
+    record["s"] = store.CANCELLED
+    store.put(store.write_handle(entity, handle_id, record))
+    return [cb_id for cb_id, _ in record["cb"]]
 
 
 def headers_for(function: TaskFunction[Any, Any], handle_id: str) -> dict[str, str]:
@@ -247,6 +286,8 @@ def _succeed(ref: store.Ref, run: _Run, data: bytes, queue: str) -> None:
     if record["s"] in store.FINAL:
         return  # another delivery finished first: its result stands
     record["s"] = store.SUCCEEDED
+    record.pop("e", None)  # an earlier attempt's exception and traceback: the error line stays
+    record.pop("t", None)
     if run.progress is not None:
         record["p"] = run.progress
     inline = store.INLINE_RESULT if ref.group_id is None else store.INLINE_CHILD_RESULT
@@ -268,8 +309,10 @@ def _fail(ref: store.Ref, run: _Run, error: BaseException, trace: str, final: bo
         record["p"] = run.progress
     store.record_error(record, error, trace)
     entities = [ref.write(entity, record)[0]]
-    if final and ref.group_id is not None:
-        entities += end_group(ref.group_id, ref.index, store.FAILED)
+    if final:
+        drop_callbacks(record["cb"])
+        if ref.group_id is not None:
+            entities += end_group(ref.group_id, ref.index, store.FAILED)
     store.put(entities)
 
 
@@ -280,6 +323,7 @@ def end_group(group_id: str, index: int, status: str) -> list[store.Entity]:
         return []
     state = store.read_group(group)
     state["failed"] = index
+    drop_callbacks(state["cb"])
     return [store.write_group(group, state, status)]
 
 
@@ -342,7 +386,9 @@ def cancel_group(group_id: str) -> bool:
             return False, 0
         if group["status"] in store.FINAL:
             return group["status"] == store.CANCELLED, 0
-        store.put(store.write_group(group, store.read_group(group), store.CANCELLED))
+        state = store.read_group(group)
+        drop_callbacks(state["cb"])
+        store.put(store.write_group(group, state, store.CANCELLED))
         return True, group["leaves"]
 
     cancelled, leaves = store.transaction(txn)

@@ -59,6 +59,11 @@ INLINE_CHILD_RESULT = 8_000  # ... in a leaf, which holds up to SLOTS of them
 CHUNK_SIZE = 1_000_000
 MAX_RESULT = 9 * 1024 * 1024  # written in one transaction, which commits at most 10 MiB
 MAX_CALLBACKS = 4  # transactional tasks per transaction: 5, one kept for the fan-in
+MAX_CALLBACK = 4_000  # bytes of one pickled callback kept in a record
+MAX_ERROR = 8_000  # bytes of a pickled exception kept in a record; a bigger one is kept as its line only
+MAX_TRACE = 8_000  # bytes of traceback kept (its end)
+MAX_LINE = 500  # bytes of ``Type: message`` kept
+LEAF_BUDGET = 900_000  # bytes of a leaf's sealed records, under Datastore's 1 MiB entity limit
 
 _TXN = datastore.CreateTransactionOptions(xg=True, retries=5)
 
@@ -200,17 +205,29 @@ def load_result(record: dict[str, Any], owner_id: str) -> Any:
     return codec.loads(record["r"]) if record.get("r") is not None else None
 
 
+def _clip(text: str, limit: int, *, end: bool = False) -> str:
+    """At most limit bytes of text as UTF-8: its start, or its end."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    return (data[-limit:] if end else data[:limit]).decode("utf-8", "ignore")
+
+
 def record_error(record: dict[str, Any], error: BaseException, trace: str) -> None:
-    """Keep the exception (pickled, when it survives a round trip), its line and its traceback."""
+    """Keep the exception (pickled, when it survives a round trip and is small), its line and its traceback.
+
+    Sizes are bounded, so that a record always fits its entity, a leaf holding many;
+    an exception too big to keep is raised again from its line, as TaskRunError.
+    """
     data: bytes | None
     try:
         data = codec.dumps(error)
         codec.loads(data)
     except Exception:
         data = None
-    record["e"] = data
-    record["l"] = f"{type(error).__name__}: {error}".replace("\r", "\\r").replace("\n", "\\n")[:500]
-    record["t"] = trace[-8000:]
+    record["e"] = data if data is not None and len(data) <= MAX_ERROR else None
+    record["l"] = _clip(f"{type(error).__name__}: {error}".replace("\r", "\\r").replace("\n", "\\n"), MAX_LINE)
+    record["t"] = _clip(trace, MAX_TRACE, end=True)
 
 
 # -- entities -----------------------------------------------------------------------
@@ -244,10 +261,23 @@ def read_leaf(entity: Entity | None, group_id: str, leaf: int) -> dict[int, dict
 
 
 def write_leaf(entity: Entity | None, group_id: str, leaf: int, records: dict[int, dict[str, Any]]) -> Entity:
+    """The leaf entity holding records, made or updated (not written yet).
+
+    Should its children's errors make it too big for one entity, their tracebacks, then
+    their pickled exceptions, are left out: results, statuses and error lines stay.
+    """
     if entity is None:
         entity = Entity(LEAF_KIND, name=f"{group_id}.{leaf}", unindexed_properties=("state", "cancelled"))
         entity["cancelled"] = False
-    entity["state"] = seal(f"leaf/{group_id}.{leaf}", records)
+    where = f"leaf/{group_id}.{leaf}"
+    state = seal(where, records)
+    for field in ("t", "e"):
+        if len(state) <= LEAF_BUDGET:
+            break
+        for record in records.values():
+            record.pop(field, None)
+        state = seal(where, records)
+    entity["state"] = state
     return entity
 
 

@@ -14,7 +14,7 @@ import webtest
 from google.appengine.api import wrap_wsgi_app
 
 import taskutils
-from taskutils import task
+from taskutils import set_progress, task
 
 ADMIN = {"X-Appengine-User-Is-Admin": "1", "X-Appengine-User-Email": "admin@example.com"}
 
@@ -84,3 +84,20 @@ def test_an_admin_sees_handles_and_groups_with_their_progress(site, task_testbed
     detail = site.get(f"/?group={group.id}", headers=ADMIN, status=200)
     assert "3/3" in detail.text
     assert all(child.id in detail.text for child in group.handles)
+
+
+@task
+def reports_progress() -> None:
+    set_progress(3, 10)
+    raise ValueError("not yet")
+
+
+def test_a_handle_shows_the_progress_its_task_reported(site, task_testbed):
+    handle = reports_progress.submit()
+    [added] = task_testbed.tasks()
+    task_testbed.post(added)
+
+    page = site.get("/", headers=ADMIN, status=200)
+
+    assert handle.status == "retrying"
+    assert "3/10" in page.text

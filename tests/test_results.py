@@ -15,7 +15,7 @@ from google.appengine.ext import ndb
 
 import taskutils
 from taskutils import GroupHandle, PermanentTaskFailure, TaskHandle, set_progress, task
-from taskutils.exc import ResultError, SignatureError, TaskCancelledError
+from taskutils.exc import ResultError, SignatureError, TaskCancelledError, TaskRunError
 
 import tasklib
 
@@ -330,6 +330,95 @@ def test_the_callback_of_a_failed_run_never_runs_and_reads_as_cancelled(task_tes
     assert tasklib.ran == []
     assert callback.status == "cancelled"
     assert late.status == "cancelled"
+
+
+@task
+def gives_up_loudly() -> None:
+    raise PermanentTaskFailure("x" * 2_000_000)
+
+
+_attempts: list[int] = []
+
+
+@task
+def fails_big_then_succeeds() -> str:
+    _attempts.append(1)
+    if len(_attempts) == 1:
+        raise ValueError("y" * 40_000)
+    return "fine"
+
+
+@task(includeheaders=True)
+def note_with_headers(value: Any, headers: Any = None) -> None:
+    tasklib.ran.append(("note_with_headers", value, headers["X-AppEngine-QueueName"]))
+
+
+def test_a_failure_too_big_to_keep_fails_the_run_with_its_error_line(task_testbed):
+    handle = gives_up_loudly.submit()
+
+    task_testbed.drain()  # a PermanentTaskFailure is answered 2xx: not retried
+
+    assert handle.status == "failed"
+    with pytest.raises(TaskRunError, match="^PermanentTaskFailure: xxxx"):
+        handle.result()
+    assert len(handle.error_line) <= 500
+
+
+def test_a_success_after_a_failed_attempt_keeps_the_error_line_and_drops_the_rest(task_testbed):
+    _attempts.clear()
+    handle = fails_big_then_succeeds.submit()
+
+    task_testbed.drain(retries=1)
+
+    assert handle.result() == "fine"
+    record = handle._record()
+    assert "e" not in record and "t" not in record
+    assert handle.error_line.startswith("ValueError: yyy")
+
+
+def test_then_with_a_callback_made_with_includeheaders_passes_it_the_request_headers(task_testbed):
+    handle = double.submit(4)
+    callback = handle.then(note_with_headers)
+
+    task_testbed.drain()
+
+    assert callback.status == "succeeded"
+    assert ("note_with_headers", 8, "default") in tasklib.ran
+
+
+def test_callbacks_of_callbacks_of_a_failed_run_end_cancelled_and_are_swept(task_testbed):
+    handle = gives_up.submit()
+    first = handle.then(note)
+    second = first.then(note)
+    assert (first.status, second.status) == ("pending", "pending")
+
+    task_testbed.drain()
+
+    assert (handle.status, first.status, second.status) == ("failed", "cancelled", "cancelled")
+    assert {e["status"] for e in datastore.Query("_TaskutilsHandle").Get(10)} == {"failed", "cancelled"}
+    time.sleep(0.01)
+    assert taskutils.sweep(0) == 3
+    assert datastore.Query("_TaskutilsHandle").Count() == 0
+    assert tasklib.ran == []
+
+
+def test_a_callback_of_a_cancelled_run_reads_as_cancelled_before_and_after_the_cascade(task_testbed):
+    handle = double.submit(1)
+    first = handle.then(note)
+    second = first.then(note)
+
+    assert handle.cancel()
+    assert second.status == "cancelled"  # read through its source's source, before any task ran
+    task_testbed.drain()
+    assert {e["status"] for e in datastore.Query("_TaskutilsHandle").Get(10)} == {"cancelled"}
+
+
+def test_then_refuses_a_callback_too_big_to_keep(task_testbed):
+    handle = double.submit(1)
+    data = b"z" * 10_000
+
+    with pytest.raises(ValueError, match="pickles to"):
+        handle.then(lambda value: (value, data))
 
 
 def test_a_transactional_submit_commits_or_rolls_back_with_its_transaction(task_testbed):

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from google.appengine.api import apiproxy_stub_map, datastore
+from google.appengine.api import apiproxy_stub_map, datastore, taskqueue
 from google.appengine.ext import ndb
 
 from taskutils import GroupHandle, PermanentTaskFailure, TaskHandle, task
@@ -225,6 +225,39 @@ def test_a_transactional_submit_map_rolls_back_with_its_transaction(task_testbed
     group = ndb.transaction(lambda: in_txn.submit_map([1, 2, 3]), xg=True)
     task_testbed.drain()
     assert group.results() == [1, 4, 9]
+
+
+def test_a_transactional_submit_map_of_more_than_5_items_is_refused_before_anything_is_written(task_testbed):
+    in_txn = square.options(transactional=True)
+
+    with pytest.raises(taskqueue.TooManyTasksError, match="at most 5 tasks in one transaction: 6 items"):
+        ndb.transaction(lambda: in_txn.submit_map(range(6)), xg=True)
+
+    assert task_testbed.tasks() == []
+    assert datastore.Query("_TaskutilsGroup").Count() == 0
+
+
+@task
+def fails_loudly_or_returns_a_lot(n: int) -> str:
+    if n % 2:
+        raise ValueError(f"{n}: " + "e" * 60_000)
+    return "r" * 7_000
+
+
+def test_children_with_big_errors_and_results_all_fit_their_leaves(task_testbed):
+    group = fails_loudly_or_returns_a_lot.submit_map(range(256))
+
+    for added in children_tasks_of(task_testbed, "/fails_loudly_or_returns_a_lot"):
+        assert task_testbed.post(added)[0] in (200, 408, 500)
+
+    statuses = [h.status for h in group.handles]
+    assert statuses.count("succeeded") == 128 and statuses.count("retrying") == 128
+    assert group.handles[1].error_line.startswith("ValueError: 1: eee")
+    assert group.handles[0].result() == "r" * 7_000
+
+
+def children_tasks_of(bed: Any, name: str) -> list[Any]:
+    return [t for t in bed.tasks("default") if name in t.url]
 
 
 def run_children_only(bed: Any) -> list[Any]:

@@ -24,8 +24,8 @@ class Item:
     id: str
     kind: str  # "handle" or "group"
     status: str
-    done: int
-    total: int
+    done: float
+    total: float
     attempts: int | None = None
     error: str = ""
 
@@ -44,8 +44,10 @@ def available() -> bool:
 
 
 def handle_item(handle: Any) -> Item:
-    """A handle's row: finished runs count 1/1, others 0/1."""
-    status = str(handle.status)
+    """A handle's row: the progress its task reported through ``set_progress``, else 1/1 once finished, 0/1 before."""
+    record = handle._record()  # one read for status, attempts and progress
+    status = str(record["s"])
+    reported = record.get("p")
     error = ""
     if status == "failed":
         try:
@@ -55,7 +57,10 @@ def handle_item(handle: Any) -> Item:
         if exc is not None:
             error = f"{type(exc).__name__}: {exc}"[:200]
     finished = status in ("succeeded", "failed", "cancelled")
-    return Item(str(handle.id), "handle", status, int(finished), 1, int(handle.attempts), error)
+    done, total = (float(reported[0]), float(reported[1])) if reported and reported[1] else (float(finished), 1.0)
+    if status == "succeeded":
+        done = total
+    return Item(str(handle.id), "handle", status, done, total, int(record["a"]), error)
 
 
 def group_item(group: Any) -> Item:

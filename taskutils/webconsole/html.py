@@ -75,11 +75,11 @@ def status_badge(status: int | str, ok: bool | None = None) -> str:
     return f'<span class="badge {css}">{esc(status)}</span>'
 
 
-def progress(done: int, total: int) -> str:
-    """``done/total`` beside a native progress bar."""
+def progress(done: float, total: float) -> str:
+    """``done/total`` beside a native progress bar (3.0 shows as 3)."""
     return (
-        f'<span class="progress"><progress value="{esc(done)}" max="{esc(max(total, 1))}"></progress> '
-        f'<span class="count">{esc(done)}/{esc(total)}</span></span>'
+        f'<span class="progress"><progress value="{done:g}" max="{max(total, 1):g}"></progress> '
+        f'<span class="count">{done:g}/{total:g}</span></span>'
     )
 
 
