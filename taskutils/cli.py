@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import sysconfig
 import threading
 import traceback
 from collections.abc import Sequence
@@ -56,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("app", metavar="MODULE:ATTR", help="the WSGI app to serve, e.g. main:app")
     serve.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s)")
     serve.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="port to bind, 0 for any free one (default: %(default)s)"
+        "--port", type=_port, default=DEFAULT_PORT, help="port to bind, 0 for any free one (default: %(default)s)"
     )
     serve.add_argument(
         "--queue-yaml", metavar="FILE", help="queue.yaml with the app's queues (default: every queue name is accepted)"
@@ -102,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--threads",
-        type=int,
+        type=_threads,
         metavar="N",
         help="waitress worker threads (default: one per task at once, plus 4 for the app's own requests)",
     )
@@ -131,6 +132,20 @@ def _count(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, not {text!r}")
+    return value
+
+
+def _threads(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of threads, at least 1, not {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
@@ -139,12 +154,14 @@ def _seconds(text: str) -> float:
 
 
 def _raised_in_user_code(error: BaseException) -> bool:
-    """True when the traceback passes through code that is neither taskutils nor importlib."""
-    ours = os.path.dirname(os.path.abspath(__file__))
-    return any(
-        not frame.filename.startswith((ours, "<frozen")) and os.sep + "importlib" + os.sep not in frame.filename
-        for frame in traceback.extract_tb(error.__traceback__)
+    """True when the traceback passes through the app's own code: not taskutils, the standard library or packages."""
+    paths = sysconfig.get_paths()
+    theirs = (
+        os.path.dirname(os.path.abspath(__file__)),
+        "<frozen",
+        *(os.path.join(paths[name], "") for name in ("stdlib", "platstdlib", "purelib", "platlib")),
     )
+    return any(not frame.filename.startswith(theirs) for frame in traceback.extract_tb(error.__traceback__))
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -82,7 +82,7 @@ settings = Settings()
 def set_taskroute(route: str) -> None:
     """Set the URL prefix of tasks enqueued from now on, and of what the handler serves."""
     route = route.rstrip("/")
-    if not _ROUTE_RE.match(route):
+    if not _ROUTE_RE.fullmatch(route):
         raise ValueError(f"a task route must look like '/_ah/task', got {route!r}")
     settings.route = route
 

@@ -246,7 +246,7 @@ class _Run:
         if environ.get("REMOTE_ADDR") != TASKQUEUE_SOURCE and os.environ.get("GAE_ENV") == "standard":
             return self.refuse(HTTPStatus.FORBIDDEN, f"source address {environ.get('REMOTE_ADDR')} is not the queue")
         length = environ.get("CONTENT_LENGTH")
-        if not length or not length.isdigit():
+        if not length or not (length.isascii() and length.isdigit()):
             return self.refuse(HTTPStatus.BAD_REQUEST, "missing or invalid Content-Length")
         size = int(length)
         if size > MAX_BODY:

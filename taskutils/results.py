@@ -397,8 +397,12 @@ def submit(function: TaskFunction[Any, Any], args: tuple[Any, ...], kwargs: Mapp
     return TaskHandle(handle_id, store.Ref(handle_id))
 
 
-def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any]) -> GroupHandle:
-    """One child per item, added in batches as ``map`` adds them; one group entity written."""
+def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any], head: tuple[Any, ...] = ()) -> GroupHandle:
+    """One child per item, added in batches as ``map`` adds them; one group entity written.
+
+    ``head`` goes before each item: the instance, for a method. Every item is pickled
+    before anything is written or added.
+    """
     if "name" in function.task_options:
         raise TypeError("submit_map() adds many tasks: a task function with name= can only add one")
     items = list(iterable)
@@ -409,19 +413,19 @@ def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any]) -> Gro
             f"submit_map(transactional=True) adds every child inside your transaction, and App Engine takes at "
             f"most {_MAX_TRANSACTIONAL_TASKS_PER_ADD} tasks in one transaction: {total} items given"
         )
+    by_url = function._named_by_url()
+    function._check(function, (*head, None), {})  # one positional argument per child: it fits every item or none
+    pickled = function._pickle_items(items, by_url, head)
     group = store.new_group_entity(group_id, total, leaves, function.task_options.get("queue", "default"))
     _put_group(group, transactional)
     base = {**headers_for(function, group_id), GROUP_HEADER: f"{total} {leaves}"}
     size = _MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else _MAX_TASKS_PER_ADD
-    by_url = function._named_by_url()
-    check = function._check
     batch: list[taskqueue.Task] = []
     sent: list[taskqueue.Task] = []
     try:
-        for index, item in enumerate(items):
-            check(function, (item,), {})
+        for index, data in enumerate(pickled):
             headers = {**base, HANDLE_HEADER: f"{group_id}.{index}"}
-            batch.append(function._build((item,), {}, by_url, headers=headers))
+            batch.append(function._task_of(data, by_url, headers))
             if len(batch) == size:
                 sent, batch = batch, []
                 _add_batch(function._queue, sent, transactional)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import threading
@@ -22,7 +23,7 @@ from . import codec
 from . import results_store as store
 from .exc import PermanentTaskFailure
 from .handler import current_task
-from .task import TaskFunction, task
+from .task import BoundTaskFunction, TaskFunction, task
 
 log = logging.getLogger("taskutils.results")
 
@@ -53,7 +54,11 @@ class Then:
             value = TaskHandle(self.source).result()
         else:
             value = GroupHandle(self.source).results()
-        func = self.func.__wrapped__ if isinstance(self.func, TaskFunction) else self.func
+        func = self.func
+        if isinstance(func, BoundTaskFunction):  # obj.method: run it on its instance, here
+            func = functools.partial(func.__func__.__wrapped__, func.__self__)
+        elif isinstance(func, TaskFunction):
+            func = func.__wrapped__
         return func(value) if headers is None else func(value, headers=headers)
 
 

@@ -20,7 +20,7 @@ from google.appengine.runtime import apiproxy_errors
 
 from . import codec
 from .config import get_keyring, settings
-from .exc import NoApiProxyError, TaskOptionError
+from .exc import NoApiProxyError, PayloadError, TaskOptionError
 
 if TYPE_CHECKING:
     from .results import GroupHandle, TaskHandle
@@ -164,8 +164,13 @@ def _validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_countdown(countdown: float) -> None:
-    if not math.isfinite(countdown) or countdown < 0:
-        raise TypeError(f"task option countdown= must be a finite number of seconds, not negative, got {countdown}")
+    # A negative countdown is due at once, as App Engine takes it (a computed delay may come out below 0).
+    try:
+        finite = math.isfinite(countdown)
+    except OverflowError:  # an int too big for a float
+        finite = False
+    if not finite:
+        raise TypeError(f"task option countdown= must be a finite number of seconds, got {countdown!r:.40}")
     if countdown > _MAX_AHEAD.total_seconds():
         raise TypeError(
             f"task option countdown= must be at most 30 days (2592000 s), as App Engine allows, got {countdown}"
@@ -173,9 +178,8 @@ def _check_countdown(countdown: float) -> None:
 
 
 def _check_eta(eta: datetime.datetime) -> None:
-    now = datetime.datetime.now(eta.tzinfo or datetime.timezone.utc)
-    if eta.tzinfo is None:  # a naive ETA is UTC, as the taskqueue API reads it
-        now = now.replace(tzinfo=None)
+    # A naive ETA is local time, as the taskqueue API reads it (UTC on App Engine).
+    now = datetime.datetime.now() if eta.tzinfo is None else datetime.datetime.now(datetime.timezone.utc)
     if eta - now > _MAX_AHEAD:
         raise TypeError(f"task option eta= must be at most 30 days ahead, as App Engine allows, got {eta}")
 
@@ -466,7 +470,7 @@ class TaskFunction(Generic[P, R]):
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         if instance is None:
             return self
-        return types.MethodType(self, instance)
+        return BoundTaskFunction(self, instance)
 
     def __reduce__(self) -> str | tuple[Any, ...]:
         if self._named_by_url():
@@ -514,13 +518,17 @@ class TaskFunction(Generic[P, R]):
         by_url: bool | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> taskqueue.Task:
-        task_kwargs = self._task_kwargs
-        if headers:  # a handle's headers (taskutils.results), merged over the task's own
-            task_kwargs = {**task_kwargs, "headers": {**task_kwargs["headers"], **headers}}
         if by_url is None:
             by_url = self._named_by_url()
         func = None if by_url else self.__wrapped__
         data = codec.dumps_call(self._suffix[1:], func, args, kwargs, transactional=self._transactional)
+        return self._task_of(data, by_url, headers)
+
+    def _task_of(self, data: bytes, by_url: bool, headers: Mapping[str, str] | None = None) -> taskqueue.Task:
+        """The task carrying a pickled call: framed (signed) in its payload, or spilled to Datastore."""
+        task_kwargs = self._task_kwargs
+        if headers:  # a handle's headers (taskutils.results), merged over the task's own
+            task_kwargs = {**task_kwargs, "headers": {**task_kwargs["headers"], **headers}}
         path = settings.route + self._suffix
         flags = self._flags | (codec.BY_URL if by_url else 0)
         keyring = get_keyring()
@@ -547,27 +555,36 @@ class TaskFunction(Generic[P, R]):
             spill.delete(pointer, transactional=transactional)
             raise
 
-    def _item_builder(self, by_url: bool) -> Callable[[Any], taskqueue.Task]:
-        """``_build((item,), {}, by_url)`` for many items, with what does not change per item worked out once."""
+    def _pickle_items(self, items: Iterable[Any], by_url: bool, head: tuple[Any, ...] = ()) -> list[bytes]:
+        """Every item's call pickled, before anything is added: a PayloadError names the item."""
+        name, func, transactional = self._suffix[1:], None if by_url else self.__wrapped__, self._transactional
+        pickled = []
+        for index, item in enumerate(items):
+            try:
+                pickled.append(codec.dumps_call(name, func, (*head, item), {}, transactional=transactional))
+            except PayloadError as e:
+                raise type(e)(f"item {index}: {e}") from e
+        return pickled
+
+    def _task_maker(self, by_url: bool) -> Callable[[bytes], taskqueue.Task]:
+        """``_task_of(data, by_url)`` for many items, with what does not change per item worked out once."""
         path = settings.route + self._suffix
         flags = self._flags | (codec.BY_URL if by_url else 0)
         keyring = get_keyring()
         prefix = None if keyring else codec.frame(path, b"", flags, keyring)  # unsigned: just the header byte
         task_kwargs = self._task_kwargs
-        name, func, transactional = self._suffix[1:], None if by_url else self.__wrapped__, self._transactional
         limit = taskqueue.MAX_PUSH_TASK_SIZE_BYTES
 
-        def build(item: Any) -> taskqueue.Task:
-            data = codec.dumps_call(name, func, (item,), {}, transactional=transactional)
+        def make(data: bytes) -> taskqueue.Task:
             if len(data) < limit:
                 payload = prefix + data if prefix is not None else codec.frame(path, data, flags, keyring)
                 try:
                     return taskqueue.Task(payload=payload, url=path, **task_kwargs)
                 except taskqueue.TaskTooLargeError:
-                    pass  # the URL and headers tipped it over: _build spills it
-            return self._build((item,), {}, by_url)
+                    pass  # the URL and headers tipped it over: _task_of spills it
+            return self._task_of(data, by_url)
 
-        return build
+        return make
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> taskqueue.Task:
         """Enqueue one push task that calls the wrapped callable with these arguments.
@@ -592,23 +609,29 @@ class TaskFunction(Generic[P, R]):
     def map(self, iterable: Iterable[Any]) -> list[taskqueue.Task]:
         """Enqueue one task per item, the item its single argument; return the added tasks in order.
 
+        Every item is pickled before anything is added, so an argument that cannot
+        travel (or is too big) raises here, naming its item, with nothing enqueued.
         Tasks go in batches of at most 100 per queue RPC (5 when transactional).
         Where Cloud Tasks has no batch add (an emulator, an older backend), they
         are added one by one instead, and this process remembers it.
         """
+        return self._map(iterable, ())
+
+    def _map(self, iterable: Iterable[Any], head: tuple[Any, ...]) -> list[taskqueue.Task]:
         if "name" in self._options:
             raise TypeError("map() adds many tasks: a task function with name= can only add one")
         transactional = self._transactional
         size = _MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else _MAX_TASKS_PER_ADD
         by_url = self._named_by_url()
+        self._check(self, (*head, None), {})  # one positional argument per task: it fits for every item or none
+        pickled = self._pickle_items(iterable, by_url, head)
+        make = self._task_maker(by_url)
         added: list[taskqueue.Task] = []
         batch: list[taskqueue.Task] = []  # built, not sent yet
         sent: list[taskqueue.Task] = []  # the batch handed to the queue last
-        self._check(self, (None,), {})  # one positional argument per task: it fits for every item or none
-        build = self._item_builder(by_url)
         try:
-            for item in iterable:
-                batch.append(build(item))
+            for data in pickled:
+                batch.append(make(data))
                 if len(batch) == size:
                     sent, batch = batch, []
                     added += _add_batch(self._queue, sent, transactional)
@@ -637,6 +660,56 @@ class TaskFunction(Generic[P, R]):
         return submit_map(self, iterable)
 
 
+class BoundTaskFunction:
+    """A task function read through an instance (``obj.method``): the instance travels as its first argument.
+
+    Calling it, ``options``, ``map``, ``submit`` and ``submit_map`` all keep the
+    instance; anything else is the task function's own.
+    """
+
+    __slots__ = ("__func__", "__self__")
+
+    def __init__(self, function: TaskFunction[Any, Any], instance: object) -> None:
+        self.__func__ = function
+        self.__self__ = instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> taskqueue.Task:
+        return self.__func__(self.__self__, *args, **kwargs)
+
+    def options(self, **options: Any) -> BoundTaskFunction:
+        """The same method with these options merged over its own, still bound to the instance."""
+        return BoundTaskFunction(self.__func__.options(**options), self.__self__)
+
+    def map(self, iterable: Iterable[Any]) -> list[taskqueue.Task]:
+        """One task per item: ``method(item)`` on this instance."""
+        return self.__func__._map(iterable, (self.__self__,))
+
+    def submit(self, *args: Any, **kwargs: Any) -> TaskHandle:
+        return self.__func__.submit(self.__self__, *args, **kwargs)
+
+    def submit_map(self, iterable: Iterable[Any]) -> GroupHandle:
+        from .results import submit_map
+
+        return submit_map(self.__func__, iterable, (self.__self__,))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__func__, name)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, BoundTaskFunction) and other.__func__ == self.__func__ and other.__self__ is self.__self__
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.__func__, id(self.__self__)))
+
+    def __repr__(self) -> str:
+        return f"<bound {self.__func__!r} of {self.__self__!r}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BoundTaskFunction, (self.__func__, self.__self__))
+
+
 @overload
 def task(f: Callable[P, R], /, **options: Any) -> TaskFunction[P, R]: ...
 @overload
@@ -654,6 +727,10 @@ def task(f: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     def decorator(func: Callable[P, R]) -> TaskFunction[P, R]:
         if isinstance(func, TaskFunction):
             return TaskFunction(func.__wrapped__, merge_options(func.task_options, opts))
+        if isinstance(func, types.MethodType) and isinstance(func.__func__, TaskFunction):
+            func = BoundTaskFunction(func.__func__, func.__self__)  # type: ignore[assignment]
+        if isinstance(func, BoundTaskFunction):  # obj.method: the same method, the instance kept
+            return func.options(**opts)  # type: ignore[return-value]
         if isinstance(func, classmethod):
             raise TypeError(
                 f"@task over @classmethod ({func.__func__.__qualname__}): swap them, "

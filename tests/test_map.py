@@ -117,6 +117,19 @@ def test_a_signed_map_of_a_closure_runs_every_item_and_spills_only_the_big_one(t
     assert ndb.Query().fetch(keys_only=True) == []
 
 
+def test_map_pickles_every_item_before_it_adds_anything_and_names_the_item_that_cannot_travel(task_testbed):
+    items: list[object] = list(range(250))
+    items[150] = threading.Lock()
+
+    with pytest.raises(taskutils.UnpicklableArgumentError, match="^item 150: "):
+        collect.map(items)
+    with pytest.raises(taskutils.UnpicklableArgumentError, match="^item 150: "):
+        collect.submit_map(items)
+
+    assert task_testbed.tasks() == []
+    assert ndb.Query().fetch(keys_only=True) == []
+
+
 def test_map_refuses_a_named_task_function(task_testbed):
     with pytest.raises(TypeError, match="name="):
         collect.options(name="only-one").map([1, 2])

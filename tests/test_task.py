@@ -1,5 +1,6 @@
 import datetime
 import pickle
+import time
 
 import pytest
 from google.appengine.api import taskqueue
@@ -87,7 +88,7 @@ def test_the_bare_the_called_and_the_factory_forms_all_work(task_testbed):
         ({"queeu": "x"}, "unknown task option"),
         ({"countdown": 5, "eta": datetime.datetime(2030, 1, 1)}, "contradict"),
         ({"countdown": "5"}, "countdown"),
-        ({"countdown": -1}, "negative"),
+        ({"countdown": -1, "eta": datetime.datetime(2030, 1, 1)}, "contradict"),
         ({"transactional": True, "name": "n"}, "transactional task cannot be named"),
         ({"headers": ["X-A"]}, "headers"),
         ({"retry_options": {"task_retry_limit": 1}}, "TaskRetryOptions"),
@@ -333,6 +334,8 @@ def test_set_taskroute_changes_the_urls_of_tasks_enqueued_afterwards(task_testbe
     assert task_testbed.drain() == 1
     with pytest.raises(ValueError):
         taskutils.set_taskroute("no-slash")
+    with pytest.raises(ValueError):
+        taskutils.set_taskroute("/jobs\n")
 
 
 def test_a_task_function_pickles_by_reference_when_it_is_module_level():
@@ -353,6 +356,38 @@ class Counter:
     @task
     def bump(self, by):
         tasklib.ran.append(("bump", self.start, by))
+
+
+def test_a_method_keeps_its_instance_through_options_map_submit_and_submit_map(task_testbed):
+    counter = Counter(3)
+
+    counter.bump.options(countdown=5)(1)
+    counter.bump.map([2, 3])
+    handle = counter.bump.submit(4)
+    group = counter.bump.submit_map([5])
+    [delayed] = [t for t in task_testbed.tasks() if t.eta_posix > time.time() + 2]
+    task_testbed.drain()
+
+    assert sorted(tasklib.ran) == [("bump", 3, by) for by in (1, 2, 3, 4, 5)]
+    assert handle.status == "succeeded" and group.status == "succeeded"
+    assert delayed.url.endswith("/Counter.bump")
+
+
+def test_a_method_wrapped_again_or_deferred_is_one_task_on_its_instance(task_testbed):
+    counter = Counter(7)
+
+    task(counter.bump, countdown=1)(1)
+    taskutils.defer(counter.bump, 2, _countdown=1)
+
+    assert len(task_testbed.tasks()) == 2  # one task each, not a task that enqueues the task
+    assert task_testbed.drain() == 2
+    assert sorted(tasklib.ran) == [("bump", 7, 1), ("bump", 7, 2)]
+
+
+def test_a_method_called_with_the_wrong_arguments_through_options_fails_at_the_call_site(task_testbed):
+    with pytest.raises(TypeError):
+        Counter(1).bump.options(queue="default")(1, 2)
+    assert task_testbed.tasks() == []
 
 
 # -- URLs name their callable without ambiguity ------------------------------------------------
@@ -600,6 +635,7 @@ def days_ahead(days):
     [
         {"countdown": float("nan")},
         {"countdown": float("inf")},
+        {"countdown": 10**400},
         {"countdown": 1e12},
         {"countdown": 31 * 86400},
         {"eta": days_ahead(31)},
@@ -642,6 +678,14 @@ def test_options_at_the_edges_app_engine_accepts_are_accepted(task_testbed):
 
     added = fn(1)
     assert added.was_enqueued and added.url == "/_ah/task/reports/v1.2/~x"
+
+
+def test_a_negative_countdown_is_due_at_once_as_app_engine_takes_it(task_testbed):
+    # A delay computed as (run_at - now).total_seconds() comes out negative once run_at has passed.
+    added = tasklib.record.options(countdown=-5)(1)
+
+    assert added.was_enqueued and added.eta_posix <= time.time()
+    assert task_testbed.drain() == 1
 
 
 # -- outside App Engine -----------------------------------------------------------------------
