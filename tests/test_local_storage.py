@@ -46,9 +46,11 @@ class Servers:
         proc.proc.wait(30)
 
     def runs(self) -> list[dict[str, Any]]:
+        """Every complete line: a task may be writing the last one, or have been killed halfway through it."""
         if not self.runs_file.exists():
             return []
-        return [json.loads(line) for line in self.runs_file.read_text().splitlines() if line.strip()]
+        complete = self.runs_file.read_text().split("\n")[:-1]
+        return [json.loads(line) for line in complete if line.strip()]
 
     def keys_ok(self) -> set[str]:
         return {r["key"] for r in self.runs() if r["outcome"] == "ok"}
