@@ -250,3 +250,19 @@ def test_map_runs_one_task_per_item_though_the_emulator_has_no_batch_add(stack):
     assert len(enqueued["enqueued"]) == 3
     assert sorted(x["id"] for x in stack.ran("m1")) == ["m1-0", "m1-1", "m1-2"]
     assert all(x["outcome"] == "ok" for x in entries)
+
+
+def test_serve_stopping_in_cloud_tasks_mode_says_the_queue_is_the_emulators(stack, tmp_path):
+    # The emulator queues and sends the tasks: serve has no count of its own to give.
+    server = ServeProcess(
+        "cloudtasks_app:app", tmp_path / "serve.log", "--host", "127.0.0.1", env=_cloud_tasks_env(stack.emulator.address)
+    )
+    try:
+        server.wait_ready("/ran")
+    finally:
+        server.stop()
+
+    log = server.log()
+    assert server.proc.returncode == 0
+    assert f"tasks were queued and sent by the Cloud Tasks emulator at {stack.emulator.address}" in log
+    assert "0 task runs succeeded" not in log

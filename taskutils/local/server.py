@@ -46,6 +46,14 @@ def cloudtasks_mode() -> bool:
     return os.environ.get("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE", "").lower() == "true"
 
 
+def _queue_service() -> str | None:
+    """Where tasks are queued when not in this server's own queue stub: Cloud Tasks (an emulator, maybe)."""
+    if not cloudtasks_mode():
+        return None
+    emulator = os.environ.get("CLOUD_TASKS_EMULATOR_HOST")
+    return f"the Cloud Tasks emulator at {emulator}" if emulator else "Cloud Tasks"
+
+
 @dataclass(frozen=True)
 class StopSummary:
     """What a server did, told when it stops."""
@@ -57,15 +65,22 @@ class StopSummary:
     queued: int  # tasks still in their queues
     kept: str | None  # where the queued tasks are kept (None: they are gone)
     abandoned: int  # tasks still running when the grace period ended
+    queue_service: str | None = None  # where the queue is when it is not the server's own (Cloud Tasks)
 
     def lines(self) -> list[str]:
         """The summary as ``serve`` prints it."""
-        kept = f"kept in {self.kept}" if self.kept else "not kept (they are gone; --storage DIR keeps them)"
-        lines = [
-            f"{self.succeeded} task runs succeeded, {self.failed} failed "
-            f"({self.retried} retried, {self.dropped} dropped after their last retry)",
-            f"{self.queued} tasks still queued, {kept}" if self.queued else "no task left queued",
-        ]
+        if self.queue_service is not None:  # the runs and the queue are Cloud Tasks', not this server's
+            lines = [
+                f"tasks were queued and sent by {self.queue_service}: the handler's lines above show each run, "
+                "and the queue there keeps the tasks still queued"
+            ]
+        else:
+            kept = f"kept in {self.kept}" if self.kept else "not kept (they are gone; --storage DIR keeps them)"
+            lines = [
+                f"{self.succeeded} task runs succeeded, {self.failed} failed "
+                f"({self.retried} retried, {self.dropped} dropped after their last retry)",
+                f"{self.queued} tasks still queued, {kept}" if self.queued else "no task left queued",
+            ]
         if self.abandoned:
             lines.append(f"{self.abandoned} running tasks abandoned after the grace period")
         return lines
@@ -398,6 +413,7 @@ class LocalServer:
                 queued=self.queued(),
                 kept=self.kept_in,
                 abandoned=len(abandoned),
+                queue_service=_queue_service(),
             )
             self._stop_serving(0.0 if abandoned else max(0.5, ends - time.monotonic()))
             self._restore()
