@@ -255,7 +255,11 @@ def test_map_runs_one_task_per_item_though_the_emulator_has_no_batch_add(stack):
 def test_serve_stopping_in_cloud_tasks_mode_says_the_queue_is_the_emulators(stack, tmp_path):
     # The emulator queues and sends the tasks: serve has no count of its own to give.
     server = ServeProcess(
-        "cloudtasks_app:app", tmp_path / "serve.log", "--host", "127.0.0.1", env=_cloud_tasks_env(stack.emulator.address)
+        "cloudtasks_app:app",
+        tmp_path / "serve.log",
+        "--host",
+        "127.0.0.1",
+        env=_cloud_tasks_env(stack.emulator.address),
     )
     try:
         server.wait_ready("/ran")
