@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -324,3 +325,31 @@ def test_a_childs_own_then_fires_after_that_child_and_a_builtin_can_be_the_group
         "finished": 5,
         "total": 5,
     }
+
+
+def test_a_leaf_too_big_for_one_entity_drops_tracebacks_then_exceptions_but_keeps_lines_and_results(task_testbed):
+    from taskutils import results_store as store
+
+    def failed(n: int) -> dict[str, Any]:
+        callbacks = [(f"cb{n}.{i}", os.urandom(4_000)) for i in range(4)]  # as many as a child may have
+        return {
+            "s": "retrying",
+            "a": 1,
+            "p": None,
+            "cb": callbacks,
+            "e": os.urandom(8_000),
+            "l": f"E: {n}",
+            "t": "t" * 8_000,
+        }
+
+    records = {n: failed(n) for n in range(31)}
+    records[31] = {"s": "succeeded", "a": 1, "p": None, "cb": [], "r": os.urandom(8_000)}
+
+    leaf = store.write_leaf(None, "g", 0, records)
+
+    assert len(leaf["state"]) <= store.LEAF_BUDGET
+    kept = store.read_leaf(leaf, "g", 0)
+    assert all("t" not in r for r in kept.values())
+    assert [kept[n]["l"] for n in range(31)] == [f"E: {n}" for n in range(31)]
+    assert all(len(kept[n]["cb"]) == 4 for n in range(31))
+    assert kept[31]["r"] == records[31]["r"]
