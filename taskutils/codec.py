@@ -197,7 +197,7 @@ def warn_if_unsigned_in_production() -> None:
         log.warning(
             "taskutils has no signing keys: task payloads are unsigned, and the task handler "
             "trusts anyone who can send X-AppEngine-* headers, which includes every project "
-            "member. Configure a key ring: see the section 'Signing keys' in the taskutils README."
+            "member. Configure a key ring: see 'Trust and signing keys' in the taskutils docs (docs/trust.md)."
         )
 
 
