@@ -169,7 +169,7 @@ def fresh_warning(monkeypatch):
     monkeypatch.setattr(codec, "_checked_unsigned", False)
 
 
-def test_unsigned_tasks_in_production_warn_once_pointing_to_the_readme(
+def test_unsigned_tasks_in_production_warn_once_pointing_to_the_trust_docs(
     task_testbed, fresh_warning, monkeypatch, caplog
 ):
     monkeypatch.setenv("GAE_ENV", "standard")
@@ -183,7 +183,7 @@ def test_unsigned_tasks_in_production_warn_once_pointing_to_the_readme(
 
     warnings = [r for r in caplog.records if r.name == "taskutils" and "unsigned" in r.getMessage()]
     assert len(warnings) == 1
-    assert "Signing keys" in warnings[0].getMessage()
+    assert "docs/trust.md" in warnings[0].getMessage()
 
 
 def test_the_handler_warns_about_unsigned_payloads_even_if_this_process_enqueued_none(
