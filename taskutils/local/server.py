@@ -27,6 +27,7 @@ from google.appengine.api.taskqueue import taskqueue_stub
 from .. import config
 from ..handler import mount
 from .dispatch import DISPATCH_TIMEOUT, STOP_GRACE, HTTPDispatcher, RunRecords
+from .guard import DISPATCH_HEADER, RequestGuard, new_secret
 from .scheduler import DEFAULT_CONCURRENCY, ConcurrentScheduler
 from .storage import Storage
 from .stubs import Serialized, make_datastore, make_taskqueue, queue_limits
@@ -193,6 +194,8 @@ class LocalServer:
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._spare_threads = 0
+        self._secret = new_secret()  # the dispatcher sends it with every task; nothing else knows it
+        self.guard = RequestGuard(self._secret, host, trust_loopback=cloudtasks_mode())
 
     @property
     def url(self) -> str:
@@ -210,6 +213,12 @@ class LocalServer:
         served = self._served
         if served is None:
             return not_found(environ, start_response)
+        refused = self.guard.check(environ)
+        if refused is not None:
+            log.warning("refused %s %r: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO", ""), refused)
+            body = b"Forbidden: this server does not serve that host\n"
+            start_response("403 Forbidden", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+            return [body]
         return served(environ, start_response)
 
     def start(self) -> LocalServer:
@@ -321,7 +330,12 @@ class LocalServer:
         if self.queue_yaml is not None and not os.path.isfile(self.queue_yaml):
             raise FileNotFoundError(f"queue.yaml not found: {self.queue_yaml}")
         self.dispatcher = HTTPDispatcher(
-            self.host, self.port, timeout=self.deadline, records=self.runs, on_deadline=self._replace_held_thread
+            self.host,
+            self.port,
+            timeout=self.deadline,
+            records=self.runs,
+            on_deadline=self._replace_held_thread,
+            headers=[(DISPATCH_HEADER, self._secret)],
         )
         self.taskqueue = make_taskqueue(self.queue_yaml, self.host, self.port, self.dispatcher)
         self.scheduler = ConcurrentScheduler(
