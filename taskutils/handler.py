@@ -388,11 +388,11 @@ class TaskApplication(webapp2.WSGIApplication):
 
     Task requests take a direct path that reads the body straight from the
     server's stream; tasks ``deferred.defer`` enqueued (``/_ah/queue/deferred``)
-    go to deferred's own handler while ``run_deferred`` is true; anything else
-    gets webapp2's usual 404.
+    go to deferred's own handler only once ``run_deferred`` is set true (its
+    payloads can never be signed); anything else gets webapp2's usual 404.
     """
 
-    run_deferred = True
+    run_deferred = False
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -406,11 +406,12 @@ class TaskApplication(webapp2.WSGIApplication):
 app = TaskApplication()
 
 
-def mount(wsgi_app: WSGIApp, *, deferred: bool = True) -> WSGIApp:
+def mount(wsgi_app: WSGIApp, *, deferred: bool = False) -> WSGIApp:
     """One WSGI app: task URLs go to ``taskutils.app``, everything else to wsgi_app.
 
-    With ``deferred`` (the default), tasks ``deferred.defer`` enqueued go to
-    deferred's own handler, so both kinds run while old queues drain.
+    With ``deferred=True`` (an explicit opt-in: deferred's payloads can never be
+    signed), tasks ``deferred.defer`` enqueued go to deferred's own handler, so
+    both kinds run while old queues drain.
     """
 
     def mounted(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

@@ -258,14 +258,15 @@ class LocalServer:
     def _load_app(self) -> WSGIApp:
         """Import the app and decide how tasks reach the handler: through it, or beside it."""
         user_app = load_app(self.app_spec) if isinstance(self.app_spec, str) else self.app_spec
+        # Mounted by the server itself, the handler also runs deferred's tasks: only the server's queue reaches it.
         if user_app is None:
-            app = mount(not_found)
+            app = mount(not_found, deferred=True)
         elif routes_tasks(user_app, self.host, self.port):
             self.through_app = True
             app = user_app
             log.info("the app routes %s itself: tasks go through the whole app", config.settings.route)
         else:
-            app = mount(user_app)
+            app = mount(user_app, deferred=True)
         from ..webconsole import mount_console  # the console at /_ah/taskutils/
 
         return mount_console(self, app)
