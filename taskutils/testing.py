@@ -13,8 +13,8 @@ from google.appengine.api.taskqueue import taskqueue_stub
 from google.appengine.datastore import datastore_stub_util
 from google.appengine.ext import ndb, testbed
 
-from .exc import TaskFailedError
 from .defer import DEFERRED_URL, run_deferred
+from .exc import TaskFailedError
 from .handler import EXC_INFO_KEY, TASKQUEUE_SOURCE
 from .handler import app as task_app
 

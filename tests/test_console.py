@@ -380,3 +380,19 @@ def test_the_console_refuses_a_host_other_than_loopback(server):
 
 def test_serve_prints_the_console_url_when_it_starts(server):
     assert f"taskutils serve: console at {server.base}{CONSOLE}/" in server.log()
+
+
+def test_viewing_a_task_never_loads_or_shows_its_arguments_objects(server, tmp_path):
+    loaded, shown = tmp_path / "loaded", tmp_path / "shown"
+    name = str(
+        server.post(f"/enqueue/canaries?key=canaries&queue=parked&countdown=3600&loaded={loaded}&shown={shown}")["name"]
+    )
+
+    status, page = server.request("GET", f"{CONSOLE}/queues/parked/tasks/{name}")
+
+    assert status == 200
+    assert not loaded.exists() and not shown.exists()
+    text = page.decode()
+    assert "console_app.hold" in text
+    assert "&lt;console_app.OpensWhenShown object&gt;" in text and "42, &#x27;plain&#x27;" in text
+    assert "&lt;io.open object&gt;" in text

@@ -47,12 +47,42 @@ def child(item: str) -> str:
     return item.upper()
 
 
+@task
+def hold(key: str, *things: Any) -> None:
+    _count(key)
+
+
+class OpensWhenLoaded:
+    """An argument whose unpickling creates a file: what a hostile payload would do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+class OpensWhenShown:
+    """An argument whose repr creates a file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        open(self.path, "w").close()
+        return "OpensWhenShown()"
+
+
 def _enqueue(kind: str, query: dict[str, str]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if "queue" in query:
         options["queue"] = query["queue"]
     if "countdown" in query:
         options["countdown"] = float(query["countdown"])
+    if kind == "canaries":  # arguments that create files if the console ever loads or shows them
+        loaded, shown = OpensWhenLoaded(query["loaded"]), OpensWhenShown(query["shown"])
+        added = hold.options(**options)(query["key"], loaded, shown, 42, "plain")
+        return {"name": added.name}
     func = {"record": record, "fail": fail}[kind]
     added = func.options(**options)(query["key"])
     return {"name": added.name}
