@@ -36,6 +36,7 @@ from .task import TAG_HEADER, TaskFunction, decode_name, resolve
 log = logging.getLogger("taskutils.handler")
 
 MAX_BODY = 1 << 20
+MAX_LENGTH_DIGITS = 20  # a longer Content-Length is no length a body can have (and int() refuses thousands)
 TASKQUEUE_SOURCE = "0.1.0.2"
 EXC_INFO_KEY = "taskutils.exc_info"
 HANDLE_KEY = "HTTP_X_TASKUTILS_HANDLE"  # the X-Taskutils-Handle header of a submitted task
@@ -246,7 +247,7 @@ class _Run:
         if environ.get("REMOTE_ADDR") != TASKQUEUE_SOURCE and os.environ.get("GAE_ENV") == "standard":
             return self.refuse(HTTPStatus.FORBIDDEN, f"source address {environ.get('REMOTE_ADDR')} is not the queue")
         length = environ.get("CONTENT_LENGTH")
-        if not length or not (length.isascii() and length.isdigit()):
+        if not length or len(length) > MAX_LENGTH_DIGITS or not (length.isascii() and length.isdigit()):
             return self.refuse(HTTPStatus.BAD_REQUEST, "missing or invalid Content-Length")
         size = int(length)
         if size > MAX_BODY:
@@ -396,10 +397,11 @@ class TaskApplication(webapp2.WSGIApplication):
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if under_route(path):
+        if path == DEFERRED_URL:  # never one of taskutils' own task URLs, whatever the route
+            if self.run_deferred:
+                return run_deferred(environ, start_response)
+        elif under_route(path):
             return handle(environ, start_response)
-        if path == DEFERRED_URL and self.run_deferred:
-            return run_deferred(environ, start_response)
         return super().__call__(environ, start_response)
 
 
@@ -416,10 +418,11 @@ def mount(wsgi_app: WSGIApp, *, deferred: bool = False) -> WSGIApp:
 
     def mounted(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if under_route(path):
+        if path == DEFERRED_URL:  # never one of taskutils' own task URLs, whatever the route
+            if deferred:
+                return run_deferred(environ, start_response)
+        elif under_route(path):
             return handle(environ, start_response)
-        if deferred and path == DEFERRED_URL:
-            return run_deferred(environ, start_response)
         return wsgi_app(environ, start_response)
 
     mounted.__wrapped__ = wsgi_app  # type: ignore[attr-defined]

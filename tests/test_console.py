@@ -396,3 +396,10 @@ def test_viewing_a_task_never_loads_or_shows_its_arguments_objects(server, tmp_p
     assert "console_app.hold" in text
     assert "&lt;console_app.OpensWhenShown object&gt;" in text and "42, &#x27;plain&#x27;" in text
     assert "&lt;io.open object&gt;" in text
+
+
+def test_a_group_id_no_group_can_have_answers_404(server):
+    status, page = server.request("GET", f"{CONSOLE}/handles/{'g' * 1501}")
+
+    assert status == 404
+    assert b"There is no such group." in page

@@ -278,3 +278,17 @@ def test_defer_passes_none_options_as_deferred_does(task_testbed):
 
     assert task_testbed.drain() == 1
     assert ran == [(("x",), {})]
+
+
+def test_under_a_route_that_holds_deferreds_url_its_tasks_run_when_opted_in_and_never_answer_2xx_otherwise(
+    task_testbed, monkeypatch
+):
+    taskutils.set_taskroute("/_ah/queue")
+    deferred.defer(remember, "deferred")
+
+    for app in (taskutils.app, taskutils.mount(not_found)):
+        response = post_queued(task_testbed, webtest.TestApp(app), True)
+        assert response.status_int == 404
+    assert ran == []
+    assert task_testbed.drain(app=taskutils.mount(not_found, deferred=True)) == 1
+    assert ran == [(("deferred",), {})]
