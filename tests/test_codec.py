@@ -169,10 +169,11 @@ def fresh_warning(monkeypatch):
     monkeypatch.setattr(codec, "_checked_unsigned", False)
 
 
-def test_unsigned_tasks_in_production_warn_once_pointing_to_the_readme(
-    task_testbed, fresh_warning, monkeypatch, caplog
+@pytest.mark.parametrize("gae_env", ["standard", "localdev"], ids=["production", "dev_appserver"])
+def test_unsigned_tasks_on_app_engine_or_its_dev_appserver_warn_once_pointing_to_the_readme(
+    task_testbed, fresh_warning, monkeypatch, caplog, gae_env
 ):
-    monkeypatch.setenv("GAE_ENV", "standard")
+    monkeypatch.setenv("GAE_ENV", gae_env)
     taskutils.configure(secret_keys=[])
     caplog.set_level(logging.WARNING, logger="taskutils")
 
