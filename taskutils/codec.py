@@ -204,8 +204,8 @@ def warn_if_unsigned_in_production() -> None:
         log.warning(
             "taskutils has no signing keys: under dev_appserver.py task payloads are unsigned, and "
             "the task handler runs any pickle posted with X-AppEngine-* headers by whoever can reach "
-            "the server. Configure a key ring (see the section 'Signing keys' in the taskutils README), "
-            "or run `python -m taskutils serve`, which always signs."
+            "the server. Configure a key ring (see 'Trust and signing keys' in the taskutils docs, "
+            "docs/trust.md), or run `python -m taskutils serve`, which always signs."
         )
 
 
