@@ -400,4 +400,5 @@ def test_a_request_for_a_host_the_server_does_not_serve_is_refused(server, host)
 
     assert (status, console) == (403, 403)
     assert server.request("GET", "/ran", headers={"Host": f"localhost:{server.port}"})[0] == 200
-    assert server.request("GET", "/ran", headers={"Host": f"127.0.0.1:{server.port}"})[0] == 200
+    for served in (f"127.0.0.1:{server.port}", f"[::1]:{server.port}", "localhost", "app.localhost:8080"):
+        assert server.request("GET", "/ran", headers={"Host": served})[0] == 200, served
