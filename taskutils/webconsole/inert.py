@@ -130,13 +130,28 @@ class _Value(Named):
 
 
 class _StateSetter(Named):
-    """cloudpickle's ``_function_setstate(obj, state)`` and the like: the state goes on the Opaque."""
+    """cloudpickle's ``_function_setstate(obj, state)`` and ``_class_setstate``: the state names obj."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         if len(args) == 2 and isinstance(args[0], Opaque):
             args[0].state = args[1]
             return args[0]
+        if len(args) == 2 and isinstance(args[0], _NamedType):
+            parts = args[1] if isinstance(args[1], tuple) else (args[1],)
+            module = next((p.get("__module__") for p in parts if isinstance(p, dict) and "__module__" in p), None)
+            if isinstance(module, str):
+                args[0].path = f"{module}.{args[0].path.rpartition('.')[2]}"
+            return args[0]
         return Opaque(cls.path)
+
+
+class _ClassMaker(Named):
+    """cloudpickle's ``_make_skeleton_class(type, name, ...)``: a stand-in class of that name, so
+    the pickle's instances of it (``NEWOBJ``, which needs a class) become Opaques too."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        name = args[1] if len(args) > 1 and isinstance(args[1], str) else "?"
+        return _NamedType("Named", (Named,), {"path": name})
 
 
 class _Reconstructor(Named):
@@ -162,6 +177,8 @@ def _stand_in(module: str, name: str) -> type:
         return _NamedType("Named", (_Reconstructor,), {"path": path})
     if key == ("uuid", "UUID"):
         return _Uuid
+    if module.startswith("cloudpickle") and name.startswith("_make_skeleton"):
+        return _NamedType("Named", (_ClassMaker,), {"path": path})
     if module.startswith("cloudpickle") and name.endswith("_setstate"):
         return _NamedType("Named", (_StateSetter,), {"path": path})
     return _NamedType("Named", (Named,), {"path": path})
