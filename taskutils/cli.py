@@ -171,7 +171,8 @@ def serve(args: argparse.Namespace) -> int:
     configure_logging(args.verbose or cloudtasks_mode())
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("taskutils.local").warning(
-            "binding %s: other machines can reach this server (task requests still need a valid signature)", args.host
+            "binding %s: other machines can reach this server (task requests still come only from its own queue)",
+            args.host,
         )
     if args.storage is not None and args.datastore_path is not None:
         print("taskutils serve: give --storage or --datastore-path, not both", file=sys.stderr)

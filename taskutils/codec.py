@@ -188,16 +188,24 @@ def _mac(secret: bytes, header: int, path: str, data: bytes) -> bytes:
 
 
 def warn_if_unsigned_in_production() -> None:
-    """Warn once per process when tasks run unsigned on App Engine (looked up once: a call costs a few µs)."""
+    """Warn once per process when tasks run unsigned on App Engine or ``dev_appserver.py`` (looked up once)."""
     global _checked_unsigned
     if _checked_unsigned:
         return
     _checked_unsigned = True
-    if os.environ.get("GAE_ENV") == "standard":
+    where = os.environ.get("GAE_ENV")
+    if where == "standard":
         log.warning(
             "taskutils has no signing keys: task payloads are unsigned, and the task handler "
             "trusts anyone who can send X-AppEngine-* headers, which includes every project "
             "member. Configure a key ring: see 'Trust and signing keys' in the taskutils docs (docs/trust.md)."
+        )
+    elif where == "localdev":
+        log.warning(
+            "taskutils has no signing keys: under dev_appserver.py task payloads are unsigned, and "
+            "the task handler runs any pickle posted with X-AppEngine-* headers by whoever can reach "
+            "the server. Configure a key ring (see 'Trust and signing keys' in the taskutils docs, "
+            "docs/trust.md), or run `python -m taskutils serve`, which always signs."
         )
 
 

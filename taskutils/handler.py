@@ -36,6 +36,7 @@ from .task import TAG_HEADER, TaskFunction, decode_name, resolve
 log = logging.getLogger("taskutils.handler")
 
 MAX_BODY = 1 << 20
+MAX_LENGTH_DIGITS = 20  # a longer Content-Length is no length a body can have (and int() refuses thousands)
 TASKQUEUE_SOURCE = "0.1.0.2"
 EXC_INFO_KEY = "taskutils.exc_info"
 HANDLE_KEY = "HTTP_X_TASKUTILS_HANDLE"  # the X-Taskutils-Handle header of a submitted task
@@ -246,7 +247,7 @@ class _Run:
         if environ.get("REMOTE_ADDR") != TASKQUEUE_SOURCE and os.environ.get("GAE_ENV") == "standard":
             return self.refuse(HTTPStatus.FORBIDDEN, f"source address {environ.get('REMOTE_ADDR')} is not the queue")
         length = environ.get("CONTENT_LENGTH")
-        if not length or not (length.isascii() and length.isdigit()):
+        if not length or len(length) > MAX_LENGTH_DIGITS or not (length.isascii() and length.isdigit()):
             return self.refuse(HTTPStatus.BAD_REQUEST, "missing or invalid Content-Length")
         size = int(length)
         if size > MAX_BODY:
@@ -388,37 +389,40 @@ class TaskApplication(webapp2.WSGIApplication):
 
     Task requests take a direct path that reads the body straight from the
     server's stream; tasks ``deferred.defer`` enqueued (``/_ah/queue/deferred``)
-    go to deferred's own handler while ``run_deferred`` is true; anything else
-    gets webapp2's usual 404.
+    go to deferred's own handler only once ``run_deferred`` is set true (its
+    payloads can never be signed); anything else gets webapp2's usual 404.
     """
 
-    run_deferred = True
+    run_deferred = False
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if under_route(path):
+        if path == DEFERRED_URL:  # never one of taskutils' own task URLs, whatever the route
+            if self.run_deferred:
+                return run_deferred(environ, start_response)
+        elif under_route(path):
             return handle(environ, start_response)
-        if path == DEFERRED_URL and self.run_deferred:
-            return run_deferred(environ, start_response)
         return super().__call__(environ, start_response)
 
 
 app = TaskApplication()
 
 
-def mount(wsgi_app: WSGIApp, *, deferred: bool = True) -> WSGIApp:
+def mount(wsgi_app: WSGIApp, *, deferred: bool = False) -> WSGIApp:
     """One WSGI app: task URLs go to ``taskutils.app``, everything else to wsgi_app.
 
-    With ``deferred`` (the default), tasks ``deferred.defer`` enqueued go to
-    deferred's own handler, so both kinds run while old queues drain.
+    With ``deferred=True`` (an explicit opt-in: deferred's payloads can never be
+    signed), tasks ``deferred.defer`` enqueued go to deferred's own handler, so
+    both kinds run while old queues drain.
     """
 
     def mounted(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if under_route(path):
+        if path == DEFERRED_URL:  # never one of taskutils' own task URLs, whatever the route
+            if deferred:
+                return run_deferred(environ, start_response)
+        elif under_route(path):
             return handle(environ, start_response)
-        if deferred and path == DEFERRED_URL:
-            return run_deferred(environ, start_response)
         return wsgi_app(environ, start_response)
 
     mounted.__wrapped__ = wsgi_app  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from google.appengine.api.taskqueue import taskqueue_stub
 from google.appengine.datastore import datastore_stub_util
 from google.appengine.ext import ndb, testbed
 
+from .defer import DEFERRED_URL, run_deferred
 from .exc import TaskFailedError
 from .handler import EXC_INFO_KEY, TASKQUEUE_SOURCE
 from .handler import app as task_app
@@ -88,15 +89,15 @@ class TaskTestbed:
         namespace it was enqueued from included, then queue name, task name,
         retry and execution counts, ETA) and runs in a context of its own in
         that namespace, as ``wrap_wsgi_app`` runs a request. ``app`` is the WSGI
-        app that receives it: by default ``taskutils.app``, which also runs the
-        tasks ``deferred.defer`` enqueued. An exception that escapes the app
+        app that receives it: by default ``taskutils.app``, and deferred's own
+        handler for the tasks ``deferred.defer`` enqueued. An exception that escapes the app
         answers 500, as a server would, and is kept in the environ.
         """
         retries = task.retry_count if retry_count is None else retry_count
         env = _environ(task, retries, previous_response)
         env.update(environ)
         namespace = env.get("HTTP_X_APPENGINE_CURRENT_NAMESPACE")
-        status = contextvars.copy_context().run(_call, app or task_app, env, namespace)
+        status = contextvars.copy_context().run(_call, app or _both_kinds, env, namespace)
         return status, env
 
     def drain(self, queue: str | None = None, *, retries: int = 0, app: WSGIApp | None = None) -> int:
@@ -137,6 +138,13 @@ class TaskTestbed:
                 hint = "; drain(app=your_app) sends tasks through your own app" if status == 404 and not app else ""
                 raise TaskFailedError(f"task {task.url} answered {status}{tried}{hint}")
         raise TaskFailedError(f"tasks still enqueue tasks after {MAX_ROUNDS} rounds")
+
+
+def _both_kinds(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """What a task is posted to by default: deferred's handler for deferred's tasks, else ``taskutils.app``."""
+    if environ.get("PATH_INFO") == DEFERRED_URL:
+        return run_deferred(environ, start_response)
+    return task_app(environ, start_response)
 
 
 def _environ(task: Any, retry_count: int, previous_response: int | None) -> dict[str, Any]:

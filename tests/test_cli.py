@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -38,6 +39,20 @@ def test_an_address_that_cannot_be_bound_is_one_line_without_a_traceback():
 
     assert done.returncode == 2
     assert "taskutils serve: cannot start: gaierror" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_busy_port_is_named_in_one_line_without_a_traceback():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+
+        done = serve("--port", str(port))
+
+    assert done.returncode == 2
+    assert f"cannot bind 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "--port 0 picks a free port" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -169,10 +169,11 @@ def fresh_warning(monkeypatch):
     monkeypatch.setattr(codec, "_checked_unsigned", False)
 
 
-def test_unsigned_tasks_in_production_warn_once_pointing_to_the_trust_docs(
-    task_testbed, fresh_warning, monkeypatch, caplog
+@pytest.mark.parametrize("gae_env", ["standard", "localdev"], ids=["production", "dev_appserver"])
+def test_unsigned_tasks_on_app_engine_or_its_dev_appserver_warn_once_pointing_to_the_docs(
+    task_testbed, fresh_warning, monkeypatch, caplog, gae_env
 ):
-    monkeypatch.setenv("GAE_ENV", "standard")
+    monkeypatch.setenv("GAE_ENV", gae_env)
     taskutils.configure(secret_keys=[])
     caplog.set_level(logging.WARNING, logger="taskutils")
 
@@ -183,7 +184,7 @@ def test_unsigned_tasks_in_production_warn_once_pointing_to_the_trust_docs(
 
     warnings = [r for r in caplog.records if r.name == "taskutils" and "unsigned" in r.getMessage()]
     assert len(warnings) == 1
-    assert "docs/trust.md" in warnings[0].getMessage()
+    assert "Trust and signing keys" in warnings[0].getMessage()
 
 
 def test_the_handler_warns_about_unsigned_payloads_even_if_this_process_enqueued_none(
@@ -200,7 +201,7 @@ def test_the_handler_warns_about_unsigned_payloads_even_if_this_process_enqueued
     status, _ = task_testbed.post(queued)
 
     assert status == 200
-    assert [r.getMessage() for r in caplog.records if "Signing keys" in r.getMessage()]
+    assert [r.getMessage() for r in caplog.records if "Trust and signing keys" in r.getMessage()]
 
 
 def test_there_is_no_unsigned_warning_with_keys_or_outside_production(task_testbed, fresh_warning, monkeypatch, caplog):

@@ -37,6 +37,8 @@ queue:
   max_concurrent_requests: 3
 - name: doomed
   rate: 100/s
+- name: forced
+  rate: 100/s
 - name: failing
   rate: 100/s
   retry_parameters:
@@ -199,6 +201,8 @@ def test_the_queue_list_shows_every_queue_with_its_settings_and_links_to_each(co
     assert int(cells[1]) >= 1  # waiting
     assert "in 59m" in cells[3] or "in 1h" in cells[3]  # next ETA
     assert "rate 50/s" in cells[4] and "bucket size 7" in cells[4] and "max_concurrent_requests 3" in cells[4]
+    assert "queue.yaml settings" in console.driver.find_element(By.TAG_NAME, "thead").text.lower()
+    assert "defaults" not in console.text()
     assert "min_backoff_seconds 600 s" in console.row("failing").text
     assert "task_retry_limit 20" in console.row("failing").text
     console.follow("parked")
@@ -221,6 +225,34 @@ def test_a_waiting_task_runs_when_run_now_is_pressed(console):
     console.server.wait_for(lambda: console.ran(key) == 1, f"{name} to run after Run now")
     console.open("/queues/parked")
     assert not console.has_row(name)
+
+
+def test_a_task_running_after_run_now_shows_as_running_and_is_counted_once(console):
+    key = console.key("forced")
+    name = console.enqueue("nap", key, queue="forced", countdown=3600)
+    console.open("/queues/forced")
+
+    console.press("Run now", within=console.row(name))
+    console.server.wait_for(
+        lambda: "running now" in console.open("/queues/forced").row(name).text, f"{name} to be running"
+    )
+
+    summary = console.driver.find_element(By.CSS_SELECTOR, ".summary").text
+    assert summary.startswith("0 waiting · 1 running · next ETA —"), summary
+    assert "1970" not in console.text() and "ago" not in console.row(name).text
+    cells = [c.text for c in console.open("/").row("forced").find_elements(By.TAG_NAME, "td")]
+    assert cells[1:4] == ["0", "1", "—"], cells
+    console.open(f"/queues/forced/tasks/{name}")
+    assert "running now" in console.text() and "1970" not in console.text()
+    console.server.wait_for(lambda: console.ran(key) == 1, f"{name} to finish")
+
+
+def test_the_page_of_a_task_that_is_not_queued_and_never_ran_says_so_once(console):
+    console.open("/queues/parked/tasks/no-such-task")
+
+    text = console.text()
+    assert "No task named no-such-task is queued in parked, and none has run" in text
+    assert "ran to completion" not in text and "has not run yet" not in text
 
 
 def test_a_deleted_task_never_runs(console):
@@ -380,3 +412,49 @@ def test_the_console_refuses_a_host_other_than_loopback(server):
 
 def test_serve_prints_the_console_url_when_it_starts(server):
     assert f"taskutils serve: console at {server.base}{CONSOLE}/" in server.log()
+
+
+def test_viewing_a_task_never_loads_or_shows_its_arguments_objects(server, tmp_path):
+    loaded, shown = tmp_path / "loaded", tmp_path / "shown"
+    name = str(
+        server.post(f"/enqueue/canaries?key=canaries&queue=parked&countdown=3600&loaded={loaded}&shown={shown}")["name"]
+    )
+
+    status, page = server.request("GET", f"{CONSOLE}/queues/parked/tasks/{name}")
+
+    assert status == 200
+    assert not loaded.exists() and not shown.exists()
+    text = page.decode()
+    assert "console_app.hold" in text
+    assert "&lt;console_app.OpensWhenShown object&gt;" in text and "42, &#x27;plain&#x27;" in text
+    assert "&lt;io.open object&gt;" in text
+
+
+def test_a_group_id_no_group_can_have_answers_404(server):
+    status, page = server.request("GET", f"{CONSOLE}/handles/{'g' * 1501}")
+
+    assert status == 404
+    assert b"There is no such group." in page
+
+
+@pytest.fixture(scope="module")
+def bare_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """A serve subprocess without a queue.yaml."""
+    proc = ServeProcess("console_app:app", tmp_path_factory.mktemp("bare") / "serve.log")
+    try:
+        yield proc.wait_ready("/ran")
+    finally:
+        proc.stop()
+
+
+def test_without_a_queue_yaml_the_settings_shown_are_said_to_be_app_engines_defaults(browser, bare_server, shots):
+    console = Console(browser, bare_server, shots, "defaults")
+    console.enqueue("record", console.key("defaults"), countdown=3600)
+
+    console.open("/")
+
+    assert "queue.yaml settings" not in console.driver.find_element(By.TAG_NAME, "thead").text.lower()
+    assert "App Engine's defaults (no queue.yaml):" in console.row("default").text
+    console.follow("default")
+    summary = console.driver.find_element(By.CSS_SELECTOR, ".summary").text
+    assert summary.endswith("(App Engine's defaults: no queue.yaml)"), summary

@@ -86,6 +86,15 @@ def test_an_admin_sees_handles_and_groups_with_their_progress(site, task_testbed
     assert all(child.id in detail.text for child in group.handles)
 
 
+@pytest.mark.parametrize(
+    "group_id", ["g" * 1501, "é" * 751, "no-such-group"], ids=["1501-bytes", "1502-bytes-utf8", "unknown"]
+)
+def test_a_group_id_no_group_can_have_answers_404(site, group_id):
+    response = site.get("/", params={"group": group_id}, headers=ADMIN, status=404)
+
+    assert "There is no such group." in response.text
+
+
 @task
 def reports_progress() -> None:
     set_progress(3, 10)

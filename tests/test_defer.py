@@ -69,7 +69,7 @@ def test_a_deferred_task_and_a_taskutils_task_queued_side_by_side_both_run_under
 
 @pytest.mark.parametrize("wrap", [False, True], ids=["mount", "wrap_wsgi_app(mount)"])
 def test_mount_runs_both_kinds_of_task_and_leaves_the_rest_to_the_app(task_testbed, wrap):
-    mounted = taskutils.mount(not_found)
+    mounted = taskutils.mount(not_found, deferred=True)
     app = wrap_wsgi_app(mounted) if wrap else mounted
     deferred.defer(remember, "deferred")
     task(remember)("taskutils")
@@ -79,17 +79,28 @@ def test_mount_runs_both_kinds_of_task_and_leaves_the_rest_to_the_app(task_testb
     assert webtest.TestApp(app).get("/elsewhere", expect_errors=True).status_int == 404
 
 
-def test_taskutils_app_runs_tasks_deferred_enqueued(task_testbed):
+def test_taskutils_app_runs_tasks_deferred_enqueued_once_told_to(task_testbed, monkeypatch):
+    monkeypatch.setattr(taskutils.app, "run_deferred", True)
     deferred.defer(remember, "through taskutils.app")
 
     assert task_testbed.drain(app=taskutils.app) == 1
     assert ran == [(("through taskutils.app",), {})]
 
 
-def test_mount_without_deferred_leaves_its_url_to_the_app(task_testbed):
+def test_taskutils_app_leaves_deferreds_url_alone_unless_told_to(task_testbed):
     deferred.defer(remember, "deferred")
 
-    response = post_queued(task_testbed, webtest.TestApp(taskutils.mount(not_found, deferred=False)), True)
+    response = post_queued(task_testbed, webtest.TestApp(taskutils.app), True)
+
+    assert response.status_int == 404
+    assert ran == []
+
+
+@pytest.mark.parametrize("mounted", [{}, {"deferred": False}], ids=["by-default", "deferred=False"])
+def test_mount_leaves_deferreds_url_to_the_app_unless_the_app_opts_in(task_testbed, mounted):
+    deferred.defer(remember, "deferred")
+
+    response = post_queued(task_testbed, webtest.TestApp(taskutils.mount(not_found, **mounted)), True)
 
     assert response.status_int == 404
     assert ran == []
@@ -115,7 +126,7 @@ def test_drain_retries_a_deferred_task_and_then_raises(task_testbed):
 def test_a_deferred_permanent_failure_answers_200_through_mount(task_testbed):
     deferred.defer(fail_deferred_for_good)
 
-    response = post_queued(task_testbed, webtest.TestApp(taskutils.mount(not_found)))
+    response = post_queued(task_testbed, webtest.TestApp(taskutils.mount(not_found, deferred=True)))
 
     assert response.status_int == 200
 
@@ -123,14 +134,14 @@ def test_a_deferred_permanent_failure_answers_200_through_mount(task_testbed):
 def test_a_deferred_singular_failure_answers_408_through_mount(task_testbed):
     deferred.defer(ask_deferred_for_retry)
 
-    response = post_queued(task_testbed, webtest.TestApp(taskutils.mount(not_found)), True)
+    response = post_queued(task_testbed, webtest.TestApp(taskutils.mount(not_found, deferred=True)), True)
 
     assert response.status_int == 408
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT"])
 def test_the_deferred_url_answers_anything_but_post_with_405(task_testbed, method):
-    client = webtest.TestApp(taskutils.mount(not_found))
+    client = webtest.TestApp(taskutils.mount(not_found, deferred=True))
 
     response = client.request("/_ah/queue/deferred", method=method, expect_errors=True)
 
@@ -141,7 +152,7 @@ def test_the_deferred_url_answers_anything_but_post_with_405(task_testbed, metho
 def test_a_deferred_task_without_the_queue_headers_is_refused_and_never_run(task_testbed):
     deferred.defer(remember, "forged")
     (queued,) = task_testbed.tasks()
-    client = webtest.TestApp(taskutils.mount(not_found))
+    client = webtest.TestApp(taskutils.mount(not_found, deferred=True))
 
     response = client.post(queued.url, queued.payload, expect_errors=True)
 
@@ -155,7 +166,7 @@ def test_in_production_a_deferred_task_from_another_address_is_refused(task_test
 
     response = post_queued(
         task_testbed,
-        webtest.TestApp(taskutils.mount(not_found), extra_environ={"REMOTE_ADDR": "203.0.113.9"}),
+        webtest.TestApp(taskutils.mount(not_found, deferred=True), extra_environ={"REMOTE_ADDR": "203.0.113.9"}),
         True,
     )
 
@@ -267,3 +278,17 @@ def test_defer_passes_none_options_as_deferred_does(task_testbed):
 
     assert task_testbed.drain() == 1
     assert ran == [(("x",), {})]
+
+
+def test_under_a_route_that_holds_deferreds_url_its_tasks_run_when_opted_in_and_never_answer_2xx_otherwise(
+    task_testbed, monkeypatch
+):
+    taskutils.set_taskroute("/_ah/queue")
+    deferred.defer(remember, "deferred")
+
+    for app in (taskutils.app, taskutils.mount(not_found)):
+        response = post_queued(task_testbed, webtest.TestApp(app), True)
+        assert response.status_int == 404
+    assert ran == []
+    assert task_testbed.drain(app=taskutils.mount(not_found, deferred=True)) == 1
+    assert ran == [(("deferred",), {})]

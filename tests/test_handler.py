@@ -82,7 +82,17 @@ def test_in_production_only_the_queue_source_address_is_let_in(client, monkeypat
 
 @pytest.mark.parametrize(
     "length, status",
-    [(str(MAX_BODY + 1), "413"), ("", "400"), ("ten", "400"), ("-5", "400"), ("²", "400"), ("１", "400")],
+    [
+        (str(MAX_BODY + 1), "413"),
+        ("", "400"),
+        ("ten", "400"),
+        ("-5", "400"),
+        ("²", "400"),
+        ("１", "400"),
+        ("9" * 5000, "400"),
+        ("0" * 5000 + "1", "400"),
+    ],
+    ids=["over-1-MiB", "empty", "words", "negative", "superscript", "fullwidth", "5000-digits", "5000-zeros"],
 )
 def test_body_length_is_checked_before_the_body_is_read(task_testbed, length, status):
     answer, _ = call_raw({"CONTENT_LENGTH": length})

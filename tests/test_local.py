@@ -352,3 +352,53 @@ def test_the_demo_runs_every_kind_of_task_and_exits_0(tmp_path):
     assert re.search(r"retry=2 -> 200 OK", done.stdout), done.stdout
     assert "all 8 kinds of task ran" in done.stdout
     assert re.search(r"^  \.\.\. +fan-in +\d+/12 children done", done.stdout, re.M), done.stdout
+
+
+class _Canary:
+    """A pickle that creates a file when it is loaded."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+def test_a_task_deferred_enqueued_runs_under_serve(server):
+    server.post("/enqueue/deferred?key=deferred-under-serve")
+
+    [run] = wait_until_ok(server, "deferred-under-serve")
+
+    assert run["what"] == "deferred"
+
+
+@pytest.mark.parametrize("path", ["/_ah/queue/deferred", "/_ah/task/local_app/record"])
+def test_a_pickle_posted_with_task_headers_from_outside_the_queue_never_runs(server, tmp_path, path):
+    import pickle
+
+    canary = tmp_path / "canary"
+    headers = {
+        "X-AppEngine-TaskName": "forged",
+        "X-AppEngine-QueueName": "default",
+        "Content-Type": "application/octet-stream",
+    }
+    body = pickle.dumps(_Canary(canary))
+    if path.startswith("/_ah/task/"):
+        body = bytes((codec.VERSION << 4,)) + body
+
+    status, _ = server.request("POST", path, body=body, headers=headers)
+
+    assert status == 403
+    assert not canary.exists()
+    assert "removed X-AppEngine-* headers" in server.log()
+
+
+@pytest.mark.parametrize("host", ["attacker.example", "attacker.example:80", "rebind.attacker.example."])
+def test_a_request_for_a_host_the_server_does_not_serve_is_refused(server, host):
+    status, _ = server.request("GET", "/ran", headers={"Host": f"{host}"})
+    console, _ = server.request("GET", "/_ah/taskutils/", headers={"Host": f"{host}"})
+
+    assert (status, console) == (403, 403)
+    assert server.request("GET", "/ran", headers={"Host": f"localhost:{server.port}"})[0] == 200
+    for served in (f"127.0.0.1:{server.port}", f"[::1]:{server.port}", "localhost", "app.localhost:8080"):
+        assert server.request("GET", "/ran", headers={"Host": served})[0] == 200, served

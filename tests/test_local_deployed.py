@@ -44,3 +44,6 @@ def test_every_task_of_a_wrapped_app_runs_exactly_once_and_writes_its_entity(tmp
     assert "Traceback" not in log
     assert code == 0
     assert f"{TASKS} task runs succeeded, 0 failed" in log
+    first = next(line for line in log.splitlines() if "taskutils.local:" in line)
+    mounting = "taskutils.app is mounted beside it" if spec == "deployed_unmounted:app" else "routes /_ah/task itself"
+    assert f"serving {spec} on {proc.base}, which " in first and mounting in first, first

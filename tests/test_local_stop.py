@@ -80,7 +80,7 @@ def test_the_summary_tells_runs_failures_retries_and_the_tasks_left_queued(start
     # 3 + 1 succeeded; twice failed 2 times (retried), doomed 3 times (2 retried, the last dropped).
     summary = "taskutils serve: 4 task runs succeeded, 5 failed (4 retried, 1 dropped after their last retry)"
     assert summary in proc.log()
-    assert "taskutils serve: 1 tasks still queued, not kept" in proc.log()
+    assert "taskutils serve: 1 task still queued, not kept" in proc.log()
 
 
 def test_a_running_task_finishes_within_the_grace_period_before_serve_exits_0(start):
@@ -96,7 +96,7 @@ def test_a_running_task_finishes_within_the_grace_period_before_serve_exits_0(st
     assert 1.0 < time.monotonic() - began < 10
     stopping = log.index("taskutils serve: stopping")
     assert f"task={enqueued['name']} retry=0 -> 200 OK" in log[stopping:]
-    assert "1 task runs succeeded" in log
+    assert "taskutils serve: 1 task run succeeded, 0 failed" in log
 
 
 def test_a_task_still_running_after_the_grace_period_is_abandoned_and_serve_exits_1(start):
@@ -111,7 +111,7 @@ def test_a_task_still_running_after_the_grace_period_is_abandoned_and_serve_exit
     log = proc.log()
     assert code == 1, log
     assert took < 8, f"a stop with --grace 1 took {took:.1f}s"
-    assert "1 running tasks abandoned after the grace period" in log
+    assert "taskutils serve: 1 running task abandoned after the grace period" in log
     assert "Traceback" not in log
 
 

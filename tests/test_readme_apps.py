@@ -60,10 +60,13 @@ def test_a_route_serves_many_tasks_each_run_exactly_once(task_testbed, example):
     assert sorted(n.writes for n in notes.ReadmeNote.query()) == [1] * 10
 
 
-def test_tasks_deferred_enqueued_run_through_the_example_app_too(task_testbed, example):
+def test_tasks_deferred_enqueued_run_under_the_drain_but_not_through_an_app_that_did_not_opt_in(task_testbed, example):
     name, module, _, _ = example
 
     deferred.defer(notes.write, f"deferred-{name}", name)
+    (queued,) = task_testbed.tasks()
+    status, _ = task_testbed.post(queued, module.app)
 
-    assert task_testbed.drain(app=module.app) == 1
+    assert status == 404
+    assert task_testbed.drain() == 1
     assert notes.ReadmeNote.get_by_id(f"deferred-{name}").writes == 1

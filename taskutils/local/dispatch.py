@@ -145,7 +145,8 @@ class HTTPDispatcher(request_info.Dispatcher):
     send. A task the server cannot be reached for answers 502, one that has not
     answered within its deadline 504: either way the queue retries it.
     ``on_deadline`` is called (with no arguments) each time an attempt is given
-    up on while the server may still be running it.
+    up on while the server may still be running it. ``headers`` go with every
+    request (the server's dispatch secret, see :mod:`.guard`).
     """
 
     def __init__(
@@ -155,8 +156,10 @@ class HTTPDispatcher(request_info.Dispatcher):
         timeout: float = DISPATCH_TIMEOUT,
         records: RunRecords | None = None,
         on_deadline: Callable[[], None] | None = None,
+        headers: list[tuple[str, str]] | None = None,
     ) -> None:
         self.host = host
+        self.headers = list(headers or ())
         self.port = port
         self.timeout = timeout
         self.records = records if records is not None else RunRecords()
@@ -224,6 +227,7 @@ class HTTPDispatcher(request_info.Dispatcher):
         data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
         sent = [(k, v) for k, v in headers if v is not None]
         found = {k.lower(): v for k, v in sent}
+        sent += self.headers
         if "host" not in found:
             sent.append(("Host", f"{self.host}:{self.port}"))
         if "content-length" not in found:

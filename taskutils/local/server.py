@@ -10,6 +10,7 @@ reloads ``threading`` when the app calls it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -27,6 +28,7 @@ from google.appengine.api.taskqueue import taskqueue_stub
 from .. import config
 from ..handler import mount
 from .dispatch import DISPATCH_TIMEOUT, STOP_GRACE, HTTPDispatcher, RunRecords
+from .guard import DISPATCH_HEADER, RequestGuard, new_secret
 from .scheduler import DEFAULT_CONCURRENCY, ConcurrentScheduler
 from .storage import Storage
 from .stubs import Serialized, make_datastore, make_taskqueue, queue_limits
@@ -77,13 +79,18 @@ class StopSummary:
         else:
             kept = f"kept in {self.kept}" if self.kept else "not kept (they are gone; --storage DIR keeps them)"
             lines = [
-                f"{self.succeeded} task runs succeeded, {self.failed} failed "
+                f"{_count(self.succeeded, 'task run')} succeeded, {self.failed} failed "
                 f"({self.retried} retried, {self.dropped} dropped after their last retry)",
-                f"{self.queued} tasks still queued, {kept}" if self.queued else "no task left queued",
+                f"{_count(self.queued, 'task')} still queued, {kept}" if self.queued else "no task left queued",
             ]
         if self.abandoned:
-            lines.append(f"{self.abandoned} running tasks abandoned after the grace period")
+            lines.append(f"{_count(self.abandoned, 'running task')} abandoned after the grace period")
         return lines
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 task``, ``2 tasks``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -92,6 +99,11 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+    except OSError as e:
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        hint = " (another process listens there; --port 0 picks a free port)" if e.errno == errno.EADDRINUSE else ""
+        raise OSError(e.errno, f"cannot bind {where}: {e.strerror or e}{hint}") from e
     except BaseException:
         sock.close()
         raise
@@ -193,6 +205,8 @@ class LocalServer:
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._spare_threads = 0
+        self._secret = new_secret()  # the dispatcher sends it with every task; nothing else knows it
+        self.guard = RequestGuard(self._secret, host, trust_loopback=cloudtasks_mode())
 
     @property
     def url(self) -> str:
@@ -210,6 +224,12 @@ class LocalServer:
         served = self._served
         if served is None:
             return not_found(environ, start_response)
+        refused = self.guard.check(environ)
+        if refused is not None:
+            log.warning("refused %s %r: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO", ""), refused)
+            body = b"Forbidden: this server does not serve that host\n"
+            start_response("403 Forbidden", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+            return [body]
         return served(environ, start_response)
 
     def start(self) -> LocalServer:
@@ -236,9 +256,10 @@ class LocalServer:
             self._restore()
             raise
         log.info(
-            "serving %s on %s (project %s, %s, signing key id %s, up to %d tasks at once)",
+            "serving %s on %s, %s (project %s, %s, signing key id %s, up to %d tasks at once)",
             self._describe_app(),
             self.url,
+            self._describe_mounting(),
             self.project,
             f"queues from {self.queue_yaml}" if self.queue_yaml else "every queue name accepted",
             config.get_keyring().keys[0].key_id.hex(),
@@ -249,14 +270,14 @@ class LocalServer:
     def _load_app(self) -> WSGIApp:
         """Import the app and decide how tasks reach the handler: through it, or beside it."""
         user_app = load_app(self.app_spec) if isinstance(self.app_spec, str) else self.app_spec
+        # Mounted by the server itself, the handler also runs deferred's tasks: only the server's queue reaches it.
         if user_app is None:
-            app = mount(not_found)
+            app = mount(not_found, deferred=True)
         elif routes_tasks(user_app, self.host, self.port):
             self.through_app = True
             app = user_app
-            log.info("the app routes %s itself: tasks go through the whole app", config.settings.route)
         else:
-            app = mount(user_app)
+            app = mount(user_app, deferred=True)
         from ..webconsole import mount_console  # the console at /_ah/taskutils/
 
         return mount_console(self, app)
@@ -285,6 +306,14 @@ class LocalServer:
             return "taskutils.app"
         name = getattr(self.app_spec, "__qualname__", None) or type(self.app_spec).__qualname__
         return f"{getattr(self.app_spec, '__module__', '?')}:{name}"
+
+    def _describe_mounting(self) -> str:
+        route = config.settings.route
+        if self.app_spec is None:
+            return f"tasks under {route}"
+        if self.through_app:
+            return f"which routes {route} itself: tasks go through the whole app"
+        return f"which does not route {route}: taskutils.app is mounted beside it for the task URLs"
 
     def _serve(self) -> None:
         try:
@@ -321,7 +350,12 @@ class LocalServer:
         if self.queue_yaml is not None and not os.path.isfile(self.queue_yaml):
             raise FileNotFoundError(f"queue.yaml not found: {self.queue_yaml}")
         self.dispatcher = HTTPDispatcher(
-            self.host, self.port, timeout=self.deadline, records=self.runs, on_deadline=self._replace_held_thread
+            self.host,
+            self.port,
+            timeout=self.deadline,
+            records=self.runs,
+            on_deadline=self._replace_held_thread,
+            headers=[(DISPATCH_HEADER, self._secret)],
         )
         self.taskqueue = make_taskqueue(self.queue_yaml, self.host, self.port, self.dispatcher)
         self.scheduler = ConcurrentScheduler(

@@ -3,6 +3,7 @@
 - :mod:`.local`: the local console ``serve`` answers at ``/_ah/taskutils/``.
 - :mod:`.production`: ``taskutils.console``, read-only, for App Engine admins.
 - :mod:`.queues`, :mod:`.runs`, :mod:`.handles`, :mod:`.decode`: what the pages show.
+- :mod:`.inert`: reading a task's pickle without running any of its code.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """A queued task's call, readable: the function and a truncated repr of its arguments.
 
-The body is checked against the server's key ring before anything is
-unpickled, exactly as the handler checks it; a body that fails the check is
-described, never loaded. Keys and signatures are never part of what is shown.
+The body is checked against the server's key ring, exactly as the handler
+checks it; a body that fails the check is described, never read. Even a body
+that passes is read inertly (:mod:`.inert`): viewing a task never imports,
+calls or constructs anything its pickle names, so it runs none of the task's
+code. Keys and signatures are never part of what is shown.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from .. import codec
 from ..config import get_keyring, settings
 from ..exc import TaskError
+from . import inert
 
 MAX_REPR = 2000
 
@@ -44,12 +47,6 @@ def function_of(url: str) -> str:
     return path
 
 
-def _name(func: object) -> str:
-    module = getattr(func, "__module__", None) or "?"
-    qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
-    return f"{module}.{qualname}"
-
-
 def _arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> str:
     parts = [_repr.repr(a) for a in args] + [f"{k}={_repr.repr(v)}" for k, v in kwargs.items()]
     text = "(" + ", ".join(parts) + ")"
@@ -71,15 +68,22 @@ def decode(url: str, body: bytes) -> Call:
             from .. import spill
 
             data = spill.load(data, signed=signed)
-        call = codec.loads(data)
+    except Exception as e:  # noqa: BLE001 - any failure to read is shown, never raised
+        return Call(named, signed=signed, spilled=spilled, problem=f"cannot decode: {type(e).__name__}: {e}")
+    try:
+        call = inert.read(data)
         if flags & codec.BY_URL:
             args, kwargs = call
             function = named
         else:
             func, args, kwargs = call
-            function = _name(func)
+            function = inert.name_of(func)
+        if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+            raise TypeError("not a call")
     except Exception as e:  # noqa: BLE001 - any failure to read is shown, never raised
-        return Call(named, signed=signed, spilled=spilled, problem=f"cannot decode: {type(e).__name__}: {e}")
+        names = ", ".join(inert.globals_named(data))
+        problem = f"arguments not shown ({type(e).__name__}: {e})" + (f"; the pickle names {names}" if names else "")
+        return Call(named, signed=signed, spilled=spilled, problem=problem)
     if flags & codec.HEADERS:
         kwargs = {**kwargs, "headers": "<the request's headers>"}
     return Call(function, _arguments(tuple(args), dict(kwargs)), signed=signed, spilled=spilled)

@@ -10,11 +10,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from google.appengine.api import datastore_errors
+
 from .html import esc, path_part, progress, status_badge, table
 
 log = logging.getLogger("taskutils.webconsole")
 
 MAX_ROWS = 100
+MAX_ID_BYTES = 1500  # Datastore refuses longer key names: no group can have such an id
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,12 @@ def group_detail(group_id: str) -> tuple[bool, str]:
     """(found, HTML) for one group: its progress and its children."""
     results = _results()
     getter = getattr(getattr(results, "GroupHandle", None), "get", None)
-    group = getter(group_id) if getter is not None else None
+    group = None
+    if getter is not None and len(group_id.encode("utf-8", "surrogatepass")) <= MAX_ID_BYTES:
+        try:
+            group = getter(group_id)
+        except (ValueError, TypeError, datastore_errors.BadValueError, datastore_errors.BadArgumentError):
+            group = None  # not an id any group could have
     if group is None:
         return False, "<p>There is no such group.</p>"
     item = group_item(group)

@@ -232,7 +232,9 @@ class LocalConsole:
     def _queues_page(self, base: str, message: str) -> Response:
         rows = []
         for q in queues.queues(self._queue_yaml):
-            settings = [f"rate {q.rate}", f"bucket size {q.bucket_size}"]
+            waiting, running, next_eta = self._backlog(q)
+            settings = [] if self._queue_yaml else ["App Engine's defaults (no queue.yaml):"]
+            settings += [f"rate {q.rate}", f"bucket size {q.bucket_size}"]
             if q.max_concurrent_requests is not None:
                 settings.append(f"max_concurrent_requests {q.max_concurrent_requests}")
             settings += [f"{k} {v}" for k, v in q.retry.items()]
@@ -241,19 +243,27 @@ class LocalConsole:
             rows.append(
                 [
                     f'<a href="{esc(base)}/queues/{esc(path_part(q.name))}">{esc(q.name)}</a>',
-                    f'<span class="num">{q.waiting}</span>',
-                    f'<span class="num">{self.runs.running(q.name)}</span>',
-                    when(q.next_eta),
+                    f'<span class="num">{waiting}</span>',
+                    f'<span class="num">{running}</span>',
+                    when(next_eta),
                     '<ul class="settings">' + "".join(f"<li>{esc(s)}</li>" for s in settings) + "</ul>",
                 ]
             )
         body = table(
-            ["Queue", "Waiting", "Running", "Next ETA", "queue.yaml settings"],
+            ["Queue", "Waiting", "Running", "Next ETA", "queue.yaml settings" if self._queue_yaml else "Settings"],
             rows,
             "No queue yet: queues appear once a task is added, or from queue.yaml.",
             "queues",
         )
         return Response("200 OK", self._page(base, "Queues", body, "queues", message, refresh=True))
+
+    def _backlog(self, q: queues.QueueInfo) -> tuple[int, int, Any]:
+        """(waiting, running, next ETA of a waiting task) of a queue: a task in flight stays in the stub's queue."""
+        in_flight = self.runs.running_names(q.name)
+        if not in_flight:
+            return q.waiting, 0, q.next_eta
+        following = [t for t in queues.tasks(q.name, limit=len(in_flight) + 1) if t.name not in in_flight]
+        return max(0, q.waiting - len(in_flight)), len(in_flight), following[0].eta if following else None
 
     def _task_actions(self, base: str, row: queues.TaskRow, session: str, failed: bool) -> str:
         where = f"{base}/queues/{path_part(row.queue)}/tasks/{path_part(row.name)}"
@@ -269,6 +279,8 @@ class LocalConsole:
         if info is None:
             return Response("404 Not Found", self._page(base, f"Queue {name}", "<p>There is no such queue.</p>"))
         rows = []
+        waiting, running, next_eta = self._backlog(info)
+        in_flight = self.runs.running_names(name) if running else set()
         for row in queues.tasks(name):
             last = self.runs.last(row.name)
             failed = (last is not None and not last.ok) or row.retry_count > 0
@@ -276,7 +288,7 @@ class LocalConsole:
                 [
                     _task_link(base, name, row.name),
                     f"<code>{esc(decode.function_of(row.url))}</code>",
-                    when(row.eta),
+                    RUNNING if row.name in in_flight else when(row.eta),
                     f'<span class="num retries">{row.retry_count}</span>',
                     (status_badge(last.status) + f" <small>{esc(duration(last.duration))}</small>") if last else "—",
                     f'<span class="error">{esc(last.error)}</span>' if last and last.error else "",
@@ -287,10 +299,11 @@ class LocalConsole:
             f'<form method="get" action="{esc(base)}/queues/{esc(path_part(name))}/purge" class="inline">'
             '<button type="submit" class="danger">Purge</button></form>'
         )
+        defaults = "" if self._queue_yaml else " (App Engine's defaults: no queue.yaml)"
         summary = (
-            f'<p class="summary">{info.waiting} waiting · {self.runs.running(name)} running'
-            f" · next ETA {when(info.next_eta)}"
-            f" · rate {esc(info.rate)}, bucket size {info.bucket_size}</p>"
+            f'<p class="summary">{waiting} waiting · {running} running'
+            f" · next ETA {when(next_eta)}"
+            f" · rate {esc(info.rate)}, bucket size {info.bucket_size}{esc(defaults)}</p>"
         )
         body = summary + table(
             ["Task", "Function", "ETA", "Retries", "Last answer", "Error line", ""], rows, "No task waiting.", "tasks"
@@ -321,15 +334,25 @@ class LocalConsole:
         back = f'<p><a href="{esc(base)}/queues/{esc(path_part(queue))}">← queue {esc(queue)}</a></p>'
         history = self._runs_table(base, runs, "This task has not run yet.")
         if row is None:
-            body = back + "<p>This task is no longer queued: it ran to completion, or was deleted.</p>"
-            body += "<h2>Runs</h2>" + history
+            if runs:
+                gone = (
+                    "This task ran to completion: it is no longer queued."
+                    if runs[0].ok
+                    else "This task is no longer queued: it was deleted, or dropped after its last retry."
+                )
+                body = back + f"<p>{gone}</p><h2>Runs</h2>" + history
+            else:
+                body = back + (
+                    f"<p>No task named <code>{esc(name)}</code> is queued in {esc(queue)}, and none has run "
+                    "in the runs this console keeps: it was deleted before it ran, or never was.</p>"
+                )
             return Response("404 Not Found", self._page(base, f"Task {name}", body, "queues", message))
         call = decode.decode(row.url, row.body)
         failed = (last is not None and not last.ok) or row.retry_count > 0
         facts = [
             ("Queue", f'<a href="{esc(base)}/queues/{esc(path_part(queue))}">{esc(queue)}</a>'),
             ("URL", f"<code>{esc(row.method)} {esc(row.url)}</code>"),
-            ("ETA", when(row.eta)),
+            ("ETA", RUNNING if name in self.runs.running_names(queue) else when(row.eta)),
             ("Added", when(row.created)),
             ("Retries", f'<span class="retries">{row.retry_count}</span>'),
             ("Runs so far", str(row.execution_count)),
@@ -415,6 +438,9 @@ class LocalConsole:
         status = "200 OK" if found else "404 Not Found"
         back = f'<p><a href="{esc(base)}/handles">← handles and groups</a></p>'
         return Response(status, self._page(base, f"Group {group_id}", back + body, "handles", refresh=True))
+
+
+RUNNING = '<span class="running">running now</span>'
 
 
 def _task_link(base: str, queue: str, name: str) -> str:

@@ -59,6 +59,11 @@ def _utc(usec: int) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(usec / 1e6, datetime.timezone.utc)
 
 
+def _eta(usec: int) -> datetime.datetime:
+    """A task's ETA; the stub's ``ForceRun`` (Run now) sets it to 0, which means due now, not 1970."""
+    return _utc(usec) if usec > 0 else datetime.datetime.now(datetime.timezone.utc)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
@@ -119,7 +124,7 @@ def queues(queue_yaml: str | None = None) -> list[QueueInfo]:
                 retry=_retry(queue.retry_parameters) if queue.HasField("retry_parameters") else {},
                 paused=queue.paused,
                 waiting=stat.num_tasks,
-                next_eta=_utc(stat.oldest_eta_usec) if stat.num_tasks and stat.oldest_eta_usec >= 0 else None,
+                next_eta=_eta(stat.oldest_eta_usec) if stat.num_tasks and stat.oldest_eta_usec >= 0 else None,
             )
         )
     return found
@@ -136,7 +141,7 @@ def _row(queue_name: str, task: Any) -> TaskRow:
         queue=queue_name,
         url=_text(task.url),
         method=pb.TaskQueueQueryTasksResponse.Task.RequestMethod.Name(task.method),
-        eta=_utc(task.eta_usec),
+        eta=_eta(task.eta_usec),
         retry_count=task.retry_count,
         execution_count=task.execution_count,
         headers=[(_text(h.key), _text(h.value)) for h in task.header],

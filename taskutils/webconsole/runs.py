@@ -38,3 +38,9 @@ class RunLog:
         if self.records is None:
             return 0
         return sum(1 for name, _ in self.records.running() if queue is None or name == queue)
+
+    def running_names(self, queue: str) -> set[str]:
+        """The names of the tasks of one queue in flight."""
+        if self.records is None:
+            return set()
+        return {task for name, task in self.records.running() if name == queue}

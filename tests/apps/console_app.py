@@ -1,7 +1,9 @@
 """An app for tests/test_console*.py, served by ``python -m taskutils serve console_app:app``.
 
 ``POST /enqueue/<kind>?key=K[&queue=Q][&countdown=S]`` adds one task (``record`` succeeds,
-``fail`` always raises ``RuntimeError: boom K``) and answers ``{"name": ...}``;
+``fail`` always raises ``RuntimeError: boom K``, ``nap`` sleeps 5 s then succeeds; ``canaries``
+holds arguments that create the files ``&loaded=`` and ``&shown=`` name if they are ever
+unpickled or shown) and answers ``{"name": ...}``;
 ``POST /group?key=K&n=N`` submits a group of N children that record K-0 ... K-(N-1)
 (children whose index is listed in ``&fail=1,2`` fail for good), answering ``{"id": ...}``;
 ``GET /ran`` answers how many times each key ran.
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -19,6 +22,7 @@ from taskutils import PermanentTaskFailure, task
 from wsgi_json import query as query_of
 from wsgi_json import respond
 
+NAP = 5.0  # seconds a nap task runs: long enough to look at it running
 _lock = threading.Lock()
 _ran: Counter[str] = Counter()
 
@@ -47,13 +51,49 @@ def child(item: str) -> str:
     return item.upper()
 
 
+@task
+def nap(key: str) -> None:
+    time.sleep(NAP)
+    _count(key)
+
+
+@task
+def hold(key: str, *things: Any) -> None:
+    _count(key)
+
+
+class OpensWhenLoaded:
+    """An argument whose unpickling creates a file: what a hostile payload would do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+class OpensWhenShown:
+    """An argument whose repr creates a file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        open(self.path, "w").close()
+        return "OpensWhenShown()"
+
+
 def _enqueue(kind: str, query: dict[str, str]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if "queue" in query:
         options["queue"] = query["queue"]
     if "countdown" in query:
         options["countdown"] = float(query["countdown"])
-    func = {"record": record, "fail": fail}[kind]
+    if kind == "canaries":  # arguments that create files if the console ever loads or shows them
+        loaded, shown = OpensWhenLoaded(query["loaded"]), OpensWhenShown(query["shown"])
+        added = hold.options(**options)(query["key"], loaded, shown, 42, "plain")
+        return {"name": added.name}
+    func = {"record": record, "fail": fail, "nap": nap}[kind]
     added = func.options(**options)(query["key"])
     return {"name": added.name}
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from google.appengine.api import taskqueue
-from google.appengine.ext import ndb
+from google.appengine.ext import deferred, ndb
 
 import taskutils
 from taskutils import task
@@ -144,6 +144,8 @@ def _enqueue(kind: str, key: str, query: dict[str, str]) -> dict[str, Any]:
         data = os.urandom(int(query.get("size", "200000")))
         extra["sha256"] = hashlib.sha256(data).hexdigest()
         added = blob.options(**options)(key, data)
+    elif kind == "deferred":  # deferred's own task, at deferred's URL
+        added = deferred.defer(_record, "deferred", key)
     elif kind == "closure":
         greeting = query.get("greeting", "hello")
         added = task(lambda: _record("closure", key, greeting=greeting), **options)()
