@@ -20,7 +20,7 @@ import webapp2
 from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPermanentTaskFailure
 from google.appengine.ext.deferred import SingularTaskFailure
 
-from . import codec
+from . import codec, results_ids
 from .config import get_keyring, settings
 from .defer import DEFERRED_URL, run_deferred
 from .exc import (
@@ -40,6 +40,7 @@ MAX_LENGTH_DIGITS = 20  # a longer Content-Length is no length a body can have (
 TASKQUEUE_SOURCE = "0.1.0.2"
 EXC_INFO_KEY = "taskutils.exc_info"
 HANDLE_KEY = "HTTP_X_TASKUTILS_HANDLE"  # the X-Taskutils-Handle header of a submitted task
+LIMIT_KEY = "HTTP_X_TASKUTILS_RETRY_LIMIT"  # its X-Taskutils-Retry-Limit, signed with it
 ERROR_HEADER = "X-Taskutils-Error"
 ERROR_LINE_MAX = 200
 # A task asking to be retried, and a task whose code is not deployed (yet), answer neither 503
@@ -257,8 +258,19 @@ class _Run:
         return self.run(self.body)
 
     def run(self, body: bytes) -> HTTPStatus:
+        handle_id = self.environ.get(HANDLE_KEY)
+        signed_for = self.path
+        if handle_id is not None:  # added by submit(): signed for its handle id too
+            try:
+                signed_for = results_ids.checked_scope(self.path, handle_id, self.environ.get(LIMIT_KEY))
+            except ValueError as e:
+                self.outcome = (f"refused: {e}", logging.WARNING, None)
+                return HTTPStatus.BAD_REQUEST
+            except SignatureError as e:
+                self.outcome = (f"refused: {e}", logging.WARNING, None)
+                return HTTPStatus.FORBIDDEN
         try:
-            flags, data = codec.unframe(self.path, body, get_keyring())
+            flags, data = codec.unframe(signed_for, body, get_keyring())
             if flags & codec.POINTER:
                 from . import spill
 
@@ -269,7 +281,6 @@ class _Run:
                 kwargs["headers"] = Headers(self.environ)
             token = _current.set(self)
             try:
-                handle_id = self.environ.get(HANDLE_KEY)
                 if handle_id is not None:  # added by submit(): the run is recorded on its handle
                     from .results import run_handled
 

@@ -51,23 +51,25 @@ Design (what each step costs in Datastore, and why it is safe to deliver twice):
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from google.appengine.api import datastore, taskqueue
 
-from . import codec
+from . import codec, results_ids
 from . import results_store as store
 from .exc import TaskCancelledError, TaskError, TaskRunError
 from .results_run import (
-    GROUP_HEADER,
     HANDLE_HEADER,
     Callback,
     cancel_group,
     drop_callbacks,
     end_group,
+    enqueue,
     headers_for,
+    scope_for,
 )
 from .results_run import run_handled as run_handled
 from .results_run import set_progress as set_progress
@@ -107,10 +109,20 @@ class TaskHandle:
 
     @classmethod
     def get(cls, handle_id: str) -> TaskHandle | None:
-        """The handle with this id; None when nothing is recorded for it (yet)."""
-        ref = store.ref_of(handle_id)
-        if ref is None or (ref.group_id is None and store.get(store.handle_key(handle_id)) is None):
+        """The handle with this id, "pending" until its task runs; None for an id this app never issued.
+
+        Answers from the moment ``submit`` (or ``submit_map``) returned, in any process:
+        the id says it was issued (signed with the key ring when keys are set). None as
+        well once ``sweep`` deleted the handle or its group. TypeError when handle_id is
+        not a str, ValueError when it is not the form of a handle id.
+        """
+        ref = store.ref_of(handle_id, read_group=True)
+        if ref is None:
             return None
+        if ref.group_id is None:
+            entity, marker = store.get_many([store.handle_key(handle_id), store.swept_key()])
+            if entity is None and not store.may_be_pending(handle_id, marker):
+                return None
         return cls(handle_id, ref)
 
     def _record(self) -> dict[str, Any]:
@@ -201,15 +213,16 @@ class TaskHandle:
         def txn() -> None:
             entity = store.get(ref.key)
             record = ref.read(entity) or store.new_record()
+            if record["s"] in store.FINAL and record["s"] != store.SUCCEEDED:
+                store.put(cb.pending_entity(store.CANCELLED))
+                return
+            if len(record["cb"]) >= store.MAX_CALLBACKS:
+                raise TaskError(f"task handle {self.id} has {store.MAX_CALLBACKS} callbacks already")
+            # Kept after success too, so that sweep keeps the result until the callback has read it.
+            record["cb"].append(cb.sealed())
+            store.put([ref.write(entity, record)[0], cb.pending_entity()])
             if record["s"] == store.SUCCEEDED:
                 cb.enqueue()
-            elif record["s"] not in store.FINAL:
-                if len(record["cb"]) >= store.MAX_CALLBACKS:
-                    raise TaskError(f"task handle {self.id} has {store.MAX_CALLBACKS} callbacks already")
-                record["cb"].append(cb.sealed())
-                store.put([ref.write(entity, record)[0], cb.pending_entity()])
-                return
-            store.put(cb.pending_entity(store.PENDING if record["s"] == store.SUCCEEDED else store.CANCELLED))
 
         store.transaction(txn)
         return TaskHandle(cb.handle_id, store.Ref(cb.handle_id))
@@ -355,16 +368,17 @@ class GroupHandle:
             group = store.get(key)
             if group is None:
                 raise LookupError(f"task group {self.id} is gone")
+            if group["status"] in store.FINAL and group["status"] != store.SUCCEEDED:
+                store.put(cb.pending_entity(store.CANCELLED))
+                return
+            state = store.read_group(group)
+            if len(state["cb"]) >= store.MAX_CALLBACKS:
+                raise TaskError(f"task group {self.id} has {store.MAX_CALLBACKS} callbacks already")
+            # Kept after success too, so that sweep keeps the results until the callback has read them.
+            state["cb"].append(cb.sealed())
+            store.put([store.write_group(group, state), cb.pending_entity()])
             if group["status"] == store.SUCCEEDED:
                 cb.enqueue()
-            elif group["status"] not in store.FINAL:
-                state = store.read_group(group)
-                if len(state["cb"]) >= store.MAX_CALLBACKS:
-                    raise TaskError(f"task group {self.id} has {store.MAX_CALLBACKS} callbacks already")
-                state["cb"].append(cb.sealed())
-                store.put([store.write_group(group, state), cb.pending_entity()])
-                return
-            store.put(cb.pending_entity(store.PENDING if group["status"] == store.SUCCEEDED else store.CANCELLED))
 
         store.transaction(txn)
         return TaskHandle(cb.handle_id, store.Ref(cb.handle_id))
@@ -377,23 +391,21 @@ class GroupHandle:
         return [cls(g.key().name(), g["total"], g["leaves"]) for g in query.Get(limit)]
 
 
+def _due(function: TaskFunction[Any, Any]) -> float:
+    """When a task added now with function's options is due, as a Unix time."""
+    options, now = function.task_options, time.time()
+    eta = options.get("eta")
+    if eta is not None:
+        if eta.tzinfo is None:
+            eta = eta.replace(tzinfo=datetime.timezone.utc)
+        return max(now, eta.timestamp())
+    return now + float(options.get("countdown") or 0)
+
+
 def submit(function: TaskFunction[Any, Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> TaskHandle:
     """Enqueue function(*args, **kwargs) as a call would, and return a handle on the run."""
-    handle_id = store.new_id()
-    function._check(function, args, kwargs)
-    transactional = function._transactional
-    try:
-        built = function._build(args, kwargs, headers=headers_for(function, handle_id))
-        try:
-            function._queue.add(built, transactional=transactional)
-        except BaseException as e:
-            _discard_spills([built], transactional, e)
-            raise
-    except AssertionError as e:
-        no_proxy = _no_api_proxy(e)
-        if no_proxy is None:
-            raise
-        raise no_proxy from e
+    handle_id = results_ids.new_handle_id(_due(function))
+    enqueue(function, args, kwargs, handle_id)
     return TaskHandle(handle_id, store.Ref(handle_id))
 
 
@@ -406,7 +418,8 @@ def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any], head: 
     if "name" in function.task_options:
         raise TypeError("submit_map() adds many tasks: a task function with name= can only add one")
     items = list(iterable)
-    total, leaves, group_id = len(items), store.leaves_for(len(items)), store.new_id()
+    total, leaves = len(items), store.leaves_for(len(items))
+    group_id = results_ids.new_group_id(_due(function), total, leaves)
     transactional = function._transactional
     if transactional and total > _MAX_TRANSACTIONAL_TASKS_PER_ADD:
         raise taskqueue.TooManyTasksError(
@@ -418,14 +431,14 @@ def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any], head: 
     pickled = function._pickle_items(items, by_url, head)
     group = store.new_group_entity(group_id, total, leaves, function.task_options.get("queue", "default"))
     _put_group(group, transactional)
-    base = {**headers_for(function, group_id), GROUP_HEADER: f"{total} {leaves}"}
+    base = headers_for(function, group_id)
     size = _MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else _MAX_TASKS_PER_ADD
     batch: list[taskqueue.Task] = []
     sent: list[taskqueue.Task] = []
     try:
         for index, data in enumerate(pickled):
             headers = {**base, HANDLE_HEADER: f"{group_id}.{index}"}
-            batch.append(function._task_of(data, by_url, headers))
+            batch.append(function._task_of(data, by_url, headers, scope_for(headers)))
             if len(batch) == size:
                 sent, batch = batch, []
                 _add_batch(function._queue, sent, transactional)

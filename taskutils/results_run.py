@@ -19,19 +19,16 @@ from typing import Any
 
 from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPermanentTaskFailure
 
-from . import codec
+from . import codec, results_ids
 from . import results_store as store
-from .exc import PermanentTaskFailure
-from .handler import current_task
-from .task import BoundTaskFunction, TaskFunction, task
+from .exc import PermanentTaskFailure, ResultError
+from .handler import LIMIT_KEY, current_task
+from .task import BoundTaskFunction, TaskFunction, _discard_spills, _no_api_proxy, task
 
 log = logging.getLogger("taskutils.results")
 
 HANDLE_HEADER = "X-Taskutils-Handle"
 LIMIT_HEADER = "X-Taskutils-Retry-Limit"
-GROUP_HEADER = "X-Taskutils-Group"  # "<total> <leaves>" on a group's children
-_LIMIT_KEY = "HTTP_X_TASKUTILS_RETRY_LIMIT"
-_GROUP_KEY = "HTTP_X_TASKUTILS_GROUP"
 
 PROGRESS_EVERY = 1.0  # set_progress writes at most once a second; the last value goes with the outcome
 
@@ -50,10 +47,10 @@ class Then:
         """``headers`` is the request's, when the callback was made with ``includeheaders=True``."""
         from .results import GroupHandle, TaskHandle
 
-        if "." in self.source or store.get(store.handle_key(self.source)) is not None:
-            value = TaskHandle(self.source).result()
-        else:
+        if store.is_group(self.source):
             value = GroupHandle(self.source).results()
+        else:
+            value = TaskHandle(self.source).result()
         func = self.func
         if isinstance(func, BoundTaskFunction):  # obj.method: run it on its instance, here
             func = functools.partial(func.__func__.__wrapped__, func.__self__)
@@ -115,6 +112,31 @@ class Callback:
         enqueue(TaskFunction(Then(self.source, _portable(self.function)), options), (), {}, self.handle_id)
 
 
+def enqueue(function: TaskFunction[Any, Any], args: tuple[Any, ...], kwargs: Mapping[str, Any], handle_id: str) -> None:
+    """Add function(*args, **kwargs) as a call would, its task carrying the handle's headers, signed with them."""
+    function._check(function, args, kwargs)
+    transactional = function._transactional
+    headers = headers_for(function, handle_id)
+    try:
+        built = function._build(args, kwargs, headers=headers, scope=scope_for(headers))
+        try:
+            function._queue.add(built, transactional=transactional)
+        except BaseException as e:
+            _discard_spills([built], transactional, e)
+            raise
+    except AssertionError as e:
+        no_proxy = _no_api_proxy(e)
+        if no_proxy is None:
+            raise
+        raise no_proxy from e
+
+
+def scope_for(headers: Mapping[str, str]) -> Callable[[str], str]:
+    """What a handle's task is signed for, given its headers and then its URL path."""
+    handle_id, limit = headers[HANDLE_HEADER], headers.get(LIMIT_HEADER)
+    return lambda path: results_ids.scope(path, handle_id, limit)
+
+
 def fire(callbacks: Iterable[tuple[str, bytes]], source: str) -> None:
     for sealed in callbacks:
         Callback.unsealed(sealed, source).enqueue()
@@ -159,11 +181,6 @@ def headers_for(function: TaskFunction[Any, Any], handle_id: str) -> dict[str, s
     return headers
 
 
-def enqueue(function: TaskFunction[Any, Any], args: tuple[Any, ...], kwargs: Mapping[str, Any], handle_id: str) -> Any:
-    """Call function as usual, its task carrying the handle's headers."""
-    return function.options(headers=headers_for(function, handle_id))(*args, **kwargs)
-
-
 # -- running ------------------------------------------------------------------------------
 
 
@@ -202,12 +219,12 @@ def set_progress(done: float, total: float) -> bool:
     return True
 
 
-def _ref_for_run(handle_id: str, environ: Mapping[str, Any]) -> store.Ref:
-    group_id, dot, index = handle_id.partition(".")
-    if not dot:
-        return store.Ref(handle_id)
-    total, leaves = (int(n) for n in environ[_GROUP_KEY].split())
-    return store.Ref(handle_id, group_id, int(index), total, leaves)
+def _ref_for_run(handle_id: str) -> store.Ref:
+    """Where the run records itself: the handle's own entity, or its slot in its group (shape from the id)."""
+    ref = store.ref_of(handle_id)
+    if ref is None:  # the handler checked the id: a 0.2 child whose group is gone
+        raise ResultError(f"task handle {handle_id}: its group is gone, so the run cannot be recorded")
+    return ref
 
 
 def run_handled(
@@ -218,7 +235,7 @@ def run_handled(
     Returns the value, or raises what the call raised (the handler answers as for
     any task); a delivery of a run already finished or cancelled is skipped.
     """
-    ref = _ref_for_run(handle_id, environ)
+    ref = _ref_for_run(handle_id)
     skipped = store.transaction(_start, ref)
     if skipped is not None:
         log.info("task handle %s is %s: this delivery is skipped", handle_id, skipped)
@@ -269,7 +286,7 @@ def _is_final(error: BaseException, environ: Mapping[str, Any]) -> bool:
     """True when the queue will not run the task again: a permanent failure, or its last attempt."""
     if isinstance(error, (PermanentTaskFailure, DeferredPermanentTaskFailure)):
         return True
-    limit = environ.get(_LIMIT_KEY)
+    limit = environ.get(LIMIT_KEY)
     info = current_task()
     return limit is not None and limit.isdigit() and info is not None and info.retry_count >= int(limit)
 

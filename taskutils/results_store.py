@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import math
-import uuid
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,7 @@ from google.appengine.api import datastore, datastore_errors, datastore_types
 from google.appengine.api.datastore import Entity
 from google.appengine.api.datastore_types import Key
 
-from . import codec
+from . import codec, results_ids
 from .config import get_keyring
 from .exc import ResultError
 
@@ -50,6 +50,7 @@ LEAF_KIND = "_TaskutilsLeaf"
 NODE_KIND = "_TaskutilsNode"
 RESULT_KIND = "_TaskutilsResult"
 CHUNK_KIND = "_TaskutilsResultChunk"
+SWEPT_KIND = "_TaskutilsSwept"
 
 SLOTS = 32  # children per leaf, at most
 MIN_LEAVES = 8  # a small group is still spread over this many leaves
@@ -73,7 +74,18 @@ def now() -> datetime.datetime:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A new id for a handle recorded at once (a ``then`` callback's)."""
+    return results_ids.new_handle_id(time.time())
+
+
+def is_group(source_id: str) -> bool:
+    """True when a callback's source is a group (else a handle)."""
+    found = results_ids.parse(source_id)
+    if found.group is not None:
+        return False
+    if not found.legacy:
+        return source_id.startswith("g")
+    return get(handle_key(source_id)) is None
 
 
 def transaction(fn: Any, *args: Any) -> Any:
@@ -201,8 +213,25 @@ def load_result(record: dict[str, Any], owner_id: str) -> Any:
         data = b"".join(c["data"] for c in chunks if c is not None)
         if hashlib.sha256(data).hexdigest() != digest:
             raise ResultError(f"the result of task handle {owner_id} does not match its digest")
+        return _loads_result(data, owner_id)
+    return _loads_result(record["r"], owner_id) if record.get("r") is not None else None
+
+
+def _loads_result(data: bytes, owner_id: str) -> Any:
+    """Unpickle a kept result; ResultError (a permanent failure) naming the handle when it cannot be."""
+    try:
         return codec.loads(data)
-    return codec.loads(record["r"]) if record.get("r") is not None else None
+    except Exception as e:
+        raise ResultError(f"the result of task handle {owner_id} cannot be unpickled here: {safe_text(e)}") from e
+
+
+def safe_text(error: BaseException) -> str:
+    """``Type: message`` of an exception, even one whose ``__str__`` raises."""
+    try:
+        message = str(error)
+    except Exception as e:
+        message = f"<str() of the exception raised {type(e).__name__}>"
+    return f"{type(error).__name__}: {message}"
 
 
 def _clip(text: str, limit: int, *, end: bool = False) -> str:
@@ -226,7 +255,7 @@ def record_error(record: dict[str, Any], error: BaseException, trace: str) -> No
     except Exception:
         data = None
     record["e"] = data if data is not None and len(data) <= MAX_ERROR else None
-    record["l"] = _clip(f"{type(error).__name__}: {error}".replace("\r", "\\r").replace("\n", "\\n"), MAX_LINE)
+    record["l"] = _clip(safe_text(error).replace("\r", "\\r").replace("\n", "\\n"), MAX_LINE)
     record["t"] = _clip(trace, MAX_TRACE, end=True)
 
 
@@ -349,15 +378,25 @@ class Ref:
         return write_leaf(entity, self.group_id, self.leaf, records), complete
 
 
-def ref_of(handle_id: str) -> Ref | None:
-    """Where a handle id's record lives; None for a child id of a group that does not exist."""
-    group_id, dot, index = handle_id.partition(".")
-    if not dot:
-        return Ref(handle_id)
-    group = get(group_key(group_id)) if index.isdigit() else None
-    if group is None or int(index) >= group["total"]:
+def ref_of(handle_id: str, *, read_group: bool = False) -> Ref | None:
+    """Where a handle id's record lives; None for an id this app did not issue, or a child of a group that is gone.
+
+    A child's shape comes from its id, or from its group entity (read when asked, and
+    for a 0.2 id, which does not carry it); never from a request header. TypeError for
+    an id that is not a str, ValueError for a malformed one.
+    """
+    found = results_ids.parse(handle_id)
+    if not results_ids.issued(found):
         return None
-    return Ref(handle_id, group_id, int(index), group["total"], group["leaves"])
+    if found.group is None:
+        return Ref(handle_id)
+    total, leaves = found.total, found.leaves
+    if read_group or total is None or leaves is None:
+        group = get(group_key(found.group))
+        if group is None or found.index >= group["total"]:
+            return None
+        total, leaves = group["total"], group["leaves"]
+    return Ref(handle_id, found.group, found.index, total, leaves)
 
 
 # -- sweep --------------------------------------------------------------------------------
@@ -376,7 +415,7 @@ def sweep(older_than: datetime.timedelta | datetime.datetime) -> int:
 
     deleted, current = 0, namespace_manager.get_namespace()
     try:
-        for namespace in metadata.get_namespaces():
+        for namespace in sorted({"", *metadata.get_namespaces()}):  # "": its sweep marker, even while it is empty
             namespace_manager.set_namespace(namespace)  # the keys made below are in it
             deleted += _sweep_namespace(cutoff)
     finally:
@@ -389,20 +428,64 @@ def _sweep_namespace(cutoff: datetime.datetime) -> int:
     for entity in datastore.Query(HANDLE_KIND, {"finished <": cutoff}).Run(batch_size=500):
         doomed = [entity.key()]
         record = read_handle(entity, entity.key().name()) or {}
+        if record.get("s") == SUCCEEDED and not _callbacks_done(record.get("cb", ())):
+            continue  # a callback still has to read its result
         if "R" in record:
             doomed += chunk_keys(entity.key().name(), record["R"][0])
         datastore.Delete(doomed)
         deleted += 1
     for group in datastore.Query(GROUP_KIND, {"finished <": cutoff}).Run(batch_size=50):
-        _delete_group(group)
-        deleted += 1
+        deleted += _delete_group(group)
+    _mark_swept(cutoff)
     return deleted
 
 
-def _delete_group(group: Entity) -> None:
+def _callbacks_done(callbacks: Any) -> bool:
+    """True when none of these callbacks (``(handle id, sealed)`` pairs) can still run: each is finished or gone."""
+    keys = [handle_key(handle_id) for handle_id, _ in callbacks]
+    return all(e is None or e.get("status") in FINAL for e in get_many(keys))
+
+
+def _mark_swept(cutoff: datetime.datetime) -> None:
+    """Remember, in this namespace, that a run due before cutoff and not recorded by now is gone."""
+    posix = cutoff.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+    def txn() -> None:
+        marker = get(swept_key())
+        if marker is not None and marker["cutoff"] >= posix:
+            return
+        marker = Entity(SWEPT_KIND, name="last", unindexed_properties=("cutoff",))
+        marker["cutoff"] = posix
+        put(marker)
+
+    transaction(txn)
+
+
+def swept_key() -> Key:
+    return Key.from_path(SWEPT_KIND, "last")
+
+
+def may_be_pending(handle_id: str, marker: Entity | None) -> bool:
+    """For an issued id with no record: False once a sweep ran whose cutoff is after the run was due.
+
+    Such a run finished and was swept, or its task never arrived in all that time (a
+    sweep deletes its spilled payload too): either way it will not run.
+    """
+    found = results_ids.parse(handle_id)
+    if found.due is None:
+        return False  # a 0.2 id is known by its record only
+    return marker is None or found.due + 1 > marker["cutoff"] * 1000
+
+
+def _delete_group(group: Entity) -> int:
+    """Delete a finished group with its leaves, nodes and results; 0 (and nothing deleted) while a callback
+    of the group or of one of its children still has to read them."""
     gid, leaves = group.key().name(), group["leaves"] or 0
+    if group["status"] == SUCCEEDED and not _callbacks_done(read_group(group)["cb"]):
+        return 0
     keys = [leaf_key(gid, n) for n in range(leaves)]
     doomed: list[Key] = []
+    waiting: list[tuple[str, Any]] = []
     for leaf_no, leaf in enumerate(get_many(keys)):
         if leaf is None:
             continue
@@ -410,8 +493,13 @@ def _delete_group(group: Entity) -> None:
         for slot, record in read_leaf(leaf, gid, leaf_no).items():
             if "R" in record:
                 doomed += chunk_keys(f"{gid}.{slot * leaves + leaf_no}", record["R"][0])
+            if record["s"] == SUCCEEDED:
+                waiting += record.get("cb", ())
+    if not _callbacks_done(waiting):
+        return 0
     for level, size in enumerate(levels(leaves, group["fan"] or FAN)[1:], start=1):
         doomed += [node_key(gid, level, n) for n in range(size)]
     doomed.append(group.key())
     for start in range(0, len(doomed), 500):
         datastore.Delete(doomed[start : start + 500])
+    return 1

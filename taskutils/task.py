@@ -517,24 +517,36 @@ class TaskFunction(Generic[P, R]):
         kwargs: Mapping[str, Any],
         by_url: bool | None = None,
         headers: Mapping[str, str] | None = None,
+        scope: Callable[[str], str] | None = None,
     ) -> taskqueue.Task:
         if by_url is None:
             by_url = self._named_by_url()
         func = None if by_url else self.__wrapped__
         data = codec.dumps_call(self._suffix[1:], func, args, kwargs, transactional=self._transactional)
-        return self._task_of(data, by_url, headers)
+        return self._task_of(data, by_url, headers, scope)
 
-    def _task_of(self, data: bytes, by_url: bool, headers: Mapping[str, str] | None = None) -> taskqueue.Task:
-        """The task carrying a pickled call: framed (signed) in its payload, or spilled to Datastore."""
+    def _task_of(
+        self,
+        data: bytes,
+        by_url: bool,
+        headers: Mapping[str, str] | None = None,
+        scope: Callable[[str], str] | None = None,
+    ) -> taskqueue.Task:
+        """The task carrying a pickled call: framed (signed) in its payload, or spilled to Datastore.
+
+        ``scope(path)`` is what the payload is signed for instead of its URL path (a handle's
+        task: taskutils.results_ids).
+        """
         task_kwargs = self._task_kwargs
         if headers:  # a handle's headers (taskutils.results), merged over the task's own
             task_kwargs = {**task_kwargs, "headers": {**task_kwargs["headers"], **headers}}
         path = settings.route + self._suffix
+        signed_for = path if scope is None else scope(path)
         flags = self._flags | (codec.BY_URL if by_url else 0)
         keyring = get_keyring()
         if len(data) < taskqueue.MAX_PUSH_TASK_SIZE_BYTES:
             try:
-                return taskqueue.Task(payload=codec.frame(path, data, flags, keyring), url=path, **task_kwargs)
+                return taskqueue.Task(payload=codec.frame(signed_for, data, flags, keyring), url=path, **task_kwargs)
             except taskqueue.TaskTooLargeError:
                 pass  # the URL and headers tipped it over: spill
         from . import spill
@@ -549,7 +561,7 @@ class TaskFunction(Generic[P, R]):
             digest=bool(keyring),
         )
         try:
-            payload = codec.frame(path, pointer, flags | codec.POINTER, keyring)
+            payload = codec.frame(signed_for, pointer, flags | codec.POINTER, keyring)
             return taskqueue.Task(payload=payload, url=path, **task_kwargs)
         except BaseException:
             spill.delete(pointer, transactional=transactional)

@@ -149,17 +149,88 @@ def test_a_submitted_run_is_pending_until_it_runs_then_succeeds_with_its_value(t
     assert handle.progress == 1.0
 
 
-def test_get_finds_a_handle_once_its_task_ran_and_answers_none_for_unknown_ids(task_testbed):
-    handle = double.submit(2)
-    assert TaskHandle.get(handle.id) is None  # nothing is written until the task runs
-
-    task_testbed.drain()
+def test_get_answers_a_pending_handle_from_the_moment_submit_returns_without_a_datastore_write(
+    task_testbed, datastore_calls
+):
+    handle = report.submit("monday")  # countdown=30: a whole countdown before it runs
 
     found = TaskHandle.get(handle.id)
+
     assert found == handle
-    assert found.result() == 4
-    assert TaskHandle.get("no-such-handle") is None
-    assert TaskHandle.get("no-such-group.3") is None
+    assert found.status == "pending"
+    assert datastore_calls["Put"] == 0 and datastore_calls["Commit"] == 0
+    task_testbed.drain()
+    assert TaskHandle.get(handle.id).result() == "report for monday"
+
+
+@pytest.mark.parametrize("keys", [[], ["test-key-one"]])
+def test_get_answers_none_for_ids_the_app_never_issued(task_testbed, keys):
+    taskutils.configure(secret_keys=keys)
+    handle = double.submit(2)
+    group = double.submit_map([1, 2])
+    forged = handle.id[:-1] + ("0" if handle.id[-1] != "0" else "1")  # one digit of its tag changed
+    other_group = group.id.replace("-2-2-", "-3-2-")  # its shape changed, its tag kept
+
+    assert TaskHandle.get(forged) is None
+    assert TaskHandle.get(other_group + ".2") is None
+    assert TaskHandle.get("0" * 32) is None  # the form of a 0.2 id, with nothing recorded
+    assert TaskHandle.get("0" * 32 + ".3") is None
+    assert TaskHandle.get(group.id + ".1").status == "pending"
+
+
+def test_ids_issued_without_keys_answer_none_once_keys_are_set(task_testbed):
+    handle = double.submit(2)
+    taskutils.configure(secret_keys=["test-key-one"])
+    assert TaskHandle.get(handle.id) is None
+    rotated = double.submit(3)
+    taskutils.configure(secret_keys=["test-key-two", "test-key-one"])  # a new key signs, the old one verifies
+    assert TaskHandle.get(rotated.id).status == "pending"
+
+
+@pytest.mark.parametrize(
+    "malformed",
+    ["", "no-such-handle", "x y", "gid.3", "gid.\u00b2", "gid.\u0663", "gid.00001", "gid.-1", "gid.1.2", "a" * 2000],
+)
+def test_get_raises_value_error_for_a_malformed_id(task_testbed, malformed):
+    with pytest.raises(ValueError):
+        TaskHandle.get(malformed)
+
+
+def test_child_indexes_are_canonical_ascii_decimals_below_the_group_size(task_testbed):
+    group = double.submit_map([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
+
+    assert TaskHandle.get(group.id + ".1").status == "pending"
+    for alias in (".\u00b9", ".\u0661", ".01", ".00001", ".+1", ". 1", ".1 ", ".12", ".99999999999"):
+        with pytest.raises(ValueError):
+            TaskHandle.get(group.id + alias)
+    with pytest.raises(TypeError):
+        TaskHandle.get(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        TaskHandle.get(b"x")  # type: ignore[arg-type]
+
+
+def test_a_handle_id_read_in_another_process_is_pending_before_its_task_runs(task_testbed, tmp_path):
+    import subprocess
+    import sys
+
+    taskutils.configure(secret_keys=["test-key-one"])
+    handle = double.submit(2)
+    script = (
+        "import sys, taskutils\n"
+        "from taskutils.testing import TaskTestbed\n"
+        "taskutils.configure(secret_keys=[sys.argv[2]])\n"
+        "with TaskTestbed():\n"
+        "    found = taskutils.TaskHandle.get(sys.argv[1])\n"
+        "    print(found.status if found else None)\n"
+    )
+    seen = [
+        subprocess.run(
+            [sys.executable, "-c", script, handle.id, key], capture_output=True, text=True, timeout=120, check=True
+        ).stdout.strip()
+        for key in ("test-key-one", "another-key")
+    ]
+
+    assert seen == ["pending", "None"]  # an empty Datastore: the id alone says it was issued, by this key ring
 
 
 def test_result_waits_and_raises_timeout_error_when_the_run_has_not_finished(task_testbed):
@@ -432,6 +503,12 @@ def test_a_transactional_submit_commits_or_rolls_back_with_its_transaction(task_
         ndb.transaction(rolled_back)
     assert task_testbed.tasks() == []
     task_testbed.drain()
+    assert tasklib.ran == []
+    # Nothing was written to submit, so its id reads pending (as its task may yet arrive)
+    # until a sweep has passed the time it was due.
+    assert TaskHandle.get(str(raised.value)).status == "pending"
+    time.sleep(1.1)
+    taskutils.sweep(0)
     assert TaskHandle.get(str(raised.value)) is None
 
     handle = ndb.transaction(lambda: in_txn.submit(2))
@@ -515,7 +592,6 @@ def test_sweep_reaches_handles_in_every_namespace(task_testbed):
         assert handle.result() == 2
     finally:
         namespace_manager.set_namespace("")
-    assert TaskHandle.get(handle.id) is None  # it lives in the namespace its task ran in
 
     time.sleep(0.01)
     assert taskutils.sweep(0) == 1
