@@ -595,3 +595,106 @@ def test_sweep_reaches_handles_in_every_namespace(task_testbed):
 
     time.sleep(0.01)
     assert taskutils.sweep(0) == 1
+
+
+class UnprintableError(Exception):
+    """An exception whose message cannot be made: str() raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+
+@task
+def raises_unprintable() -> None:
+    raise UnprintableError()
+
+
+@task
+def gives_up_unprintably() -> None:
+    raise PermanentTaskFailure(UnprintableError())
+
+
+def test_a_run_raising_an_exception_whose_str_raises_is_recorded_retrying_then_failed(task_testbed):
+    retrying = raises_unprintable.submit()
+    failed = gives_up_unprintably.submit()
+
+    with pytest.raises(UnprintableError):
+        task_testbed.drain()
+    task_testbed.drain()
+
+    assert retrying.status == "retrying"  # not stuck "running": the failure was recorded
+    assert retrying.error_line.startswith("UnprintableError: <str() of the exception raised RuntimeError>")
+    assert failed.status == "failed"
+    assert failed.attempts == 1
+
+
+def test_a_source_swept_before_its_callback_ran_is_kept_until_the_callback_read_its_result(task_testbed):
+    handle = double.submit(21)
+    callback = handle.then(note_in_reports)  # another queue: it runs after the sweep
+    task_testbed.drain("default")
+    done_before = double.submit(1)
+    task_testbed.drain("default")
+    late = done_before.then(note_in_reports)  # added once its source had succeeded
+    time.sleep(0.01)
+
+    taskutils.sweep(0)
+    task_testbed.drain("reports")
+
+    assert sorted(r for r in tasklib.ran if r[0] == "note_in_reports") == [
+        ("note_in_reports", 2),
+        ("note_in_reports", 42),
+    ]
+    assert callback.status == late.status == "succeeded"
+    time.sleep(0.01)
+    assert taskutils.sweep(0) == 4  # the sources, then their callbacks, once nothing needs them
+    assert TaskHandle.get(handle.id) is None
+    assert TaskHandle.get(done_before.id) is None
+
+
+def test_a_forged_or_malformed_handle_header_is_refused_and_records_nothing(task_testbed):
+    handle = double.submit(3)
+    added = the_task(task_testbed)
+    task_testbed.taskqueue.DeleteTask("default", added.name)
+    other = double.submit(4)
+    forged_tag = other.id[:-1] + ("0" if other.id[-1] != "0" else "1")
+
+    answers = [
+        task_testbed.post(added, HTTP_X_TASKUTILS_HANDLE=header)[0] for header in ("x y", "gid.\u0663", forged_tag)
+    ]
+
+    assert answers == [400, 400, 403]
+    assert tasklib.ran == []
+    assert handle.status == other.status == "pending"
+    task_testbed.post(added)
+    assert handle.result() == 6
+
+
+def test_with_keys_a_payload_replayed_under_another_handle_id_or_retry_limit_is_refused(task_testbed, signed):
+    first, second = double.submit(1), double.submit(2)
+    limited = broken_with_a_limit.submit()
+    by_id = {t.headers[HANDLE_HEADER]: t for t in task_testbed.tasks()}
+    plain = double(5)
+    for t in task_testbed.tasks():
+        task_testbed.taskqueue.DeleteTask("default", t.name)
+
+    answers = [
+        task_testbed.post(by_id[first.id], HTTP_X_TASKUTILS_HANDLE=second.id)[0],  # first's run recorded on second
+        task_testbed.post(plain, HTTP_X_TASKUTILS_HANDLE=second.id)[0],  # a plain task's run recorded on second
+        task_testbed.post(by_id[limited.id], HTTP_X_TASKUTILS_RETRY_LIMIT="0")[
+            0
+        ],  # its first failure taken as its last
+    ]
+    answers.append(task_testbed.post(by_id[first.id], without_handle_header)[0])  # run as a plain task
+
+    assert answers == [403, 403, 403, 403]
+    assert tasklib.ran == []
+    assert first.status == second.status == limited.status == "pending"
+    task_testbed.post(by_id[first.id])
+    task_testbed.post(by_id[second.id])
+    assert (first.result(), second.result()) == (2, 4)
+
+
+def without_handle_header(environ: dict[str, Any], start_response: Any) -> Any:
+    """taskutils.app, posted a request whose X-Taskutils-Handle header was taken off."""
+    environ.pop("HTTP_X_TASKUTILS_HANDLE")
+    return taskutils.app(environ, start_response)

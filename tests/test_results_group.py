@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,8 +12,9 @@ import pytest
 from google.appengine.api import apiproxy_stub_map, datastore, taskqueue
 from google.appengine.ext import ndb
 
+import taskutils
 from taskutils import GroupHandle, PermanentTaskFailure, TaskHandle, task
-from taskutils.exc import TaskCancelledError
+from taskutils.exc import ResultError, TaskCancelledError
 
 import tasklib
 
@@ -353,3 +355,79 @@ def test_a_leaf_too_big_for_one_entity_drops_tracebacks_then_exceptions_but_keep
     assert [kept[n]["l"] for n in range(31)] == [f"E: {n}" for n in range(31)]
     assert all(len(kept[n]["cb"]) == 4 for n in range(31))
     assert kept[31]["r"] == records[31]["r"]
+
+
+@pytest.mark.parametrize("shape", ["64 0", "x y", "41 9", "", "40 8 2"])
+def test_a_child_replayed_with_a_forged_group_header_runs_as_itself_and_the_group_completes(task_testbed, shape):
+    group = square.submit_map(range(40))
+    summary = group.then(summarize)
+    child_9 = next(t for t in children_tasks(task_testbed) if t.headers[HANDLE_HEADER] == f"{group.id}.9")
+
+    status, _ = task_testbed.post(child_9, HTTP_X_TASKUTILS_GROUP=shape)  # a replay with its header changed
+    task_testbed.drain()
+
+    assert status == 200
+    assert group.status == "succeeded"
+    assert group.results() == [n * n for n in range(40)]
+    assert summary.result() == sum(n * n for n in range(40))
+
+
+def _cannot_come_back() -> None:
+    raise RuntimeError("this result cannot be unpickled")
+
+
+class Unloadable:
+    """A value that pickles, and raises when unpickled."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_cannot_come_back, ())
+
+
+@task
+def unloadable_at_3(n: int) -> Any:
+    return Unloadable() if n == 3 else n
+
+
+def test_a_child_result_that_raises_when_unpickled_fails_the_callback_for_good_naming_the_child(task_testbed):
+    group = unloadable_at_3.submit_map(range(5))
+    summary = group.then(summarize)
+
+    task_testbed.drain()  # no retry loop: the callback's run ends
+
+    assert group.status == "succeeded"
+    assert summary.status == "failed"
+    assert f"{group.id}.3" in summary.error_line
+    assert "this result cannot be unpickled" in summary.error_line
+    with pytest.raises(ResultError, match=rf"{group.id}\.3"):
+        group.results()
+    assert group.handles[2].result() == 2
+    assert not [r for r in tasklib.ran if r[0] == "summarize"]
+
+
+@task(queue="reports")
+def summarize_in_reports(results: list[int]) -> int:
+    tasklib.ran.append(("summarize_in_reports", results))
+    return sum(results)
+
+
+@task(queue="reports")
+def negate_in_reports(result: int) -> int:
+    return -result
+
+
+def test_a_group_is_kept_by_sweep_until_its_callback_and_its_childrens_callbacks_have_run(task_testbed):
+    group = square.submit_map([1, 2, 3])
+    summary = group.then(summarize_in_reports)  # another queue: it runs after the sweep
+    child_callback = group.handles[1].then(negate_in_reports)
+    task_testbed.drain("default")
+    time.sleep(0.01)
+
+    assert taskutils.sweep(0) == 0
+    task_testbed.drain("reports")
+
+    assert summary.result() == 14
+    assert child_callback.result() == -4  # its source's result, read after the sweep
+    time.sleep(0.01)
+    assert taskutils.sweep(0) == 3
+    assert GroupHandle.get(group.id) is None
+    assert TaskHandle.get(group.handles[1].id) is None
