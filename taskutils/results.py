@@ -7,8 +7,9 @@ Design (what each step costs in Datastore, and why it is safe to deliver twice):
   ``retry_options.task_retry_limit``). The handle is recorded when its task first runs, as
   Celery's result backend does, so a transactional submit is just a transactional task:
   it commits or rolls back with the caller's transaction, with no extra entity group.
-  Until it runs, ``TaskHandle.get(id)`` answers None and the handle ``submit`` returned
-  answers "pending". ``then()`` and ``cancel()`` record a handle that has not run yet.
+  Until it runs, ``TaskHandle.get(id)`` answers "pending" all the same: the id says the
+  app issued it (``taskutils.results_ids``: signed with the key ring when keys are set).
+  ``then()`` and ``cancel()`` record a handle that has not run yet.
 - **A run is two transactions** on its record: one before the function runs (skip it if
   cancelled or already finished, else ``running`` and one more attempt), one after
   (``succeeded`` with the pickled result, or ``retrying`` / ``failed`` with the pickled
@@ -16,8 +17,8 @@ Design (what each step costs in Datastore, and why it is safe to deliver twice):
   other delivery did, so a duplicate delivery records one result, and the callbacks are
   added in that same transaction (transactional tasks): exactly once, with no task names,
   which Cloud Tasks forgets after about an hour.
-- **A group writes one entity to submit:** ``_TaskutilsGroup`` (its size and shape).
-  Children are ``<group>.<i>``; child ``i`` keeps its record in slot ``i // L`` of leaf
+- **A group writes one entity to submit:** ``_TaskutilsGroup`` (its size and shape,
+  which its id carries too). Children are ``<group>.<i>``; child ``i`` keeps its record in slot ``i // L`` of leaf
   ``i % L`` (``L`` leaves of at most 32 children, at least 8 leaves), so neighbouring
   children, which run at the same time, write different leaves. A child's run is the two
   transactions above on its leaf: two reads and two writes, whatever the group's size
@@ -41,9 +42,12 @@ Design (what each step costs in Datastore, and why it is safe to deliver twice):
   results read its leaves in one batched get.
 - Results and exceptions are pickled (cloudpickle when needed) and framed by
   ``taskutils.codec``: signed when keys are configured, and checked before unpickling.
-  The ``X-Taskutils-*`` headers are not signed: whoever can post tasks to the handler
-  (with keys set, only a replay of a payload this app signed) can choose which handle a
-  run records on.
+  A submitted task's payload is signed for its URL, handle id and retry limit together,
+  so with keys no request can make a run record on another handle, or take another
+  retry limit; a child's shape comes from its (signed) id, never from a header.
+- ``sweep`` keeps a source that succeeded until its callbacks finished, since they read
+  its result; and it remembers its cutoff, so that an issued id with no record that was
+  due before it answers None.
 - All of it goes through the low-level ``google.appengine.api.datastore`` API, whose
   transactions cost a fraction of ndb's in CPU; entities are listed in
   ``taskutils.results_store``.

@@ -15,6 +15,7 @@ transaction). Kinds, all root entities:
   completed.
 - ``_TaskutilsResult`` / ``_TaskutilsResultChunk``: a result too big to keep inline, in
   chunks under one parent named after the handle id.
+- ``_TaskutilsSwept`` (key name ``last``), one per namespace: the cutoff of the last sweep.
 
 A record is a dict: ``s`` status, ``a`` attempts, ``p`` progress ``(done, total)``, ``r`` the
 pickled result (or ``R``: chunk count and SHA-256 when kept apart), ``e`` the pickled
