@@ -241,7 +241,7 @@ class TaskHandle:
 
 def _status_of(handle_id: str) -> str:
     """The status of a handle (as TaskHandle.status reads it: a callback of a callback too) or a group."""
-    if "." in handle_id or store.get(store.handle_key(handle_id)) is not None:
+    if not store.is_group(handle_id):
         return TaskHandle(handle_id).status
     entity = store.get(store.group_key(handle_id))
     return str(entity["status"]) if entity is not None else store.PENDING
@@ -289,7 +289,13 @@ class GroupHandle:
 
     @classmethod
     def get(cls, group_id: str) -> GroupHandle | None:
-        """The group with this id; None when there is none."""
+        """The group with this id; None when there is none (a malformed id included). TypeError for a non-str."""
+        try:
+            found = results_ids.parse(group_id)
+        except ValueError:
+            return None
+        if found.group is not None or not (found.legacy or group_id.startswith("g")) or not results_ids.issued(found):
+            return None
         group = store.get(store.group_key(group_id))
         return None if group is None else cls(group_id, group["total"], group["leaves"])
 

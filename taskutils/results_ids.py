@@ -133,8 +133,7 @@ def scope(path: str, handle_id: str, limit: str | None) -> str:
     A task URL starts with "/", a scope never does, so no payload signed for one passes
     for the other. A 0.2 id's payload was signed for its path alone.
     """
-    found = parse(handle_id)
-    if found.legacy:
+    if _LEGACY.fullmatch(handle_id.partition(".")[0]):
         return path
     return f"handle {handle_id} {limit if limit is not None else '-'} {path}"
 
@@ -144,4 +143,4 @@ def checked_scope(path: str, handle_id: str, limit: str | None) -> str:
     found = parse(handle_id)
     if not issued(found):
         raise SignatureError(f"X-Taskutils-Handle {handle_id[:80]!r} is not an id this app issued")
-    return scope(path, handle_id, limit)
+    return path if found.legacy else f"handle {handle_id} {limit if limit is not None else '-'} {path}"

@@ -431,3 +431,13 @@ def test_a_group_is_kept_by_sweep_until_its_callback_and_its_childrens_callbacks
     assert taskutils.sweep(0) == 3
     assert GroupHandle.get(group.id) is None
     assert TaskHandle.get(group.handles[1].id) is None
+
+
+def test_group_get_answers_none_for_a_malformed_or_foreign_id(task_testbed):
+    group = square.submit_map([1, 2])
+
+    assert GroupHandle.get(group.id).total == 2
+    for wrong in ("x" * 2000, "x y", group.id + ".1", group.handles[0].id, group.id.replace("-2-2-", "-3-2-")):
+        assert GroupHandle.get(wrong) is None
+    with pytest.raises(TypeError):
+        GroupHandle.get(None)  # type: ignore[arg-type]
