@@ -47,10 +47,13 @@ class Then:
         """``headers`` is the request's, when the callback was made with ``includeheaders=True``."""
         from .results import GroupHandle, TaskHandle
 
-        if store.is_group(self.source):
-            value = GroupHandle(self.source).results()
-        else:
-            value = TaskHandle(self.source).result()
+        try:  # the source succeeded before this task was added: it is not there to read only if deleted
+            if store.is_group(self.source):
+                value = GroupHandle(self.source).results()
+            else:
+                value = TaskHandle(self.source).result()
+        except (LookupError, TimeoutError) as e:
+            raise ResultError(f"the source {self.source} of this callback has no result to read: {e}") from e
         func = self.func
         if isinstance(func, BoundTaskFunction):  # obj.method: run it on its instance, here
             func = functools.partial(func.__func__.__wrapped__, func.__self__)

@@ -698,3 +698,16 @@ def without_handle_header(environ: dict[str, Any], start_response: Any) -> Any:
     """taskutils.app, posted a request whose X-Taskutils-Handle header was taken off."""
     environ.pop("HTTP_X_TASKUTILS_HANDLE")
     return taskutils.app(environ, start_response)
+
+
+def test_a_callback_whose_source_was_deleted_fails_for_good_instead_of_retrying(task_testbed):
+    handle = double.submit(21)
+    callback = handle.then(note_in_reports)
+    task_testbed.drain("default")
+    datastore.Delete(datastore.Key.from_path("_TaskutilsHandle", handle.id))  # e.g. by hand, or an older sweep
+
+    task_testbed.drain("reports")  # answered and dropped: no retry loop
+
+    assert callback.status == "failed"
+    assert handle.id in callback.error_line
+    assert tasklib.ran == [("double", 21)]
