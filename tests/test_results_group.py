@@ -441,3 +441,23 @@ def test_group_get_answers_none_for_a_malformed_or_foreign_id(task_testbed):
         assert GroupHandle.get(wrong) is None
     with pytest.raises(TypeError):
         GroupHandle.get(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("keys", [[], ["test-key-one"]])
+def test_children_added_by_taskutils_0_2_still_run_and_fan_in_with_their_shape_read_from_the_group(task_testbed, keys):
+    from google.appengine.api import datastore as low_level
+
+    from taskutils import results_store
+
+    taskutils.configure(secret_keys=keys)
+    group_id = "0123456789abcdef0123456789abcdef"  # a 0.2 id: 32 hex digits, its shape only in its entity
+    low_level.Put(results_store.new_group_entity(group_id, 12, results_store.leaves_for(12), "default"))
+    for i in range(12):  # as 0.2 added them: signed for the URL alone, the shape in an unsigned header
+        square.options(headers={HANDLE_HEADER: f"{group_id}.{i}", "X-Taskutils-Group": "64 0"})(i)
+
+    task_testbed.drain()
+
+    group = GroupHandle.get(group_id)
+    assert group.status == "succeeded"
+    assert group.results() == [n * n for n in range(12)]
+    assert TaskHandle.get(f"{group_id}.3").result() == 9
