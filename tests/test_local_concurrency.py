@@ -22,6 +22,10 @@ def runs(server: ServeProcess, key: str) -> list[dict[str, Any]]:
     return [r for r in server.get("/ran") if r["key"] == key]
 
 
+def runs_like(server: ServeProcess, prefix: str) -> list[dict[str, Any]]:
+    return [r for r in server.get("/ran") if r["key"].startswith(prefix)]
+
+
 def ok_count(server: ServeProcess, prefix: str) -> int:
     return int(server.get(f"/count?prefix={prefix}"))
 
@@ -56,6 +60,73 @@ def test_sixty_tasks_sleeping_a_fifth_of_a_second_finish_well_inside_the_serial_
 
     took = time.monotonic() - began
     assert took < 0.5 * 60 * 0.2, f"60 tasks of 0.2 s took {took:.1f}s: they did not run side by side"
+
+
+@pytest.fixture(scope="module")
+def no_queue_yaml(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """A server without queue.yaml: every queue name is accepted."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    proc = ServeProcess("local_app:app", log, "--grace", "1")
+    try:
+        yield proc.wait_ready("/ran")
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize("queues", ["queue.yaml", "none"])
+def test_a_task_added_by_each_request_starts_while_the_tasks_of_earlier_requests_run(request, queues):
+    server = request.getfixturevalue("server" if queues == "queue.yaml" else "no_queue_yaml")
+    seconds = 2.0
+    added = []
+    for i in range(3):  # three web requests 0.3 s apart, each adding one task
+        added.append(server.post(f"/enqueue/nap?key=each-request-{queues}-{i}&seconds={seconds}")["at"])
+        time.sleep(0.3)
+
+    server.wait_for(lambda: ok_count(server, f"each-request-{queues}-") == 3, "3 naps", timeout=30)
+
+    ended = {r["key"]: r["at"] for r in runs_like(server, f"each-request-{queues}-")}
+    waited = [ended[f"each-request-{queues}-{i}"] - seconds - added[i] for i in range(3)]
+    # Run one after another, the third would wait for two naps (about 2 x 2 s minus the 0.6 s between adds).
+    assert max(waited) < 0.5 * seconds, f"tasks added by separate requests waited {waited} s to start"
+
+
+def test_a_task_with_a_countdown_added_while_another_task_runs_starts_when_due(no_queue_yaml):
+    server = no_queue_yaml
+    server.post("/enqueue/nap?key=long-nap&seconds=3")
+    time.sleep(0.3)
+    added = server.post("/enqueue/record?key=counted-down&countdown=0.5")["at"]
+
+    started = server.wait_for(lambda: runs(server, "counted-down"), "the task with a countdown", timeout=30)[0]["at"]
+
+    # due 0.5 s after it was added; waiting for the running nap would take 2.7 s
+    assert started - added < 4 * 0.5, f"a task due in 0.5 s started after {started - added:.1f} s"
+    server.wait_for(lambda: ok_count(server, "long-nap") == 1, "the long nap", timeout=30)
+
+
+def test_a_queue_yaml_rate_and_bucket_size_spread_the_starts_of_a_batch(server):
+    # queue.yaml: "throttled" is 5/s with a bucket of 1, "fast" 500/s with App Engine's default bucket of 5.
+    server.post("/enqueue/nap?key=throttled&n=10&seconds=0&queue=throttled")
+    server.post("/enqueue/nap?key=unthrottled&n=10&seconds=0&queue=fast")
+
+    server.wait_for(lambda: ok_count(server, "throttled-") == 10, "10 throttled tasks", timeout=30)
+    server.wait_for(lambda: ok_count(server, "unthrottled-") == 10, "10 tasks", timeout=30)
+
+    def spread(prefix: str) -> float:
+        times = sorted(r["at"] for r in runs_like(server, prefix))
+        return times[-1] - times[0]
+
+    # one token at once, then one every 0.2 s: the tenth starts 1.8 s after the first
+    assert spread("throttled-") > 0.8 * 9 / 5, f"10 tasks at 5/s ran within {spread('throttled-'):.2f} s"
+    assert spread("unthrottled-") < 0.25 * spread("throttled-"), "a queue at 500/s was held back"
+
+
+def test_a_queue_with_rate_zero_is_paused(server):
+    server.post("/enqueue/record?key=on-paused-queue&queue=paused")
+    server.post("/enqueue/record?key=beside-paused-queue")
+
+    server.wait_for(lambda: ok_count(server, "beside-paused-queue") == 1, "a task on the default queue", timeout=30)
+    time.sleep(0.5)
+    assert runs(server, "on-paused-queue") == []
 
 
 def test_the_app_answers_its_own_requests_while_tasks_fill_every_slot(server):

@@ -4,12 +4,18 @@ Google's ``_BackgroundTaskScheduler`` runs one task at a time: it sends a task,
 waits for the answer, then deletes it (2xx) or postpones it with backoff. The
 :class:`ConcurrentScheduler` keeps Google's queues, wake-up logic, executor (the
 request App Engine would send) and ``Retry`` rules, and changes one thing: each
-due task is handed to a pool of worker threads, up to ``concurrency`` in flight
-and at most a queue's ``max_concurrent_requests``. A task in flight stays in its
-queue, unchanged (a crash leaves it queued); the scheduler only skips it. When
-its answer comes, the worker deletes or postpones it exactly as Google's loop
-does. An attempt has the task's ``dispatch_deadline_usec``, else the default
-deadline; past it the attempt has failed and is retried.
+due task is handed to a pool of worker threads, up to ``concurrency`` in flight,
+at most a queue's ``max_concurrent_requests``, and no faster than its queue.yaml
+``rate`` and ``bucket_size`` allow (:mod:`.throttle`). A task in flight stays in
+its queue, unchanged (a crash leaves it queued); the scheduler only skips it.
+When its answer comes, the worker deletes or postpones it exactly as Google's
+loop does. An attempt has the task's ``dispatch_deadline_usec``, else the
+default deadline; past it the attempt has failed and is retried.
+
+Google's stub wakes its scheduler for an added task only when that task is the
+oldest of its queue; with a task in flight (still queued, and older) that never
+holds, and the new task would wait for the running one to end. Every add wakes
+this scheduler, so a task starts as soon as it is due and a slot is free.
 """
 
 from __future__ import annotations
@@ -22,15 +28,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from google.appengine.api.taskqueue import taskqueue_service_bytes_pb2 as taskqueue_service_pb2
 from google.appengine.api.taskqueue import taskqueue_stub
 from google.appengine.api.taskqueue.taskqueue_stub import _SecToUsec, _UsecToSec
 
 from .dispatch import DISPATCH_TIMEOUT, HTTPDispatcher
+from .throttle import TokenBucket
 
 log = logging.getLogger("taskutils.local.queue")
 
 DEFAULT_CONCURRENCY = 8
 _PULL = taskqueue_stub.QUEUE_MODE.PULL
+_PUSH = taskqueue_stub.QUEUE_MODE.PUSH
+_ADDED = taskqueue_service_pb2.TaskQueueServiceError.OK
+_NEVER = float("inf")
 
 
 @dataclass
@@ -60,6 +71,7 @@ class ConcurrentScheduler(taskqueue_stub._BackgroundTaskScheduler):
         concurrency: int = DEFAULT_CONCURRENCY,
         deadline: float = DISPATCH_TIMEOUT,
         limits: dict[str, int] | None = None,
+        buckets: dict[str, TokenBucket] | None = None,
     ) -> None:
         google = stub._task_scheduler
         super().__init__(google._group, google.task_executor, google.default_retry_seconds)
@@ -69,6 +81,7 @@ class ConcurrentScheduler(taskqueue_stub._BackgroundTaskScheduler):
         self.concurrency = concurrency
         self.deadline = deadline
         self.limits = dict(limits or {})
+        self.buckets = dict(buckets or {})
         self.tally = Tally()
         self.crashed = threading.Event()
         self._stub_lock = lock
@@ -79,7 +92,25 @@ class ConcurrentScheduler(taskqueue_stub._BackgroundTaskScheduler):
         self._dispatching = True
         self._work: queue_module.SimpleQueue[tuple[Any, Any, float] | None] = queue_module.SimpleQueue()
         self._workers: list[threading.Thread] = []
-        stub._task_scheduler = self  # StartBackgroundExecution runs our MainLoop; adds wake us
+        stub._task_scheduler = self  # StartBackgroundExecution runs our MainLoop
+        self._wake_on_every_add()
+
+    def _wake_on_every_add(self) -> None:
+        """Wake the scheduler for each push task added, not only for one older than every task queued."""
+        group = self._group
+        add = group._NonTransactionalBulkAdd
+
+        def add_and_wake(request: Any, response: Any, now: Any) -> None:
+            add(request, response, now)
+            added = [
+                r.eta_usec
+                for r, result in zip(request.add_request, response.taskresult, strict=False)
+                if result.result == _ADDED and r.mode == _PUSH
+            ]
+            if added:
+                self.UpdateNextEventTime(_UsecToSec(min(added)))
+
+        group._NonTransactionalBulkAdd = add_and_wake
 
     def start_workers(self) -> None:
         """Start the worker threads (after the app is loaded: it may patch ``threading``)."""
@@ -118,13 +149,15 @@ class ConcurrentScheduler(taskqueue_stub._BackgroundTaskScheduler):
                 if not self._dispatching or len(self._running) >= self.concurrency:
                     return None
             now = self._get_time()
-            picked, eta = self._next_due()
+            picked, wake = self._next_due(now)
             if picked is None:
-                return None
-            if _UsecToSec(eta) > now:
-                self.UpdateNextEventTime(_UsecToSec(eta))
+                if wake < _NEVER:
+                    self.UpdateNextEventTime(wake)
                 return None
             queue, task = picked
+            bucket = self.buckets.get(queue.queue_name)
+            if bucket is not None:
+                bucket.take(now)
             if task.retry_count == 0:
                 task.first_try_usec = _SecToUsec(now)
             if task.HasField("dispatch_deadline_usec") and task.dispatch_deadline_usec > 0:
@@ -136,10 +169,15 @@ class ConcurrentScheduler(taskqueue_stub._BackgroundTaskScheduler):
                 self._per_queue[queue.queue_name] += 1
             return queue, task, deadline
 
-    def _next_due(self) -> tuple[tuple[Any, Any] | None, int]:
-        """The queue and task with the lowest ETA among tasks not in flight, in queues with room."""
+    def _next_due(self, now: float) -> tuple[tuple[Any, Any] | None, float]:
+        """The due task with the lowest ETA, not in flight, in a queue with room and a token.
+
+        With none, the time (epoch seconds) when one may be: the next ETA or the
+        next token of a throttled queue, whichever comes first (infinity: never).
+        """
         best: tuple[Any, Any] | None = None
         best_eta = 0
+        wake = _NEVER
         with self._stub_lock:  # an add may create a queue while we walk them
             queues = list(self._group._queues.values())
         with self._state:
@@ -149,13 +187,25 @@ class ConcurrentScheduler(taskqueue_stub._BackgroundTaskScheduler):
             if not queue._sorted_by_eta or queue.queue_mode == _PULL or queue.paused or queue.queue_name in full:
                 continue  # (an empty queue is skipped without taking its lock: thousands of queues may exist)
             with queue._lock:
-                for eta, name, task in queue._sorted_by_eta:
-                    if (queue.queue_name, name) in running:
-                        continue
-                    if best is None or eta < best_eta:
-                        best, best_eta = (queue, task), eta
-                    break
-        return best, best_eta
+                first = next(
+                    ((eta, task) for eta, name, task in queue._sorted_by_eta if (queue.queue_name, name) not in running),
+                    None,
+                )
+            if first is None:
+                continue
+            eta, task = first
+            if _UsecToSec(eta) > now:
+                wake = min(wake, _UsecToSec(eta))
+                continue
+            bucket = self.buckets.get(queue.queue_name)
+            if bucket is not None:
+                ready = bucket.ready_at(now)
+                if ready > now:
+                    wake = min(wake, ready)
+                    continue
+            if best is None or eta < best_eta:
+                best, best_eta = (queue, task), eta
+        return best, wake
 
     # -- running them ----------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from .guard import DISPATCH_HEADER, RequestGuard, new_secret
 from .scheduler import DEFAULT_CONCURRENCY, ConcurrentScheduler
 from .storage import Storage
 from .stubs import Serialized, make_datastore, make_taskqueue, queue_limits
+from .throttle import queue_buckets
 from .wsgi import ServedApp, StartResponse, WSGIApp, load_app, not_found, routes_tasks
 
 log = logging.getLogger("taskutils.local")
@@ -365,6 +366,7 @@ class LocalServer:
             concurrency=self.concurrency,
             deadline=self.deadline,
             limits=queue_limits(self.taskqueue),
+            buckets=queue_buckets(self.taskqueue),
         )
         if self.storage_dir is not None:
             self.storage = Storage(self.storage_dir)
