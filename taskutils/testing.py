@@ -13,6 +13,7 @@ from google.appengine.api.taskqueue import taskqueue_stub
 from google.appengine.datastore import datastore_stub_util
 from google.appengine.ext import ndb, testbed
 
+from . import taskheaders
 from .defer import DEFERRED_URL, run_deferred
 from .exc import TaskFailedError
 from .handler import EXC_INFO_KEY, TASKQUEUE_SOURCE
@@ -23,7 +24,7 @@ MAX_ROUNDS = 1000
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 # Headers the queue sets itself: a task's own copies are replaced, as the stub's dispatcher does.
-_QUEUE_HEADERS = taskqueue_stub.BUILT_IN_HEADERS | {"host", "content-type"}
+_QUEUE_HEADERS = taskqueue_stub.BUILT_IN_HEADERS | {"host", "content-type", "user-agent"}
 
 
 class TaskTestbed:
@@ -87,7 +88,8 @@ class TaskTestbed:
 
         The request carries every header the queue sends (the task's own, the
         namespace it was enqueued from included, then queue name, task name,
-        retry and execution counts, ETA) and runs in a context of its own in
+        retry and execution counts, ETA, App Engine's User-Agent, and with
+        ``previous_response`` the retry reason) and runs in a context of its own in
         that namespace, as ``wrap_wsgi_app`` runs a request. ``app`` is the WSGI
         app that receives it: by default ``taskutils.app``, and deferred's own
         handler for the tasks ``deferred.defer`` enqueued. An exception that escapes the app
@@ -160,8 +162,10 @@ def _environ(task: Any, retry_count: int, previous_response: int | None) -> dict
         ("X-AppEngine-TaskETA", own.get("x-appengine-tasketa") or str(task.eta_posix)),
         ("X-AppEngine-Fake-Is-Admin", "1"),
     ]
+    headers.append(("User-Agent", taskheaders.user_agent(own.get("user-agent"))))
     if previous_response is not None:
         headers.append(("X-AppEngine-TaskPreviousResponse", str(previous_response)))
+        headers.append((taskheaders.RETRY_REASON, taskheaders.answered(previous_response)))
     if "host" in own:
         headers.append(("Host", own["host"]))
     env: dict[str, Any] = {

@@ -84,6 +84,37 @@ def test_a_task_enqueued_by_the_app_runs_over_http_with_app_engine_headers(serve
     ), line
 
 
+APP_ENGINE_USER_AGENT = "AppEngine-Google; (+http://code.google.com/appengine)"
+
+
+def test_a_task_request_carries_what_app_engine_sends_beside_the_task(server):
+    server.post("/enqueue/headers_seen?key=beside&failures=1")
+
+    first, retry = [run["headers"] for run in wait_until_ok(server, "beside")]
+
+    assert first == {
+        "User-Agent": APP_ENGINE_USER_AGENT,
+        "X-AppEngine-TaskRetryReason": None,
+        "X-AppEngine-TaskPreviousResponse": None,
+        "X-AppEngine-FailFast": None,
+    }
+    assert retry == {
+        "User-Agent": APP_ENGINE_USER_AGENT,
+        "X-AppEngine-TaskRetryReason": "HTTP 500",
+        "X-AppEngine-TaskPreviousResponse": "500",
+        "X-AppEngine-FailFast": None,
+    }
+
+
+def test_a_task_keeps_its_own_user_agent_and_fail_fast_header(server):
+    server.post("/enqueue/headers_seen?key=own-headers&agent=reports/1.0&failfast=true")
+
+    [run] = wait_until_ok(server, "own-headers")
+
+    assert run["headers"]["User-Agent"] == f"reports/1.0 {APP_ENGINE_USER_AGENT}"
+    assert run["headers"]["X-AppEngine-FailFast"] == "true"
+
+
 def test_a_failing_task_is_retried_with_growing_backoff_until_it_succeeds(server):
     enqueued = server.post("/enqueue/flaky?key=backoff&failures=3&how=raised")
 

@@ -189,6 +189,7 @@ def test_a_task_past_its_deadline_counts_as_failed_and_is_retried(short_deadline
 
     assert [(a["retry_count"], a["outcome"]) for a in attempts] == [(0, "slow"), (1, "ok")]
     assert attempts[1]["at"] - attempts[0]["at"] < 3.5, "the retry waited for the slow attempt to end"
+    assert attempts[1]["retry_reason"] == "deadline exceeded: no answer within 1 s"
     line = next(line for line in server.log().splitlines() if f"task={enqueued['name']} retry=0 ->" in line)
     assert re.search(r"-> 504 .*DeadlineExceeded", line), line
 

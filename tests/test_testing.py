@@ -104,7 +104,7 @@ def keep_headers(headers):
     headers_seen.append(dict(headers))
 
 
-def test_drain_posts_the_headers_the_stubs_own_dispatcher_sends(task_testbed):
+def test_drain_posts_the_headers_the_stubs_own_dispatcher_sends_and_app_engines_user_agent(task_testbed):
     namespace_manager.set_namespace("tenant1")
     keep_headers()
     namespace_manager.set_namespace("")
@@ -116,6 +116,7 @@ def test_drain_posts_the_headers_the_stubs_own_dispatcher_sends(task_testbed):
     task_testbed.drain()
 
     expected = {name.lower(): value for name, value in sent["headers"]}
+    expected["user-agent"] = "AppEngine-Google; (+http://code.google.com/appengine)"  # as App Engine and serve add
     assert expected["x-appengine-current-namespace"] == "tenant1"
     assert headers_seen == [expected]
 
@@ -160,6 +161,7 @@ attempts: list = []
 def succeed_on_third_try(headers):
     info = taskutils.current_task()
     attempts.append((info.retry_count, info.execution_count, headers.get("X-AppEngine-TaskPreviousResponse")))
+    headers_seen.append(headers.get("X-AppEngine-TaskRetryReason"))
     if info.retry_count < 2:
         raise ValueError(f"attempt {info.retry_count} fails")
 
@@ -188,6 +190,7 @@ def test_drain_with_retries_posts_a_failing_task_again_with_its_retry_count_rais
 
     assert task_testbed.drain(retries=2) == 3
     assert attempts == [(0, 0, None), (1, 1, "500"), (2, 2, "500")]
+    assert headers_seen == [None, "HTTP 500", "HTTP 500"]  # X-AppEngine-TaskRetryReason, as serve sends it
     assert task_testbed.tasks() == []
 
 

@@ -3,6 +3,7 @@
 - :mod:`.server`: :class:`LocalServer`: waitress on loopback, the environment, start, stop, summary.
 - :mod:`.stubs`: Google's taskqueue, datastore and memcache stubs, registered for the server, bounded.
 - :mod:`.scheduler`: queued tasks run side by side, within their deadlines, retried with backoff.
+- :mod:`.throttle`: a queue's queue.yaml ``rate`` and ``bucket_size``, as a token bucket.
 - :mod:`.dispatch`: each attempt sent to the server as a real HTTP request, and its run record.
 - :mod:`.guard`: task headers only from the server's own queue, and only the hosts it serves.
 - :mod:`.wsgi`: the user's app, loaded, mounted as deployed, given App Engine's environment per request.

@@ -13,7 +13,8 @@ a :class:`RunRecords`:
   ``queue``, ``task_name``, ``url``, ``status`` (int: 502 when the server could
   not be reached, 504 when the deadline passed), ``duration`` (seconds),
   ``error`` (the answer's ``X-Taskutils-Error`` line, or why no answer came;
-  ``""`` when none) and ``retry_count``.
+  ``""`` when none), ``retry_count`` and ``reason`` (why the attempt failed, as
+  the next attempt's ``X-AppEngine-TaskRetryReason`` tells it; ``""`` after a 2xx).
 - ``runs.last(task_name)``: the last run of a task while it is still queued (its
   last answer and error line); ``None`` once it succeeded or was dropped, or if it
   never ran. At most ``MAX_LAST`` task names are kept.
@@ -36,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.appengine.api import request_info
+
+from .. import taskheaders
 
 log = logging.getLogger("taskutils.local")
 
@@ -61,6 +64,7 @@ class RunRecord:
     duration: float
     error: str
     retry_count: int | None
+    reason: str = ""
 
     @property
     def ok(self) -> bool:
@@ -143,7 +147,9 @@ class HTTPDispatcher(request_info.Dispatcher):
 
     One kept-alive connection per calling thread, each request written in one
     send. A task the server cannot be reached for answers 502, one that has not
-    answered within its deadline 504: either way the queue retries it.
+    answered within its deadline 504: either way the queue retries it. Beside
+    the stub's headers, each request carries what App Engine adds: its
+    User-Agent and, on a retry, ``X-AppEngine-TaskRetryReason``.
     ``on_deadline`` is called (with no arguments) each time an attempt is given
     up on while the server may still be running it. ``headers`` go with every
     request (the server's dispatch secret, see :mod:`.guard`).
@@ -225,36 +231,53 @@ class HTTPDispatcher(request_info.Dispatcher):
     ) -> request_info.ResponseTuple:
         """Post one task to the server and return its answer, as the stub's executor expects."""
         data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-        sent = [(k, v) for k, v in headers if v is not None]
-        found = {k.lower(): v for k, v in sent}
+        sent = [(k, v) for k, v in headers if v is not None and k.lower() != "user-agent"]
+        found = {k.lower(): v for k, v in headers if v is not None}
         sent += self.headers
         if "host" not in found:
             sent.append(("Host", f"{self.host}:{self.port}"))
         if "content-length" not in found:
             sent.append(("Content-Length", str(len(data))))
+        sent.append(("User-Agent", taskheaders.user_agent(found.get("user-agent"))))
         queue = found.get("x-appengine-queuename", "")
         name = found.get("x-appengine-taskname", "")
         retry = found.get("x-appengine-taskretrycount")
+        if retry and retry != "0":
+            reason = self._retry_reason(name, found.get("x-appengine-taskpreviousresponse"))
+            if reason:
+                sent.append((taskheaders.RETRY_REASON, reason))
         deadline = getattr(self._local, "deadline", None) or self.timeout
         token = self.records.started(queue, name)
         at, started = time.time(), time.perf_counter()
-        error = ""
+        error = reason = ""
         try:
             status, response_headers, content = self._send(_request(method, relative_url, sent, data), method, deadline)
             error = next((v for k, v in response_headers if k.lower() == ERROR_HEADER), "")
         except DeadlineExceeded as e:
             status, response_headers, content, error = "504 Gateway Timeout", [], b"", f"DeadlineExceeded: {e}"
+            reason = taskheaders.deadline_exceeded(deadline)
             if self.on_deadline is not None:
                 self.on_deadline()
         except (OSError, ValueError, http.client.HTTPException) as e:
             status, response_headers, content = "502 Bad Gateway", [], b""
             error = f"no answer from the server: {type(e).__name__}: {e}"
+            reason = taskheaders.unreachable(e)
         took = time.perf_counter() - started
         code = int(status.split(" ", 1)[0])
+        if not reason and not 200 <= code < 300:
+            reason = taskheaders.answered(code)
         self.records.finished(
             token,
             RunRecord(
-                at, queue, name, relative_url, code, took, error, int(retry) if retry and retry.isdigit() else None
+                at,
+                queue,
+                name,
+                relative_url,
+                code,
+                took,
+                error,
+                int(retry) if retry and retry.isdigit() else None,
+                reason,
             ),
         )
         log.log(
@@ -270,6 +293,15 @@ class HTTPDispatcher(request_info.Dispatcher):
             f": {error}" if code in (502, 504) else "",
         )
         return request_info.ResponseTuple(status, response_headers, content)
+
+    def _retry_reason(self, task_name: str, previous_response: str | None) -> str:
+        """Why the task's last attempt failed: from its run record, else from the status the queue kept."""
+        last = self.records.last(task_name)
+        if last is not None and last.reason:
+            return last.reason
+        if previous_response and previous_response.isdigit():
+            return taskheaders.answered(int(previous_response))
+        return ""
 
     def close(self) -> None:
         """Send no more tasks: retries of a dropped connection stop, the caller's connection closes."""

@@ -186,11 +186,12 @@ class ConcurrentScheduler(taskqueue_stub._BackgroundTaskScheduler):
         for queue in queues:
             if not queue._sorted_by_eta or queue.queue_mode == _PULL or queue.paused or queue.queue_name in full:
                 continue  # (an empty queue is skipped without taking its lock: thousands of queues may exist)
+            first = None
             with queue._lock:
-                first = next(
-                    ((eta, task) for eta, name, task in queue._sorted_by_eta if (queue.queue_name, name) not in running),
-                    None,
-                )
+                for eta, name, task in queue._sorted_by_eta:
+                    if (queue.queue_name, name) not in running:
+                        first = eta, task
+                        break
             if first is None:
                 continue
             eta, task = first

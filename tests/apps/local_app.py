@@ -83,8 +83,8 @@ def nap_item(item: tuple[str, float]) -> None:
     _record("nap", key)
 
 
-@task
-def slow_first(key: str, seconds: float) -> None:
+@task(includeheaders=True)
+def slow_first(key: str, seconds: float, headers: Any) -> None:
     """Its first attempt sleeps for seconds (past a short deadline); later attempts return at once."""
     info = taskutils.current_task()
     assert info is not None
@@ -92,7 +92,27 @@ def slow_first(key: str, seconds: float) -> None:
         _record("slow_first", key, "slow")
         time.sleep(seconds)
         return
-    _record("slow_first", key)
+    _record("slow_first", key, retry_reason=headers.get("X-AppEngine-TaskRetryReason"))
+
+
+@task(includeheaders=True)
+def headers_seen(key: str, failures: int, headers: Any) -> None:
+    """Records the headers App Engine adds beside the task's own; fails its first ``failures`` attempts."""
+    info = taskutils.current_task()
+    assert info is not None
+    seen = {
+        name: headers.get(name)
+        for name in (
+            "User-Agent",
+            "X-AppEngine-TaskRetryReason",
+            "X-AppEngine-TaskPreviousResponse",
+            "X-AppEngine-FailFast",
+        )
+    }
+    if info.retry_count < failures:
+        _record("headers_seen", key, "raised", headers=seen)
+        raise RuntimeError(f"attempt {info.retry_count} fails on purpose")
+    _record("headers_seen", key, headers=seen)
 
 
 @task
@@ -125,6 +145,13 @@ def _enqueue(kind: str, key: str, query: dict[str, str]) -> dict[str, Any]:
         options["countdown"] = float(query["countdown"])
     if "deadline" in query:
         options["dispatch_deadline_usec"] = int(float(query["deadline"]) * 1_000_000)
+    own_headers = {}
+    if "agent" in query:
+        own_headers["User-Agent"] = query["agent"]
+    if "failfast" in query:
+        own_headers["X-AppEngine-FailFast"] = query["failfast"]
+    if own_headers:
+        options["headers"] = own_headers
     extra: dict[str, Any] = {}
     if kind == "record":
         added = record.options(**options)(key)
@@ -138,6 +165,8 @@ def _enqueue(kind: str, key: str, query: dict[str, str]) -> dict[str, Any]:
         added = nap.options(**options)(key, float(query.get("seconds", "0.2")))
     elif kind == "slow_first":
         added = slow_first.options(**options)(key, float(query.get("seconds", "3")))
+    elif kind == "headers_seen":
+        added = headers_seen.options(**options)(key, int(query.get("failures", "0")))
     elif kind == "exits":
         added = exits.options(**options)(key, query.get("how", "exit"))
     elif kind == "blob":
