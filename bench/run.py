@@ -2,7 +2,7 @@
 
 Run from the repository root with the installed package:
 
-    python bench/run.py            # every comparison (about 4 minutes on 2 cores)
+    python bench/run.py            # every comparison (about 7 minutes on 2 cores)
     python bench/run.py --quick    # fewer rounds, for a smoke run
 
 Every comparison runs its two sides in alternating rounds (A then B, B then
@@ -11,7 +11,10 @@ the median of the per-round ratios with each side's median time per
 operation. Logging is off for both sides while timing, and the garbage
 collector is paused inside each timed batch, as timeit does. The serve rows
 start ``taskutils.local.LocalServer`` (what ``python -m taskutils serve``
-runs) on a free loopback port.
+runs) on a free loopback port. The devappserver rows run ``serve`` and Google's
+``dev_appserver.py`` side by side as subprocesses (bench/bench_devappserver.py);
+they are skipped, with the reason printed, where the Google Cloud CLI is not
+installed.
 """
 
 from __future__ import annotations
@@ -398,7 +401,7 @@ def table(results: list[Result]) -> str:
         met = "" if r.ok is None else ("yes" if r.ok else "**no**")
         if "bytes" in r.a_name:
             a, b = f"{r.a_us:.0f} B", f"{r.b_us:.0f} B"
-        elif r.a_name.endswith("/s"):
+        elif r.a_name.endswith("/s") or r.a_name == "MB":
             a, b = f"{r.a_us:.0f} {r.a_name}", f"{r.b_us:.0f} {r.b_name}"
         else:
             a, b = f"{r.a_name}: {r.a_us:.1f} µs", f"{r.b_name}: {r.b_us:.1f} µs"
@@ -412,13 +415,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="9 rounds: a smoke run, not figures to quote")
     parser.add_argument(
         "--only",
-        choices=("enqueue", "sizes", "map", "handle", "payload", "results", "serve"),
+        choices=("enqueue", "sizes", "map", "handle", "payload", "results", "serve", "devappserver"),
         action="append",
         help="run only these comparisons (repeatable)",
     )
     args = parser.parse_args(argv)
     rounds = 9 if args.quick else args.rounds
-    only = set(args.only or ("enqueue", "sizes", "map", "handle", "payload", "results", "serve"))
+    only = set(args.only or ("enqueue", "sizes", "map", "handle", "payload", "results", "serve", "devappserver"))
 
     bench = Bench(rounds)
     results: list[Result] = []
@@ -450,6 +453,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             import bench_serve  # serve on I/O-bound tasks against a bare WSGI app
 
             results += [Result(*row) for row in bench_serve.rows(rounds)]
+        if "devappserver" in only:  # serve beside Google's dev_appserver.py, as subprocesses
+            import bench_devappserver
+
+            found_rows, more = bench_devappserver.rows(2 if args.quick else bench_devappserver.ROUNDS)
+            results += [Result(*row) for row in found_rows]
+            notes += more
     finally:
         logging.disable(logging.NOTSET)
 
