@@ -257,8 +257,8 @@ def test_the_page_of_a_task_that_is_not_queued_and_never_ran_says_so_once(consol
 
 def test_a_deleted_task_never_runs(console):
     key = console.key("deleted")
-    name = console.enqueue("record", key, queue="parked", countdown=2)
-    due = time.monotonic() + 2
+    name = console.enqueue("record", key, queue="parked", countdown=4)
+    due = time.monotonic() + 4
     console.open("/queues/parked")
 
     console.press("Delete", within=console.row(name))
@@ -271,8 +271,9 @@ def test_a_deleted_task_never_runs(console):
 
 def test_purge_asks_for_confirmation_then_deletes_every_task_of_the_queue(console):
     keys = [console.key(f"purged-{i}") for i in range(2)]
-    names = [console.enqueue("record", key, queue="doomed", countdown=2) for key in keys]
-    due = time.monotonic() + 2
+    # Long enough for the pages below to load on a loaded machine before the tasks are due.
+    names = [console.enqueue("record", key, queue="doomed", countdown=8) for key in keys]
+    due = time.monotonic() + 8
     console.open("/queues/doomed")
 
     console.press("Purge")
