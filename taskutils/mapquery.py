@@ -12,7 +12,7 @@ How it works (see docs/map_query.md for the user's view):
   ran in). When its time budget is spent it bumps the checkpoint's generation and adds the
   walker of the next generation in the same transaction: a hand-over.
 - **One walker per range.** The checkpoint names the delivery that walks it (a lease with
-  an expiry, renewed at each commit) and its generation. A walker of an older generation
+  an expiry twice the time budget away, renewed at each commit) and its generation. A walker of an older generation
   stops at once; a second delivery of the current one answers "retry later"
   (``RetryTaskException``) while the lease runs, and takes over when it has lapsed (the
   first one died). Every commit checks the lease and the cursor in its transaction, so a
@@ -46,7 +46,7 @@ __all__ = ["MapQueryHandle", "map_query"]
 log = logging.getLogger("taskutils.mapquery")
 
 TIME_BUDGET = 120.0  # seconds a walker works before it hands over: well under the 10-minute task deadline
-LEASE_MARGIN = 60.0  # a lease outlives the time budget by this much, for the page in flight
+MIN_LEASE = 1.0  # seconds: a lease lasts twice the time budget past the last commit, and at least this
 ATTEMPTS = 5  # failures of the function at one cursor before the shard fails
 PIECE_GROUPS = 24  # entity groups of entities per transaction, beside the checkpoint's: Datastore allows 25
 MAX_PAGE_SIZE = 1000
@@ -263,9 +263,13 @@ class _Walker:
         if checkpoint.owner not in (None, self.token) and checkpoint.lease > ds.now():
             raise _Leased(f"its lease runs {checkpoint.lease - ds.now():.0f} more seconds")
         checkpoint.owner = self.token
-        checkpoint.lease = ds.now() + self.job.time_budget + LEASE_MARGIN
+        checkpoint.lease = self._lease_end()
         ds.put_checkpoint(checkpoint)
         return checkpoint
+
+    def _lease_end(self) -> float:
+        """Until when a claim or a commit holds the shard: a crashed walker's retry waits this long."""
+        return ds.now() + max(2 * self.job.time_budget, MIN_LEASE)
 
     def _own(self, cursor: bytes | None | object = _ANYWHERE) -> ds.Checkpoint:
         """Inside a transaction: the checkpoint, if this walker still holds it (where it left it)."""
@@ -310,7 +314,7 @@ class _Walker:
         checkpoint.cursor = cursor
         checkpoint.count += done
         checkpoint.failures = 0
-        checkpoint.lease = ds.now() + self.job.time_budget + LEASE_MARGIN
+        checkpoint.lease = self._lease_end()
         ds.put_checkpoint(checkpoint)
         return checkpoint
 
