@@ -27,6 +27,7 @@ How it works (see docs/map_query.md for the user's view):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 import uuid
@@ -231,8 +232,14 @@ class _Walker:
                 ds.transaction(lambda: self._settle(CANCELLED, None))
                 log.info("%s stops: its group is %s", self.name, group.status)
                 return
+            job = self.job
             items, more = ds.fetch(
-                self.job.query, checkpoint.key_range, checkpoint.cursor, self.job.page_size, self.job.keys_only
+                job.query,
+                checkpoint.key_range,
+                checkpoint.cursor,
+                job.page_size,
+                job.keys_only,
+                job.transactional_pages,
             )
             try:
                 checkpoint = self._page(checkpoint, items)
@@ -242,7 +249,7 @@ class _Walker:
                 checkpoint = fresh
                 continue
             except _ItemFailed as failed:
-                if ds.transaction(lambda: self._failed(failed)):
+                if ds.transaction(functools.partial(self._failed, failed)):
                     return
                 raise failed.error from None
             if not more:
@@ -293,7 +300,7 @@ class _Walker:
                 self._call(item.value, item)
             return ds.transaction(lambda: self._advance(checkpoint.cursor, items))  # type: ignore[no-any-return]
         for piece in _pieces(items):
-            checkpoint = ds.transaction(lambda: self._piece(checkpoint.cursor, piece))
+            checkpoint = ds.transaction(functools.partial(self._piece, checkpoint.cursor, piece))
         return checkpoint
 
     def _piece(self, cursor: bytes | None, piece: list[ds.Item]) -> ds.Checkpoint:
@@ -301,7 +308,7 @@ class _Walker:
         keys = [item.key for item in piece]
         values = keys if self.job.keys_only else ds.get_fresh(keys)
         done = 0
-        for item, value in zip(piece, values):
+        for item, value in zip(piece, values, strict=True):
             if value is not None:  # deleted since the page was read
                 self._call(value, item)
                 done += 1
@@ -310,7 +317,7 @@ class _Walker:
     def _advance(self, cursor: bytes | None, items: list[ds.Item]) -> ds.Checkpoint:
         return self._commit(self._own(cursor), items[-1].cursor, len(items))
 
-    def _commit(self, checkpoint: ds.Checkpoint, cursor: bytes, done: int) -> ds.Checkpoint:
+    def _commit(self, checkpoint: ds.Checkpoint, cursor: bytes | None, done: int) -> ds.Checkpoint:
         checkpoint.cursor = cursor
         checkpoint.count += done
         checkpoint.failures = 0

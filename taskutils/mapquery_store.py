@@ -69,11 +69,11 @@ class Checkpoint:
 
 @dataclasses.dataclass
 class Item:
-    """One result of a page: what the function gets, its key, and the cursor just after it."""
+    """One result of a page: what the function gets, its key, and the cursor just after it (if asked for)."""
 
     value: Any
     key: Any
-    cursor: bytes
+    cursor: bytes | None
 
 
 def _shard_key(group_id: str, shard: int) -> ndb.Key:
@@ -97,7 +97,9 @@ def put_checkpoint(checkpoint: Checkpoint) -> None:
 
 
 def _checkpoint(group_id: str, shard: int, entity: _Shard) -> Checkpoint:
-    fields = {f.name: getattr(entity, f.name) for f in dataclasses.fields(Checkpoint) if f.name not in ("group_id", "shard")}
+    fields = {
+        f.name: getattr(entity, f.name) for f in dataclasses.fields(Checkpoint) if f.name not in ("group_id", "shard")
+    }
     return Checkpoint(group_id, shard, **fields)
 
 
@@ -187,13 +189,24 @@ def _restricted(query: ndb.Query, key_range: str) -> ndb.Query:
     return query
 
 
-def fetch(query: ndb.Query, key_range: str, cursor: bytes | None, limit: int, keys_only: bool) -> tuple[list[Item], bool]:
-    """Up to ``limit`` results of the query within the range, from the cursor on; and whether more may follow."""
+def fetch(
+    query: ndb.Query, key_range: str, cursor: bytes | None, limit: int, keys_only: bool, every_cursor: bool
+) -> tuple[list[Item], bool]:
+    """Up to ``limit`` results of the query within the range, from the cursor on; and whether more may follow.
+
+    Each item carries the cursor just after it when ``every_cursor``; otherwise only the last one does.
+    """
     start = datastore_query.Cursor.from_bytes(cursor) if cursor else None
+    if not every_cursor:
+        page, after, more = _restricted(query, key_range).fetch_page(limit, start_cursor=start, keys_only=keys_only)
+        items = [Item(value, value if keys_only else value.key, None) for value in page]
+        if items:
+            items[-1].cursor = after.to_bytes()
+        return items, bool(more and items)
     it = _restricted(query, key_range).iter(
         start_cursor=start, limit=limit + 1, batch_size=limit + 1, produce_cursors=True, keys_only=keys_only
     )
-    items: list[Item] = []
+    items = []
     for value in it:
         if len(items) == limit:
             return items, True

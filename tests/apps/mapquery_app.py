@@ -30,8 +30,10 @@ class MqAccount(ndb.Model):
 
 
 def touch(account: MqAccount) -> None:
-    account.touched += 1
-    account.put()
+    """Reads the account again, so a second run on it (after a crash) would count 2."""
+    fresh = account.key.get(use_cache=False, use_memcache=False)
+    fresh.touched += 1
+    fresh.put()
 
 
 def report(counts: list[int]) -> None:
