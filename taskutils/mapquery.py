@@ -146,11 +146,11 @@ def map_query(
     store.put(store.new_group_entity(group_id, shards, leaves, queue))
     try:
         for first in range(0, shards, SHARDS_PER_TRANSACTION):
-            ds.transaction(lambda first=first: _start_shards(job, ranges, first))  # type: ignore[misc]
+            ds.transaction(functools.partial(_start_shards, job, ranges, first))
     except BaseException:
         cancel_group(group_id)  # the shards started so far stop at their next page
         raise
-    log.info("map_query %s: %d shards over %s", group_id, shards, ds.check_query(query))
+    log.info("map_query %s: %d shards over %s", group_id, shards, ds.check_query(query))  # the kind
     return MapQueryHandle(group_id, shards, leaves)
 
 
