@@ -77,6 +77,7 @@ class MapQueryHandle(GroupHandle):
     """The ``GroupHandle`` of a ``map_query``: its children are the shards; it also counts entities."""
 
     def checkpoints(self) -> list[ds.Checkpoint | None]:
+        """Each shard's checkpoint, in shard order (one batched get)."""
         return ds.get_checkpoints(self.id, self.total)
 
     @property
@@ -98,6 +99,7 @@ class MapQueryHandle(GroupHandle):
 
     @classmethod
     def get(cls, group_id: str) -> MapQueryHandle | None:
+        """The handle of the map with this id (``g.id``); None when there is none."""
         group = GroupHandle.get(group_id)
         return None if group is None else cls(group.id, group.total)
 
