@@ -39,7 +39,8 @@ from . import mapquery_store as ds
 from . import results_store as store
 from .exc import MapQueryError, PermanentTaskFailure, RetryTaskException, UnpicklableArgumentError
 from .results import GroupHandle
-from .results_run import GROUP_HEADER, HANDLE_HEADER, cancel_group
+from .results_ids import new_group_id
+from .results_run import cancel_group, enqueue
 from .task import TaskFunction, task
 
 __all__ = ["MapQueryHandle", "map_query"]
@@ -135,7 +136,8 @@ def map_query(
         raise ValueError(f"map_query(): time_budget must be positive, got {time_budget!r}")
     ds.check_query(query)
     func = fn.__wrapped__ if isinstance(fn, TaskFunction) else fn
-    group_id, leaves = store.new_id(), store.leaves_for(shards)
+    leaves = store.leaves_for(shards)
+    group_id = new_group_id(time.time(), shards, leaves)
     job = Job(
         func, query, page_size, bool(transactional_pages), bool(keys_only), queue, float(time_budget), attempts,
         group_id, shards, leaves,
@@ -175,8 +177,8 @@ def _walker(job: Job) -> TaskFunction[Any, Any]:
 
 def _finish(job: Job, shard: int, count: int, failure: str | None) -> None:
     """Inside the transaction that ends the shard: add the task of its child in the group."""
-    headers = {HANDLE_HEADER: f"{job.group_id}.{shard}", GROUP_HEADER: f"{job.shards} {job.leaves}"}
-    shard_done.options(queue=job.queue, transactional=True, headers=headers)(count, failure)
+    child = shard_done.options(queue=job.queue, transactional=True)
+    enqueue(child, (count, failure), {}, f"{job.group_id}.{shard}")
 
 
 @task

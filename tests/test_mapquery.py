@@ -249,3 +249,13 @@ def test_bad_arguments_are_refused_before_anything_is_written(task_testbed):
     with pytest.raises(ValueError):
         taskutils.map_query(touch, Account.query(), page_size=5000)
     assert task_testbed.tasks() == []
+
+
+def test_a_map_runs_with_signing_keys_and_its_shards_record_their_counts(task_testbed, signed):
+    make_accounts(200)
+    g = taskutils.map_query(count_call, Account.query(), shards=4, page_size=30)
+    g.then(report)
+    task_testbed.drain()
+    assert sum(g.results()) == 200 == len(calls)
+    assert reports == [g.results()]
+    assert taskutils.GroupHandle.get(g.id) is not None
