@@ -5,6 +5,7 @@ from .config import configure as configure
 from .config import get_taskroute as get_taskroute
 from .config import set_taskroute as set_taskroute
 from .defer import defer as defer
+from .exc import MapQueryError as MapQueryError
 from .exc import NoApiProxyError as NoApiProxyError
 from .exc import PayloadTooLargeError as PayloadTooLargeError
 from .exc import PermanentTaskFailure as PermanentTaskFailure
@@ -28,6 +29,7 @@ _LAZY = {
     "console": (".webconsole", "console"),
     "GroupHandle": (".results", "GroupHandle"),
     "TaskHandle": (".results", "TaskHandle"),
+    "map_query": (".mapquery", "map_query"),
     "set_progress": (".results", "set_progress"),
 }
 
@@ -48,6 +50,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "MapQueryError",
     "NoApiProxyError",
     "TaskOptionError",
     "GroupHandle",
@@ -65,6 +68,7 @@ __all__ = [
     "current_task",
     "defer",
     "get_taskroute",
+    "map_query",
     "mount",
     "set_progress",
     "set_taskroute",

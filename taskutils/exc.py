@@ -69,3 +69,7 @@ class TaskCancelledError(TaskError):
 
 class TaskRunError(TaskError):
     """Raised by ``result()`` in place of a task's own exception when that cannot be unpickled."""
+
+
+class MapQueryError(PermanentTaskFailure):
+    """Raised by a ``map_query`` group's results when its function failed for good on an entity (named by key)."""
