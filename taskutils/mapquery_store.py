@@ -15,6 +15,7 @@ cursors leave it as plain strings and bytes.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,6 +24,7 @@ from google.appengine.api import datastore, datastore_types
 from google.appengine.datastore import datastore_query
 from google.appengine.ext import ndb
 from google.appengine.ext.key_range import KeyRange
+from google.appengine.ext.ndb import metadata
 
 OVERSAMPLING = 32  # scatter keys read per shard, as appengine-mapreduce's DatastoreInputReader did
 SHARD_KIND = "_TaskutilsShard"
@@ -44,6 +46,7 @@ class _Shard(ndb.Model):
     status = ndb.StringProperty(default="walking")  # walking | done | failed | cancelled
     failures = ndb.IntegerProperty(default=0)  # failed attempts at the current cursor
     error = ndb.TextProperty()
+    updated = ndb.DateTimeProperty(auto_now=True)  # for sweep: a walking shard writes it at every page
 
     @classmethod
     def _get_kind(cls) -> str:
@@ -101,6 +104,22 @@ def _checkpoint(group_id: str, shard: int, entity: _Shard) -> Checkpoint:
         f.name: getattr(entity, f.name) for f in dataclasses.fields(Checkpoint) if f.name not in ("group_id", "shard")
     }
     return Checkpoint(group_id, shard, **fields)
+
+
+def sweep(before: datetime.datetime) -> int:
+    """Delete checkpoints last written before then (naive UTC), in every namespace; return how many.
+
+    A shard writes its checkpoint at every page, so one untouched since before the sweep's
+    cutoff belongs to a map that ended, or whose tasks can no longer run.
+    """
+    deleted = 0
+    for namespace in metadata.get_namespaces():
+        query = _Shard.query(_Shard.updated < before, namespace=namespace)
+        keys = query.fetch(keys_only=True, batch_size=500)
+        for start in range(0, len(keys), 500):
+            ndb.delete_multi(keys[start : start + 500])
+        deleted += len(keys)
+    return deleted
 
 
 def transaction(fn: Callable[[], Any]) -> Any:

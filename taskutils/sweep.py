@@ -26,18 +26,18 @@ def _cutoff(older_than: datetime.timedelta | float) -> datetime.datetime:
 
 
 def sweep(older_than: datetime.timedelta | float) -> int:
-    """Delete spilled payloads whose task was due, and task handles and groups that finished, more than
-    older_than ago; return how many were deleted.
+    """Delete spilled payloads whose task was due, task handles and groups that finished, and
+    ``map_query`` checkpoints last written, more than older_than ago; return how many were deleted.
 
     older_than is a timedelta or a number of seconds. Choose it longer than
     any task may keep retrying (its queue's task_age_limit, or how long you
     let a failing task retry): a task still running after that finds its
     payload gone and is dropped with an error in the log.
     """
-    from . import results_store, spill  # Datastore's modules load on first use, not with taskutils
+    from . import mapquery_store, results_store, spill  # Datastore's modules load on first use, not with taskutils
 
     before = _cutoff(older_than)
-    return spill.sweep(before) + results_store.sweep(before)
+    return spill.sweep(before) + results_store.sweep(before) + mapquery_store.sweep(before)
 
 
 def sweep_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

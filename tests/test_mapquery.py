@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterator
 from typing import Any
 
@@ -259,3 +260,19 @@ def test_a_map_runs_with_signing_keys_and_its_shards_record_their_counts(task_te
     assert sum(g.results()) == 200 == len(calls)
     assert reports == [g.results()]
     assert taskutils.GroupHandle.get(g.id) is not None
+
+
+def test_a_sweep_deletes_the_checkpoints_of_a_finished_map_once_they_are_old_enough(task_testbed):
+    make_accounts(200)
+    g = taskutils.map_query(count_call, Account.query(), shards=4, page_size=50)
+    task_testbed.drain()
+    assert g.status == "succeeded"
+    shards = datastore.Query("_TaskutilsShard", keys_only=True)
+    kept = shards.Count()
+    assert kept >= 1
+
+    taskutils.sweep(datetime.timedelta(days=7))
+    assert shards.Count() == kept, "checkpoints younger than the sweep's age are kept"
+
+    taskutils.sweep(datetime.timedelta(0))
+    assert shards.Count() == 0
