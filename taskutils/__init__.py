@@ -1,6 +1,7 @@
 """Run any Python callable as a Google App Engine push task: ``@task``."""
 
 from . import _sdk  # noqa: F401  (first: loads the SDK without its own import-time deprecation warnings)
+from . import hooks as hooks
 from .config import configure as configure
 from .config import get_taskroute as get_taskroute
 from .config import set_taskroute as set_taskroute
@@ -17,10 +18,13 @@ from .handler import TaskInfo as TaskInfo
 from .handler import app as app
 from .handler import current_task as current_task
 from .handler import mount as mount
+from .logs import CloudLoggingFormatter as CloudLoggingFormatter
 from .sweep import sweep as sweep
 from .sweep import sweep_app as sweep_app
 from .task import TaskFunction as TaskFunction
 from .task import task as task
+from .tracing import current_trace as current_trace
+from .tracing import traced as traced
 
 __version__ = "0.1.0"
 
@@ -50,6 +54,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CloudLoggingFormatter",
     "MapQueryError",
     "NoApiProxyError",
     "TaskOptionError",
@@ -66,8 +71,10 @@ __all__ = [
     "configure",
     "console",
     "current_task",
+    "current_trace",
     "defer",
     "get_taskroute",
+    "hooks",
     "map_query",
     "mount",
     "set_progress",
@@ -75,4 +82,5 @@ __all__ = [
     "sweep",
     "sweep_app",
     "task",
+    "traced",
 ]

@@ -9,6 +9,7 @@ import inspect
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
@@ -20,7 +21,7 @@ import webapp2
 from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPermanentTaskFailure
 from google.appengine.ext.deferred import SingularTaskFailure
 
-from . import codec, results_ids
+from . import codec, logs, results_ids
 from .config import get_keyring, settings
 from .defer import DEFERRED_URL, run_deferred
 from .exc import (
@@ -31,7 +32,9 @@ from .exc import (
     SignatureError,
     SpilledPayloadMissingError,
 )
+from .hooks import TaskEvent, on_failure, on_retry, on_start, on_success
 from .task import TAG_HEADER, TaskFunction, decode_name, resolve
+from .tracing import OTEL_MODULE, Scope, scope, task_span, traced
 
 log = logging.getLogger("taskutils.handler")
 
@@ -41,6 +44,7 @@ TASKQUEUE_SOURCE = "0.1.0.2"
 EXC_INFO_KEY = "taskutils.exc_info"
 HANDLE_KEY = "HTTP_X_TASKUTILS_HANDLE"  # the X-Taskutils-Handle header of a submitted task
 LIMIT_KEY = "HTTP_X_TASKUTILS_RETRY_LIMIT"  # its X-Taskutils-Retry-Limit, signed with it
+_modules = sys.modules
 ERROR_HEADER = "X-Taskutils-Error"
 ERROR_LINE_MAX = 200
 # A task asking to be retried, and a task whose code is not deployed (yet), answer neither 503
@@ -64,13 +68,10 @@ class TaskInfo:
     tag: str | None = None
 
 
-_current: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("taskutils_current_task", default=None)
-
-
 def current_task() -> TaskInfo | None:
     """The running task's name, queue, retry count, execution count and ETA; None outside a task."""
-    run = _current.get()
-    return None if run is None else run.info
+    current = scope.get()  # a _Run while a task runs (taskutils.tracing.Scope otherwise)
+    return None if current is None else current.info  # type: ignore[no-any-return]
 
 
 class Headers(Mapping[str, str]):
@@ -216,10 +217,14 @@ def _load_call(path: str, flags: int, data: bytes) -> tuple[Callable[..., Any], 
     return func, args, kwargs
 
 
-class _Run:
-    """One task request; ``answer()`` checks it, runs it and returns the HTTP status."""
+class _Run(Scope):
+    """One task request; ``answer()`` checks it, runs it and returns the HTTP status.
 
-    __slots__ = ("environ", "path", "body", "pointer", "outcome", "error_line", "_info")
+    While it is handled it is the current ``taskutils.tracing.scope``: what
+    ``current_task()``, log records and tasks added by the run read.
+    """
+
+    __slots__ = ("path", "body", "pointer", "outcome", "error_line", "_info", "started")
 
     def __init__(self, environ: dict[str, Any]) -> None:
         self.environ = environ
@@ -229,6 +234,11 @@ class _Run:
         self.outcome: tuple[str, int, BaseException | None] | None = None  # None: refused before running
         self.error_line: str | None = None
         self._info: TaskInfo | None = None
+        self.started = time.perf_counter()
+
+    @property
+    def handle_id(self) -> str | None:
+        return self.environ.get(HANDLE_KEY)
 
     @property
     def info(self) -> TaskInfo:
@@ -279,18 +289,14 @@ class _Run:
             func, args, kwargs = _load_call(self.path, flags, data)
             if flags & codec.HEADERS:
                 kwargs["headers"] = Headers(self.environ)
-            token = _current.set(self)
-            try:
-                if handle_id is not None:  # added by submit(): the run is recorded on its handle
-                    from .results import run_handled
-
-                    run_handled(handle_id, self.environ, func, args, kwargs)
-                else:
-                    result = func(*args, **kwargs)
-                    if result is not None and inspect.iscoroutine(result):
-                        _run_coroutine(result)
-            finally:
-                _current.reset(token)
+            if on_start.receivers:
+                on_start.send(self.event("start"))
+            if handle_id is None and OTEL_MODULE not in _modules:  # a plain call, no span: the hot path
+                result = func(*args, **kwargs)
+                if result is not None and inspect.iscoroutine(result):
+                    _run_coroutine(result)
+            else:
+                self.call(handle_id, func, args, kwargs)
         except SignatureError as e:
             self.outcome = (f"refused: {e}", logging.WARNING, None)
             return HTTPStatus.FORBIDDEN
@@ -309,9 +315,68 @@ class _Run:
         except BaseException as e:  # SystemExit, KeyboardInterrupt...: the task's, never the server's
             self.fail(e, "failed", logging.ERROR, trace=True, answered=True)
             return self.finish(HTTPStatus.INTERNAL_SERVER_ERROR)
+        if on_success.receivers:
+            on_success.send(self.event("success"))
         if self.pointer is not None:
             return self.finish(HTTPStatus.OK)
         return HTTPStatus.OK
+
+    def call(
+        self, handle_id: str | None, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Run the call: recorded on its handle when submitted, in a span when the app uses OpenTelemetry."""
+        if OTEL_MODULE in _modules:
+            with task_span(self, f"task {self.function}", self.span_attributes()):
+                self.call_once(handle_id, func, args, kwargs)
+        else:
+            self.call_once(handle_id, func, args, kwargs)
+
+    def call_once(
+        self, handle_id: str | None, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        if handle_id is not None:  # added by submit(): the run is recorded on its handle
+            from .results import run_handled
+
+            run_handled(handle_id, self.environ, func, args, kwargs)
+        else:
+            result = func(*args, **kwargs)
+            if result is not None and inspect.iscoroutine(result):
+                _run_coroutine(result)
+
+    @property
+    def function(self) -> str:
+        """The task's URL path after the route."""
+        route = settings.route
+        return self.path[len(route) + 1 :] if self.path.startswith(route + "/") else self.path
+
+    def event(self, signal: str, error: BaseException | None = None) -> TaskEvent:
+        """What taskutils.hooks receivers get about this run."""
+        info, trace = self.info, self.trace
+        return TaskEvent(
+            signal,
+            self.function,
+            info.queue_name,
+            info.task_name,
+            info.retry_count,
+            self.handle_id,
+            duration=None if signal == "start" else time.perf_counter() - self.started,
+            error=error,
+            trace_id=trace.trace_id if trace is not None else None,
+        )
+
+    def span_attributes(self) -> dict[str, Any]:
+        info = self.info
+        attributes: dict[str, Any] = {
+            "messaging.system": "gcp_cloud_tasks",
+            "messaging.operation": "process",
+            "messaging.destination.name": info.queue_name,
+            "messaging.message.id": info.task_name,
+            "taskutils.function": self.function,
+            "taskutils.retry_count": info.retry_count,
+        }
+        if self.handle_id is not None:
+            attributes["taskutils.handle_id"] = self.handle_id
+        return attributes
 
     def finish(self, status: HTTPStatus) -> HTTPStatus:
         """Delete the spilled payload once the queue will not send the task again: after 2xx, or its last attempt."""
@@ -328,6 +393,15 @@ class _Run:
         self.outcome = (outcome, level, error if trace else None)
         if answered:
             self.error_line = error_line(error)
+        final = not answered or self.last_attempt()
+        signal = on_failure if final else on_retry
+        if signal.receivers:
+            signal.send(self.event("failure" if final else "retry", error))
+
+    def last_attempt(self) -> bool:
+        """True when the task's handle says this attempt is its last (X-Taskutils-Retry-Limit)."""
+        limit = self.environ.get(LIMIT_KEY)
+        return limit is not None and limit.isdigit() and self.info.retry_count >= int(limit)
 
 
 _OK: tuple[str, int, BaseException | None] = ("ok", logging.INFO, None)
@@ -364,10 +438,15 @@ def handle(environ: dict[str, Any], start_response: StartResponse) -> list[bytes
         )
         start_response("405 Method Not Allowed", [("Allow", "POST"), ("Content-Type", "text/plain")])
         return [b"tasks are POSTed\n"]
-    started = time.perf_counter()
+    if not logs.installed:
+        logs.install()
     run = _Run(environ)
-    status = run.answer()
-    _log_line(run, status, started)
+    token = scope.set(run)  # current_task(), log records and tasks added while it runs (its outcome line too)
+    try:
+        status = run.answer()
+        _log_line(run, status, run.started)
+    finally:
+        scope.reset(token)
     line, headers, body = _response(status)
     if run.error_line is None:
         start_response(line, list(headers))
@@ -424,8 +503,11 @@ def mount(wsgi_app: WSGIApp, *, deferred: bool = False) -> WSGIApp:
 
     With ``deferred=True`` (an explicit opt-in: deferred's payloads can never be
     signed), tasks ``deferred.defer`` enqueued go to deferred's own handler, so
-    both kinds run while old queues drain.
+    both kinds run while old queues drain. Tasks added and lines logged while
+    wsgi_app answers join the request's trace (``taskutils.tracing``).
     """
+    logs.install()
+    web_app = traced(wsgi_app)
 
     def mounted(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -434,7 +516,7 @@ def mount(wsgi_app: WSGIApp, *, deferred: bool = False) -> WSGIApp:
                 return run_deferred(environ, start_response)
         elif under_route(path):
             return handle(environ, start_response)
-        return wsgi_app(environ, start_response)
+        return web_app(environ, start_response)
 
     mounted.__wrapped__ = wsgi_app  # type: ignore[attr-defined]
     return mounted

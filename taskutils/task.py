@@ -21,6 +21,8 @@ from google.appengine.runtime import apiproxy_errors
 from . import codec
 from .config import get_keyring, settings
 from .exc import NoApiProxyError, PayloadError, TaskOptionError
+from .hooks import TaskEvent, on_enqueue
+from .tracing import current_trace, task_headers
 
 if TYPE_CHECKING:
     from .results import GroupHandle, TaskHandle
@@ -49,6 +51,33 @@ _MAX_TRANSACTIONAL_TASKS_PER_ADD = 5
 # Cloud Tasks endpoints ("" for Google's, else the emulator's host:port) that answered a batch
 # add with UNIMPLEMENTED: this process adds tasks there one by one from then on.
 _no_batch_endpoints: set[str] = set()
+
+
+class _Queue(taskqueue.Queue):  # type: ignore[misc]
+    """A taskqueue.Queue that tells ``taskutils.hooks.on_enqueue`` what it added."""
+
+    def add(self, task: Any, transactional: bool = False) -> Any:
+        added = super().add(task, transactional=transactional)
+        if on_enqueue.receivers:
+            _announce(self.name, added)
+        return added
+
+
+def _announce(queue: str, added: taskqueue.Task | list[taskqueue.Task]) -> None:
+    tasks = added if isinstance(added, list) else [added]
+    if not tasks:
+        return
+    url, route = tasks[0].url.partition("?")[0], settings.route
+    trace = current_trace()
+    event = TaskEvent(
+        "enqueue",
+        url[len(route) + 1 :] if url.startswith(route + "/") else url,
+        queue,
+        task_name=tasks[0].name if len(tasks) == 1 else None,
+        count=len(tasks),
+        trace_id=trace.trace_id if trace is not None else None,
+    )
+    on_enqueue.send(event)
 
 
 def _cloud_tasks_endpoint() -> str | None:
@@ -441,7 +470,7 @@ class TaskFunction(Generic[P, R]):
         self._check = check or _ArgumentCheck.of(func, bool(options.get("includeheaders")))
         self._options = types.MappingProxyType(dict(options))
         self._suffix = "/" + (options.get("logname") or url_path_of(func))
-        self._queue = taskqueue.Queue(options.get("queue", "default"))
+        self._queue = _Queue(options.get("queue", "default"))
         self._transactional = bool(options.get("transactional"))
         self._parent = options.get("parent")
         self._flags = codec.HEADERS if options.get("includeheaders") else 0
@@ -538,7 +567,10 @@ class TaskFunction(Generic[P, R]):
         task: taskutils.results_ids).
         """
         task_kwargs = self._task_kwargs
-        if headers:  # a handle's headers (taskutils.results), merged over the task's own
+        trace = task_headers()  # the trace this task joins (taskutils.tracing); under the task's own headers
+        if trace:
+            task_kwargs = {**task_kwargs, "headers": {**trace, **task_kwargs["headers"], **(headers or {})}}
+        elif headers:  # a handle's headers (taskutils.results), merged over the task's own
             task_kwargs = {**task_kwargs, "headers": {**task_kwargs["headers"], **headers}}
         path = settings.route + self._suffix
         signed_for = path if scope is None else scope(path)
@@ -585,6 +617,9 @@ class TaskFunction(Generic[P, R]):
         keyring = get_keyring()
         prefix = None if keyring else codec.frame(path, b"", flags, keyring)  # unsigned: just the header byte
         task_kwargs = self._task_kwargs
+        trace = task_headers()  # the trace every task of this map joins (taskutils.tracing)
+        if trace:
+            task_kwargs = {**task_kwargs, "headers": {**trace, **task_kwargs["headers"]}}
         limit = taskqueue.MAX_PUSH_TASK_SIZE_BYTES
 
         def make(data: bytes) -> taskqueue.Task:
