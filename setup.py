@@ -22,7 +22,14 @@ setup(
         "legacy-cgi>=2.6; python_version >= '3.13'",
     ],
     extras_require={
-        "test": ["pytest>=7", "webtest>=3", "hypothesis>=6", "flask>=2", "selenium>=4.10"],
+        "test": [
+            "pytest>=7",
+            "webtest>=3",
+            "hypothesis>=6",
+            "flask>=2",
+            "selenium>=4.10",
+            "opentelemetry-sdk>=1.20",
+        ],
     },
     entry_points={
         "pytest11": ["taskutils = taskutils.pytest_plugin"],
