@@ -239,7 +239,9 @@ def spans() -> Any:
     return exporter
 
 
-def test_with_opentelemetry_a_task_is_a_child_span_in_the_enqueuing_requests_trace(task_testbed, spans, json_lines):
+def test_with_opentelemetry_a_task_is_a_child_span_in_the_enqueuing_requests_trace(
+    task_testbed, spans, json_lines, task_log
+):
     spans.clear()
     webtest.TestApp(flask_app()).post("/plain", headers={"traceparent": TRACEPARENT})
     task_testbed.drain()
@@ -254,6 +256,8 @@ def test_with_opentelemetry_a_task_is_a_child_span_in_the_enqueuing_requests_tra
     lines = [json.loads(line) for line in json_lines.getvalue().splitlines()]
     assert lines[0]["logging.googleapis.com/spanId"] == f"{parent_span.context.span_id:016x}"
     assert lines[1]["logging.googleapis.com/spanId"] == f"{leaf_span.context.span_id:016x}"
+    [outcome] = [r for r in task_log.records if r.getMessage().startswith("task /_ah/task/test_tracing/parent ")]
+    assert outcome.taskutils_span_id == f"{parent_span.context.span_id:016x}"  # the handler's line on the run
 
 
 def test_with_opentelemetry_a_failing_task_records_its_exception_on_its_span(task_testbed, spans):
