@@ -239,7 +239,7 @@ def run_handled(
     any task); a delivery of a run already finished or cancelled is skipped.
     """
     ref = _ref_for_run(handle_id)
-    skipped = store.transaction(_start, ref)
+    skipped = store.transaction(_start, ref, environ.get("PATH_INFO", ""))
     if skipped is not None:
         log.info("task handle %s is %s: this delivery is skipped", handle_id, skipped)
         return None
@@ -294,13 +294,14 @@ def _is_final(error: BaseException, environ: Mapping[str, Any]) -> bool:
     return limit is not None and limit.isdigit() and info is not None and info.retry_count >= int(limit)
 
 
-def _start(ref: store.Ref) -> str | None:
+def _start(ref: store.Ref, url: str = "") -> str | None:
     entity = store.get(ref.key)
     record = ref.read(entity) or store.new_record()
     if record["s"] in store.FINAL:
         return str(record["s"])
     record["s"] = store.RUNNING
     record["a"] += 1
+    record["u"], record["st"] = url, time.time()  # for the console: what runs, and when its last attempt began
     store.put(ref.write(entity, record)[0])
     return None
 
@@ -311,6 +312,7 @@ def _succeed(ref: store.Ref, run: _Run, data: bytes, queue: str) -> None:
     if record["s"] in store.FINAL:
         return  # another delivery finished first: its result stands
     record["s"] = store.SUCCEEDED
+    record["ft"] = time.time()
     record.pop("e", None)  # an earlier attempt's exception and traceback: the error line stays
     record.pop("t", None)
     if run.progress is not None:
@@ -330,6 +332,7 @@ def _fail(ref: store.Ref, run: _Run, error: BaseException, trace: str, final: bo
     if record["s"] in store.FINAL:
         return
     record["s"] = store.FAILED if final else store.RETRYING
+    record["ft"] = time.time()
     if run.progress is not None:
         record["p"] = run.progress
     store.record_error(record, error, trace)

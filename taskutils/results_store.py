@@ -20,7 +20,8 @@ transaction). Kinds, all root entities:
 A record is a dict: ``s`` status, ``a`` attempts, ``p`` progress ``(done, total)``, ``r`` the
 pickled result (or ``R``: chunk count and SHA-256 when kept apart), ``e`` the pickled
 exception, ``l`` its line ``Type: message``, ``t`` its traceback, ``cb`` callbacks, ``src``
-the handle or group a callback waits on. Records are pickled and framed by
+the handle or group a callback waits on; ``u`` the task's URL, ``st`` and ``ft`` when its last
+attempt started and ended (seconds since the epoch), for the console. Records are pickled and framed by
 ``taskutils.codec``: signed when keys are configured, checked before anything is unpickled.
 """
 

@@ -6,18 +6,87 @@ Records come from :mod:`taskutils.results` through its handles' public API.
 
 from __future__ import annotations
 
+import datetime
+import io
 import logging
+import pickle
+import pickletools
+import reprlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from google.appengine.api import datastore_errors
 
-from .html import esc, path_part, progress, status_badge, table
+from .decode import function_of
+from .html import esc, path_part, progress, status_badge, table, when
 
 log = logging.getLogger("taskutils.webconsole")
 
 MAX_ROWS = 100
 MAX_ID_BYTES = 1500  # Datastore refuses longer key names: no group can have such an id
+TRACE_LINES = 30  # the end of a failed run's traceback shown on its handle's page
+INTERNAL = "taskutils."  # the module of taskutils' own steps (a group's fan-in, cancelling callbacks)
+
+# What a pickled result may name and still be rebuilt to be shown: constructors of plain values only.
+_VALUES: dict[tuple[str, str], Any] = {
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "complex"): complex,
+    ("builtins", "bytearray"): bytearray,
+    ("datetime", "datetime"): datetime.datetime,
+    ("datetime", "date"): datetime.date,
+    ("datetime", "time"): datetime.time,
+    ("datetime", "timedelta"): datetime.timedelta,
+    ("datetime", "timezone"): datetime.timezone,
+}
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 300
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 30
+_repr.maxlevel = 5
+
+
+class _Refused(Exception):
+    pass
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Rebuilds plain values only: a pickle naming anything else is refused before any of it is imported."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _VALUES.get((module, name))
+        if found is None:
+            raise _Refused(f"{module}.{name}")
+        return found
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise _Refused("a persistent id")
+
+
+def value_text(data: bytes) -> str:
+    """A pickled value as text, without running any code it names: plain values shown, others described."""
+    try:
+        return _repr.repr(_PlainUnpickler(io.BytesIO(data)).load())
+    except _Refused:
+        pass
+    except Exception as e:  # noqa: BLE001 - anything unreadable is described, never raised
+        return f"(cannot be read: {type(e).__name__})"
+    names = []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                names.append(arg.replace(" ", "."))
+            elif opcode.name == "SHORT_BINUNICODE" and isinstance(arg, str) and len(names) < 40:
+                names.append(arg)
+    except Exception:  # noqa: BLE001 - a truncated pickle: show what was read
+        pass
+    shown = ", ".join(dict.fromkeys(n for n in names if "." in n or n[:1].isupper())) or "objects"
+    return f"a pickled object naming {shown[:300]} (not shown: reading it would run its code)"
+
+
+def is_internal(url: str) -> bool:
+    """True for a URL of taskutils' own steps (a group's fan-in), which the runs page hides unless asked."""
+    return function_of(url).startswith(INTERNAL)
 
 
 @dataclass(frozen=True)
@@ -98,8 +167,8 @@ def _rows(items: list[Item], link: str | None) -> list[list[str]]:
 HANDLE_HEADINGS = ["Handle", "Status", "Progress", "Attempts", "Error"]
 
 
-def listing(group_link: str | None) -> str:
-    """The handles and groups tables; group ids link to group_link + id when given."""
+def listing(group_link: str | None, handle_link: str | None = None) -> str:
+    """The handles and groups tables; ids link to group_link + id and handle_link + id when given."""
     if not available():
         return '<p class="empty">This taskutils keeps no handles: <code>taskutils.results</code> is not installed.</p>'
     handles_, groups = recent()
@@ -114,15 +183,15 @@ def listing(group_link: str | None) -> str:
         + "<h2>Handles</h2>"
         + table(
             HANDLE_HEADINGS,
-            _rows(handles_, None),
+            _rows(handles_, handle_link),
             "No handle yet: submit() makes one (a handle is listed once its task has started).",
             "handles",
         )
     )
 
 
-def group_detail(group_id: str) -> tuple[bool, str]:
-    """(found, HTML) for one group: its progress and its children."""
+def group_detail(group_id: str, handle_link: str | None = None) -> tuple[bool, str]:
+    """(found, HTML) for one group: its progress and its children (linked to handle_link + id when given)."""
     results = _results()
     getter = getattr(getattr(results, "GroupHandle", None), "get", None)
     group = None
@@ -139,8 +208,81 @@ def group_detail(group_id: str) -> tuple[bool, str]:
         f'<p class="summary">{status_badge(item.status)} {progress(item.done, item.total)}</p>'
         + table(
             HANDLE_HEADINGS,
-            _rows(children, None),
+            _rows(children, handle_link),
             "No child.",
             "handles",
         )
     )
+
+
+def _moment(seconds: float | None) -> datetime.datetime | None:
+    return None if seconds is None else datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+
+
+def _stored(value: Any) -> datetime.datetime | None:
+    """A Datastore time (naive UTC) as an aware one."""
+    return value.replace(tzinfo=datetime.timezone.utc) if isinstance(value, datetime.datetime) else None
+
+
+def handle_detail(
+    handle_id: str, link: Callable[[str, str], str], task_link: Callable[[str], str | None] | None = None
+) -> tuple[bool, str]:
+    """(found, HTML) for one handle: what it runs, when, how often, its result or the end of its traceback.
+
+    ``link(kind, id)`` is the URL of a handle's ("handle") or a group's ("group") page;
+    ``task_link(handle_id)`` the HTML of a link to its queued task, when the console can find it.
+    The result is read without running any code its pickle names.
+    """
+    results = _results()
+    handle = results.TaskHandle.get(handle_id) if results is not None else None
+    if handle is None:
+        return False, "<p>There is no such handle (yet: a handle is recorded once its task has started).</p>"
+    from .. import results_store as store
+
+    record = handle._record()
+    status = str(record["s"])
+    group_id, dot, index = handle_id.partition(".")
+    owner = store.get(store.group_key(group_id) if dot else store.handle_key(handle_id))
+    created = _stored(owner.get("created")) if owner is not None else None
+
+    def anchor(kind: str, ident: str) -> str:
+        return f'<a href="{esc(link(kind, ident))}">{esc(ident)}</a>'
+
+    url = record.get("u")
+    facts = [
+        ("Status", status_badge(status)),
+        ("Function", f"<code>{esc(function_of(url))}</code>" if url else "— (not started yet)"),
+        ("Created", when(created)),
+        ("Started", when(_moment(record.get("st")))),
+        (
+            "Finished" if status in ("succeeded", "failed", "cancelled") else "Last attempt ended",
+            when(_moment(record.get("ft"))),
+        ),
+        ("Attempts", esc(record["a"])),
+    ]
+    if dot:
+        facts.append(("Group", f"{anchor('group', group_id)} <small>child {esc(index)}</small>"))
+    source = record.get("src")
+    if source:
+        kind = "handle" if "." in source or store.get(store.handle_key(source)) is not None else "group"
+        facts.append(("Follows", f"{anchor(kind, source)} <small>runs once that {esc(kind)} succeeded</small>"))
+    found_task = task_link(handle_id) if task_link is not None else None
+    if found_task:
+        facts.append(("Task", found_task))
+    callbacks = [cb_id for cb_id, _ in record.get("cb") or []]
+    if callbacks:
+        facts.append(("Then", ", ".join(anchor("handle", cb_id) for cb_id in callbacks)))
+    body = '<dl class="facts">' + "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"
+    if status == "succeeded":
+        if record.get("r") is not None:
+            body += f'<h2>Result</h2><pre class="call result">{esc(value_text(bytes(record["r"])))}</pre>'
+        elif "R" in record:
+            body += f'<h2>Result</h2><p class="empty">Kept apart in {esc(record["R"][0])} chunks; not shown.</p>'
+        else:
+            body += '<h2>Result</h2><pre class="call result">None</pre>'
+    if record.get("l"):
+        body += f'<h2>Error</h2><p class="error">{esc(record["l"])}</p>'
+    if record.get("t"):
+        lines = str(record["t"]).rstrip().splitlines()[-TRACE_LINES:]
+        body += '<h2>End of the traceback</h2><pre class="call traceback">' + esc("\n".join(lines)) + "</pre>"
+    return True, body

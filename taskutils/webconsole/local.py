@@ -9,7 +9,12 @@ loopback ``Host`` (no DNS rebinding); it never shows signing keys or raw bodies.
 ``Retry`` and ``Run now`` both make a task due now through ``ForceRun``; the
 retry count is kept, so a task retried from here still counts toward its
 queue's ``task_retry_limit``. ``Retry`` is offered for a task whose last run
-failed, ``Run now`` for one that has not run yet.
+failed, ``Run now`` for one that has not run yet; ``Retry failed tasks`` on a
+queue's page does it for every failed task of the queue at once.
+
+In Cloud Tasks mode the queue lives in Cloud Tasks (or its emulator), not here:
+the console says so, and records the runs this server answers through
+``taskutils.hooks``.
 """
 
 from __future__ import annotations
@@ -17,12 +22,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode
 
+from .. import hooks
+from ..config import settings
+from ..local.dispatch import RunRecord
 from . import decode, handles, queues
 from .html import asset, duration, esc, page, path_part, status_badge, table, when
 from .runs import RunLog, started_at
@@ -44,7 +54,35 @@ _NOTICES = {
     "purged": "Queue {queue} was purged: its tasks will not run.",
     "gone": "Task {task} is no longer queued.",
     "unknown": "There is no queue {queue}.",
+    "retried": "{count} failed tasks of queue {queue} will run again now.",
 }
+STATUSES = {"": "any status", "ok": "succeeded (2xx)", "failed": "failed"}
+
+
+def queue_service() -> str | None:
+    """Where tasks are queued when not in this server's own stub: Cloud Tasks (an emulator, maybe)."""
+    if os.environ.get("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE", "").lower() != "true":
+        return None
+    emulator = os.environ.get("CLOUD_TASKS_EMULATOR_HOST")
+    return f"the Cloud Tasks emulator at {emulator}" if emulator else "Cloud Tasks"
+
+
+def _record_runs(records: Any) -> None:
+    """Record every run this process answers in records, as the dispatcher does when the queue is its own."""
+
+    def record(event: hooks.TaskEvent) -> None:
+        elapsed = event.duration or 0.0
+        error = "" if event.error is None else f"{type(event.error).__name__}: {event.error}"[:200]
+        status = 500 if event.signal == "retry" else 200
+        url = f"{settings.route}/{event.function}"
+        token = records.started(event.queue, event.task_name or "")
+        run = RunRecord(
+            time.time() - elapsed, event.queue, event.task_name or "", url, status, elapsed, error, event.retry_count
+        )
+        records.finished(token, run)
+
+    for signal in (hooks.on_success, hooks.on_retry, hooks.on_failure):
+        signal.connect(record)
 
 
 class Response:
@@ -86,6 +124,9 @@ class LocalConsole:
         self.runs = RunLog(server)
         self._secret = secrets.token_bytes(32)
         self._queue_yaml: str | None = getattr(server, "queue_yaml", None)
+        self.queue_service = queue_service()
+        if self.queue_service is not None and self.runs.records is not None:
+            _record_runs(self.runs.records)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -167,11 +208,13 @@ class LocalConsole:
         if parts == ["static", "console.js"]:
             return Response("200 OK", asset("console.js"), "text/javascript; charset=utf-8")
         if parts == ["runs"]:
-            return self._runs_page(base)
+            return self._runs_page(base, query)
         if parts == ["handles"]:
             return self._handles_page(base)
         if len(parts) == 2 and parts[0] == "handles":
             return self._group_page(base, parts[1])
+        if len(parts) == 3 and parts[0] == "handles" and parts[1] == "run":
+            return self._handle_page(base, parts[2])
         if len(parts) == 2 and parts[0] == "queues":
             return self._queue_page(base, parts[1], session, message)
         if len(parts) == 3 and parts[0] == "queues" and parts[2] == "purge":
@@ -182,7 +225,9 @@ class LocalConsole:
 
     def _notice(self, query: dict[str, str]) -> str:
         template = _NOTICES.get(query.get("done", ""))
-        return template.format(task=query.get("task", ""), queue=query.get("queue", "")) if template else ""
+        if not template:
+            return ""
+        return template.format(task=query.get("task", ""), queue=query.get("queue", ""), count=query.get("count", ""))
 
     def _page(
         self, base: str, title: str, body: str, current: str = "", message: str = "", refresh: bool = False
@@ -207,6 +252,12 @@ class LocalConsole:
     # -- actions -----------------------------------------------------------------------------
 
     def _act(self, parts: list[str], form: dict[str, str], base: str) -> Response:
+        if len(parts) == 3 and parts[0] == "queues" and parts[2] == "retry-failed":
+            queue = parts[1]
+            retried = [row.name for row in self._failed_tasks(queue) if queues.run_now(queue, row.name)]
+            log.info("console: retried %d failed tasks of queue %s", len(retried), queue)
+            query = urlencode({"done": "retried", "queue": queue, "count": len(retried)})
+            return _redirect(f"{base}/queues/{path_part(queue)}?{query}")
         if len(parts) == 3 and parts[0] == "queues" and parts[2] == "purge":
             queue = parts[1]
             back = f"{base}/queues/{path_part(queue)}"
@@ -231,6 +282,7 @@ class LocalConsole:
 
     def _queues_page(self, base: str, message: str) -> Response:
         rows = []
+        failed = self._failed_recently()
         for q in queues.queues(self._queue_yaml):
             waiting, running, next_eta = self._backlog(q)
             settings = [] if self._queue_yaml else ["App Engine's defaults (no queue.yaml):"]
@@ -245,12 +297,20 @@ class LocalConsole:
                     f'<a href="{esc(base)}/queues/{esc(path_part(q.name))}">{esc(q.name)}</a>',
                     f'<span class="num">{waiting}</span>',
                     f'<span class="num">{running}</span>',
+                    f'<span class="num failed-recently">{failed.get(q.name, 0)}</span>',
                     when(next_eta),
                     '<ul class="settings">' + "".join(f"<li>{esc(s)}</li>" for s in settings) + "</ul>",
                 ]
             )
-        body = table(
-            ["Queue", "Waiting", "Running", "Next ETA", "queue.yaml settings" if self._queue_yaml else "Settings"],
+        body = self._where() + table(
+            [
+                "Queue",
+                "Waiting",
+                "Running",
+                "Failed recently",
+                "Next ETA",
+                "queue.yaml settings" if self._queue_yaml else "Settings",
+            ],
             rows,
             "No queue yet: queues appear once a task is added, or from queue.yaml.",
             "queues",
@@ -265,6 +325,23 @@ class LocalConsole:
         following = [t for t in queues.tasks(q.name, limit=len(in_flight) + 1) if t.name not in in_flight]
         return max(0, q.waiting - len(in_flight)), len(in_flight), following[0].eta if following else None
 
+    def _failed_tasks(self, queue: str) -> list[queues.TaskRow]:
+        """The queue's tasks whose last run failed (or that the queue has retried)."""
+        failed = []
+        for row in queues.tasks(queue):
+            last = self.runs.last(row.name)
+            if (last is not None and not last.ok) or row.retry_count > 0:
+                failed.append(row)
+        return failed
+
+    def _failed_recently(self) -> dict[str, int]:
+        """How many of the recent runs failed, per queue."""
+        counts: dict[str, int] = {}
+        for run in self.runs.recent():
+            if not run.ok or run.error:
+                counts[run.queue] = counts.get(run.queue, 0) + 1
+        return counts
+
     def _task_actions(self, base: str, row: queues.TaskRow, session: str, failed: bool) -> str:
         where = f"{base}/queues/{path_part(row.queue)}/tasks/{path_part(row.name)}"
         first = (
@@ -274,16 +351,28 @@ class LocalConsole:
         )
         return first + self._button(f"{where}/delete", "Delete", session, "danger")
 
+    def _where(self) -> str:
+        """In Cloud Tasks mode: where the queues live, and what this console can still show."""
+        if self.queue_service is None:
+            return ""
+        return (
+            f'<p class="notice where">Tasks are queued in {esc(self.queue_service)}, which posts them to this '
+            "server: their queues live there, not here. This console shows the runs this server answered "
+            "and the handles and groups.</p>"
+        )
+
     def _queue_page(self, base: str, name: str, session: str, message: str) -> Response:
         info = queues.queue(name, self._queue_yaml)
         if info is None:
             return Response("404 Not Found", self._page(base, f"Queue {name}", "<p>There is no such queue.</p>"))
+        failed_rows = 0
         rows = []
         waiting, running, next_eta = self._backlog(info)
         in_flight = self.runs.running_names(name) if running else set()
         for row in queues.tasks(name):
             last = self.runs.last(row.name)
             failed = (last is not None and not last.ok) or row.retry_count > 0
+            failed_rows += failed
             rows.append(
                 [
                     _task_link(base, name, row.name),
@@ -300,9 +389,10 @@ class LocalConsole:
             '<button type="submit" class="danger">Purge</button></form>'
         )
         defaults = "" if self._queue_yaml else " (App Engine's defaults: no queue.yaml)"
+        failed_recently = self._failed_recently().get(name, 0)
         summary = (
             f'<p class="summary">{waiting} waiting · {running} running'
-            f" · next ETA {when(next_eta)}"
+            f" · {failed_recently} failed recently · next ETA {when(next_eta)}"
             f" · rate {esc(info.rate)}, bucket size {info.bucket_size}{esc(defaults)}</p>"
         )
         body = summary + table(
@@ -310,7 +400,17 @@ class LocalConsole:
         )
         if info.waiting > queues.MAX_TASKS:
             body += f'<p class="empty">Showing the first {queues.MAX_TASKS} tasks by ETA.</p>'
-        body += f'<div class="actions">{purge}</div>'
+        retry_failed = (
+            self._button(
+                f"{base}/queues/{path_part(name)}/retry-failed",
+                f"Retry failed tasks ({failed_rows})",
+                session,
+                "primary",
+            )
+            if failed_rows
+            else ""
+        )
+        body += f'<div class="actions">{retry_failed}{purge}</div>'
         return Response("200 OK", self._page(base, f"Queue {name}", body, "queues", message, refresh=True))
 
     def _purge_page(self, base: str, name: str, session: str) -> Response:
@@ -425,16 +525,68 @@ class LocalConsole:
             )
         return table(["Time", "Queue", "Task", "Function", "Status", "Duration", "Outcome"], rows, empty, "runs")
 
-    def _runs_page(self, base: str) -> Response:
-        body = self._runs_table(base, self.runs.recent(), "No task has run yet.")
+    def _runs_page(self, base: str, query: dict[str, str]) -> Response:
+        """Recent runs, filtered by function, queue and status; taskutils' own steps only when asked."""
+        runs = self.runs.recent()
+        internal = query.get("internal") == "1"
+        function, queue, status = query.get("function", ""), query.get("queue", ""), query.get("status", "")
+        if not internal:
+            runs = [r for r in runs if not handles.is_internal(r.url)]
+        functions = sorted({decode.function_of(r.url) for r in runs})
+        queue_names = sorted({r.queue for r in runs})
+        shown = [
+            r
+            for r in runs
+            if (not function or decode.function_of(r.url) == function)
+            and (not queue or r.queue == queue)
+            and (not status or (r.ok and not r.error) == (status == "ok"))
+        ]
+
+        def select(name: str, label: str, options: list[tuple[str, str]], chosen: str) -> str:
+            items = "".join(
+                f'<option value="{esc(v)}"{" selected" if v == chosen else ""}>{esc(text)}</option>'
+                for v, text in options
+            )
+            return f'<label>{esc(label)} <select name="{esc(name)}">{items}</select></label> '
+
+        form = (
+            f'<form method="get" action="{esc(base)}/runs" class="filters">'
+            + select("function", "Function", [("", "any function")] + [(f, f) for f in functions], function)
+            + select("queue", "Queue", [("", "any queue")] + [(q, q) for q in queue_names], queue)
+            + select("status", "Status", list(STATUSES.items()), status)
+            + '<label><input type="checkbox" name="internal" value="1"'
+            + (" checked" if internal else "")
+            + "> taskutils' internal steps</label> "
+            + '<button type="submit">Filter</button></form>'
+        )
+        body = form + self._runs_table(base, shown, "No run matches." if runs else "No task has run yet.")
         return Response("200 OK", self._page(base, "Recent runs", body, "runs", refresh=True))
 
+    def _handle_page(self, base: str, handle_id: str) -> Response:
+        def link(kind: str, ident: str) -> str:
+            return f"{base}/handles/{path_part(ident)}" if kind == "group" else f"{base}/handles/run/{path_part(ident)}"
+
+        found, body = handles.handle_detail(handle_id, link, lambda hid: self._task_of_handle(base, hid))
+        back = f'<p><a href="{esc(base)}/handles">← handles and groups</a></p>'
+        return Response(
+            "200 OK" if found else "404 Not Found",
+            self._page(base, f"Handle {handle_id}", back + body, "handles", refresh=True),
+        )
+
+    def _task_of_handle(self, base: str, handle_id: str) -> str | None:
+        """A link to the queued task that runs handle_id, if one is queued here."""
+        for info in queues.queues(self._queue_yaml):
+            for row in queues.tasks(info.name):
+                if any(k.lower() == "x-taskutils-handle" and v == handle_id for k, v in row.headers):
+                    return _task_link(base, info.name, row.name)
+        return None
+
     def _handles_page(self, base: str) -> Response:
-        body = handles.listing(base + "/handles/")
+        body = handles.listing(base + "/handles/", base + "/handles/run/")
         return Response("200 OK", self._page(base, "Handles and groups", body, "handles", refresh=True))
 
     def _group_page(self, base: str, group_id: str) -> Response:
-        found, body = handles.group_detail(group_id)
+        found, body = handles.group_detail(group_id, base + "/handles/run/")
         status = "200 OK" if found else "404 Not Found"
         back = f'<p><a href="{esc(base)}/handles">← handles and groups</a></p>'
         return Response(status, self._page(base, f"Group {group_id}", back + body, "handles", refresh=True))

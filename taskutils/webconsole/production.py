@@ -4,7 +4,8 @@ Serve it behind ``login: admin`` and ``wrap_wsgi_app`` (see ``app.yaml.example``
 Whether a request comes from an admin is App Engine's word:
 ``users.is_current_user_admin()``, which reads the ``X-Appengine-User-Is-Admin``
 header App Engine sets through ``wrap_wsgi_app``; without it, the answer is 403.
-Pages link by query string (``?group=ID``), so it works under any path.
+Pages link by query string (``?group=ID``, ``?handle=ID``), so it works under any path.
+Tasks themselves live in App Engine's queues (or Cloud Tasks): the Cloud Console shows those.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from . import handles
 from .html import esc, page
@@ -43,6 +44,10 @@ def _answer(start_response: StartResponse, status: str, body: bytes, content_typ
     return [body]
 
 
+def _link(kind: str, ident: str) -> str:
+    return f"?{urlencode({kind: ident})}"
+
+
 def console(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
     """The production console's WSGI app: 403 unless an App Engine admin asks; GET only."""
     if not _is_admin():
@@ -52,9 +57,18 @@ def console(environ: dict[str, Any], start_response: StartResponse) -> Iterable[
         start_response("405 Method Not Allowed", [("Allow", "GET"), ("Content-Length", "0"), *_HEADERS])
         return [b""]
     query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-    nav = [("Handles and groups", "?", "group" not in query)]
+    nav = [("Handles and groups", "?", "group" not in query and "handle" not in query)]
+    if "handle" in query:
+        found, body = handles.handle_detail(query["handle"], _link)
+        html = page(
+            f"Handle {query['handle']}",
+            '<p><a href="?">← handles and groups</a></p>' + body,
+            nav=nav,
+            heading="taskutils console",
+        )
+        return _answer(start_response, "200 OK" if found else "404 Not Found", html, "text/html; charset=utf-8")
     if "group" in query:
-        found, body = handles.group_detail(query["group"])
+        found, body = handles.group_detail(query["group"], "?handle=")
         html = page(
             f"Group {query['group']}",
             '<p><a href="?">← handles and groups</a></p>' + body,
@@ -62,10 +76,11 @@ def console(environ: dict[str, Any], start_response: StartResponse) -> Iterable[
             heading="taskutils console",
         )
         return _answer(start_response, "200 OK" if found else "404 Not Found", html, "text/html; charset=utf-8")
-    body = handles.listing("?group=")
+    body = handles.listing("?group=", "?handle=")
     html = page(
         "Handles and groups",
-        body + f'<p class="empty">Read-only. {esc("Newest first.")}</p>',
+        body + f'<p class="empty">Read-only. {esc("Newest first.")} Tasks are queued in App Engine\'s queues '
+        "(or Cloud Tasks): see them in the Cloud Console.</p>",
         nav=nav,
         heading="taskutils console",
     )
