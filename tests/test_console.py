@@ -459,3 +459,105 @@ def test_without_a_queue_yaml_the_settings_shown_are_said_to_be_app_engines_defa
     console.follow("default")
     summary = console.driver.find_element(By.CSS_SELECTOR, ".summary").text
     assert summary.endswith("(App Engine's defaults: no queue.yaml)"), summary
+
+
+def test_a_handle_shows_its_function_times_attempts_result_and_the_callback_that_follows_it(console):
+    key = console.key("handle")
+    made = console.server.post(f"/handle?key={key}")
+    console.server.wait_for(lambda: console.ran(f"noted-{key.upper()}") == 1, "the handle and its callback to run")
+
+    console.server.wait_for(
+        lambda: "succeeded" in console.open(f"/handles/run/{made['then']}").text(), "the callback to be recorded"
+    )
+    console.open(f"/handles/run/{made['id']}")
+    console.shoot("handle")
+
+    assert console.heading() == f"Handle {made['id']}"
+    facts = console.driver.find_element(By.CSS_SELECTOR, "dl.facts").text
+    assert "console_app.child" in facts and "succeeded" in facts
+    assert "Attempts\n1" in facts
+    assert console.driver.find_element(By.CSS_SELECTOR, "pre.result").text == repr(key.upper())
+    times = console.driver.find_elements(By.CSS_SELECTOR, "dl.facts time[datetime]")
+    assert len(times) == 3 and all(t.text.endswith(" UTC") for t in times)  # created, started, finished
+    local = console.driver.find_elements(By.CSS_SELECTOR, "dl.facts .local-time")
+    assert len(local) == (3 if console.driver.javascript else 0)  # the browser's zone, beside UTC, with JS
+
+    console.follow(made["then"])
+    assert console.heading() == f"Handle {made['then']}"
+    facts = console.driver.find_element(By.CSS_SELECTOR, "dl.facts").text
+    assert "console_app.note" in facts and f"Follows\n{made['id']}" in facts
+    console.follow(made["id"])
+    assert console.heading() == f"Handle {made['id']}"
+
+
+def test_a_failed_handle_shows_the_end_of_its_traceback_and_links_to_its_group(console):
+    key = console.key("handle-fails")
+    made = console.server.post(f"/group?key={key}&n=2&fail=1")
+    console.server.wait_for(lambda: console.ran(f"{key}-1") == 1, "the failing child to run")
+
+    console.server.wait_for(
+        lambda: "failed" in console.open(f"/handles/run/{made['id']}.1").text(), "the child to be recorded failed"
+    )
+    console.shoot("failed-handle")
+    assert console.driver.find_element(By.CSS_SELECTOR, "p.error").text == f"PermanentTaskFailure: child {key}-1! fails"
+    trace = console.driver.find_element(By.CSS_SELECTOR, "pre.traceback").text
+    assert trace.startswith("Traceback") or "\n" in trace
+    assert trace.rstrip().endswith(f"PermanentTaskFailure: child {key}-1! fails")
+    console.follow(made["id"])
+    assert console.heading() == f"Group {made['id']}"
+    console.follow(f"{made['id']}.0")
+    assert console.heading() == f"Handle {made['id']}.0"
+
+
+def test_runs_filter_by_function_queue_and_status_and_hide_taskutils_own_steps_unless_asked(console):
+    from selenium.webdriver.support.ui import Select
+
+    key = console.key("filtered")
+    group = console.server.post(f"/group?key={key}&n=2")["id"]
+    bad_name = console.enqueue("fail", key, queue="failing")
+    console.server.wait_for(lambda: console.ran(key) == 1 and console.ran(f"{key}-1") == 1, "the runs")
+    console.server.wait_for(lambda: "succeeded" in console.open(f"/handles/{group}").text(), "the group to finish")
+    console.server.wait_for(lambda: console.open("/runs").has_row(bad_name), "the runs to be listed")
+
+    assert "console_app.child" in console.text()
+    assert "taskutils.results_run.complete_node" not in console.text()  # the group's fan-in: hidden
+    Select(console.driver.find_element(By.NAME, "status")).select_by_value("failed")
+    Select(console.driver.find_element(By.NAME, "queue")).select_by_value("failing")
+    console.press("Filter")
+    console.shoot("runs-filtered")
+    rows = console.driver.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert rows and all("failing" in r.text and "console_app.fail" in r.text for r in rows)
+    assert console.has_row(bad_name)
+
+    console.open("/runs?function=console_app.child")
+    assert {r.text.split("\n")[0] for r in console.driver.find_elements(By.CSS_SELECTOR, "tbody tr td:nth-child(4)")} == {
+        "console_app.child"
+    }
+    console.open("/runs")
+    console.driver.find_element(By.NAME, "internal").click()
+    console.press("Filter")
+    assert "taskutils.results_run.complete_node" in console.text()
+
+
+def test_each_queue_counts_its_recent_failures_and_retry_failed_tasks_runs_them_again(console):
+    keys = [console.key(f"bulk-{i}") for i in range(2)]
+    names = [console.enqueue("fail", key, queue="failing") for key in keys]
+    console.server.wait_for(lambda: all(console.ran(key) == 1 for key in keys), "both tasks to fail once")
+    console.server.wait_for(
+        lambda: all(console.open("/queues/failing").has_row(name) for name in names), "both to be listed"
+    )
+
+    console.open("/")
+    assert int(console.row("failing").find_element(By.CSS_SELECTOR, ".failed-recently").text) >= 2
+    assert console.row("parked").find_element(By.CSS_SELECTOR, ".failed-recently").text == "0"
+    console.open("/queues/failing")
+    assert " failed recently" in console.driver.find_element(By.CSS_SELECTOR, ".summary").text
+    [button] = [b for b in console.driver.find_elements(By.TAG_NAME, "button") if b.text.startswith("Retry failed")]
+    label = button.text
+
+    console.press(label)
+
+    count = label.split("(")[1].rstrip(")")
+    assert console.notice() == f"{count} failed tasks of queue failing will run again now."
+    # min_backoff_seconds is 600: only the button makes them run again this soon
+    console.server.wait_for(lambda: all(console.ran(key) == 2 for key in keys), "both to run again")

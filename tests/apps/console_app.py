@@ -6,6 +6,8 @@ holds arguments that create the files ``&loaded=`` and ``&shown=`` name if they 
 unpickled or shown) and answers ``{"name": ...}``;
 ``POST /group?key=K&n=N`` submits a group of N children that record K-0 ... K-(N-1)
 (children whose index is listed in ``&fail=1,2`` fail for good), answering ``{"id": ...}``;
+``POST /handle?key=K`` submits one child (a key ending in ``!`` fails for good) with a ``then``
+callback, answering ``{"id": ..., "then": ...}``;
 ``GET /ran`` answers how many times each key ran.
 """
 
@@ -83,6 +85,16 @@ class OpensWhenShown:
         return "OpensWhenShown()"
 
 
+@task
+def note(value: str) -> None:
+    _count(f"noted-{value}")
+
+
+def _handle(query: dict[str, str]) -> dict[str, Any]:
+    handle = child.submit(query["key"])
+    return {"id": handle.id, "then": handle.then(note).id}
+
+
 def _enqueue(kind: str, query: dict[str, str]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if "queue" in query:
@@ -116,6 +128,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
             return respond(start_response, "200 OK", dict(_ran))
     if path.startswith("/enqueue/") and method == "POST":
         return respond(start_response, "200 OK", _enqueue(path[len("/enqueue/") :], query))
+    if path == "/handle" and method == "POST":
+        return respond(start_response, "200 OK", _handle(query))
     if path == "/group" and method == "POST":
         return respond(start_response, "200 OK", _group(query))
     return respond(start_response, "404 Not Found", {"error": f"no {method} {path}"})
