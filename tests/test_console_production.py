@@ -110,3 +110,40 @@ def test_a_handle_shows_the_progress_its_task_reported(site, task_testbed):
 
     assert handle.status == "retrying"
     assert "3/10" in page.text
+
+
+unpickled: list[str] = []
+
+
+def _side_effect(text: str) -> str:
+    unpickled.append(text)
+    return text
+
+
+class Rigged:
+    """A result whose unpickling would call _side_effect: the console must never do it."""
+
+    def __reduce__(self) -> Any:
+        return (_side_effect, ("rigged result was unpickled",))
+
+
+@task
+def returns_rigged() -> Rigged:
+    return Rigged()
+
+
+def test_a_handle_page_shows_a_plain_result_and_never_runs_code_a_result_names(site, task_testbed):
+    plain = double.submit(21)
+    rigged = returns_rigged.submit()
+    task_testbed.drain()
+    unpickled.clear()
+
+    page = site.get(f"/?handle={plain.id}", headers=ADMIN).text
+    assert "test_console_production.double" in page and "42</pre>" in page and "Attempts" in page
+
+    page = site.get(f"/?handle={rigged.id}", headers=ADMIN).text
+    assert "not shown: reading it would run its code" in page
+    assert "test_console_production._side_effect" in page  # what it names, as text
+    assert unpickled == []
+    assert site.get("/", headers=ADMIN).text.count(f"?handle={plain.id}") == 1  # the listing links to it
+    site.get("/?handle=nosuchhandle", headers=ADMIN, status=404)
