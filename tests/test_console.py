@@ -239,10 +239,10 @@ def test_a_task_running_after_run_now_shows_as_running_and_is_counted_once(conso
     )
 
     summary = console.driver.find_element(By.CSS_SELECTOR, ".summary").text
-    assert summary.startswith("0 waiting · 1 running · next ETA —"), summary
+    assert summary.startswith("0 waiting · 1 running · 0 failed recently · next ETA —"), summary
     assert "1970" not in console.text() and "ago" not in console.row(name).text
     cells = [c.text for c in console.open("/").row("forced").find_elements(By.TAG_NAME, "td")]
-    assert cells[1:4] == ["0", "1", "—"], cells
+    assert cells[1:5] == ["0", "1", "0", "—"], cells  # waiting, running, failed recently, next ETA
     console.open(f"/queues/forced/tasks/{name}")
     assert "running now" in console.text() and "1970" not in console.text()
     console.server.wait_for(lambda: console.ran(key) == 1, f"{name} to finish")

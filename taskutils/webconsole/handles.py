@@ -7,10 +7,7 @@ Records come from :mod:`taskutils.results` through its handles' public API.
 from __future__ import annotations
 
 import datetime
-import io
 import logging
-import pickle
-import pickletools
 import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +15,7 @@ from typing import Any
 
 from google.appengine.api import datastore_errors
 
+from . import inert
 from .decode import function_of
 from .html import esc, path_part, progress, status_badge, table, when
 
@@ -28,60 +26,19 @@ MAX_ID_BYTES = 1500  # Datastore refuses longer key names: no group can have suc
 TRACE_LINES = 30  # the end of a failed run's traceback shown on its handle's page
 INTERNAL = "taskutils."  # the module of taskutils' own steps (a group's fan-in, cancelling callbacks)
 
-# What a pickled result may name and still be rebuilt to be shown: constructors of plain values only.
-_VALUES: dict[tuple[str, str], Any] = {
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "complex"): complex,
-    ("builtins", "bytearray"): bytearray,
-    ("datetime", "datetime"): datetime.datetime,
-    ("datetime", "date"): datetime.date,
-    ("datetime", "time"): datetime.time,
-    ("datetime", "timedelta"): datetime.timedelta,
-    ("datetime", "timezone"): datetime.timezone,
-}
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 300
 _repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 30
 _repr.maxlevel = 5
 
 
-class _Refused(Exception):
-    pass
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Rebuilds plain values only: a pickle naming anything else is refused before any of it is imported."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        found = _VALUES.get((module, name))
-        if found is None:
-            raise _Refused(f"{module}.{name}")
-        return found
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise _Refused("a persistent id")
-
-
 def value_text(data: bytes) -> str:
-    """A pickled value as text, without running any code it names: plain values shown, others described."""
+    """A pickled value as text, read inertly (:mod:`.inert`): nothing it names is imported, called or built."""
     try:
-        return _repr.repr(_PlainUnpickler(io.BytesIO(data)).load())
-    except _Refused:
-        pass
+        return _repr.repr(inert.read(data))
     except Exception as e:  # noqa: BLE001 - anything unreadable is described, never raised
-        return f"(cannot be read: {type(e).__name__})"
-    names = []
-    try:
-        for opcode, arg, _ in pickletools.genops(data):
-            if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
-                names.append(arg.replace(" ", "."))
-            elif opcode.name == "SHORT_BINUNICODE" and isinstance(arg, str) and len(names) < 40:
-                names.append(arg)
-    except Exception:  # noqa: BLE001 - a truncated pickle: show what was read
-        pass
-    shown = ", ".join(dict.fromkeys(n for n in names if "." in n or n[:1].isupper())) or "objects"
-    return f"a pickled object naming {shown[:300]} (not shown: reading it would run its code)"
+        names = ", ".join(inert.globals_named(data))
+        return f"(cannot be read: {type(e).__name__})" + (f"; the pickle names {names}" if names else "")
 
 
 def is_internal(url: str) -> bool:
