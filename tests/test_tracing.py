@@ -223,20 +223,24 @@ def test_trace_headers_parse_as_w3c_and_app_engine_define_them():
 
 
 @pytest.fixture(scope="module")
-def spans() -> Any:
+def spans() -> Iterator[Any]:
     """An OpenTelemetry SDK tracer provider that keeps finished spans in memory."""
     from opentelemetry import trace as otel
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.util._once import Once
 
-    provider = otel.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        otel.set_tracer_provider(provider)
+    provider = TracerProvider()
+    otel.set_tracer_provider(provider)
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
+    yield exporter
+    provider.shutdown()
+    # OpenTelemetry's global provider is set once per process: unset it (as its own test utilities do),
+    # so that the tests after these run as in an app that imported OpenTelemetry without its SDK.
+    otel._TRACER_PROVIDER = None
+    otel._TRACER_PROVIDER_SET_ONCE = Once()
 
 
 def test_with_opentelemetry_a_task_is_a_child_span_in_the_enqueuing_requests_trace(
