@@ -53,11 +53,14 @@ _MAX_TRANSACTIONAL_TASKS_PER_ADD = 5
 _no_batch_endpoints: set[str] = set()
 
 
+_queue_add = taskqueue.Queue.add
+
+
 class _Queue(taskqueue.Queue):  # type: ignore[misc]
     """A taskqueue.Queue that tells ``taskutils.hooks.on_enqueue`` what it added."""
 
     def add(self, task: Any, transactional: bool = False) -> Any:
-        added = super().add(task, transactional=transactional)
+        added = _queue_add(self, task, transactional)
         if on_enqueue.receivers:
             _announce(self.name, added)
         return added
