@@ -219,6 +219,29 @@ def test_trace_headers_parse_as_w3c_and_app_engine_define_them():
     assert no_span is not None and no_span.trace_id == TRACE and int(no_span.span_id, 16) != 0
 
 
+def test_through_serve_a_fan_out_and_its_callback_run_in_the_trace_of_the_request_that_started_them(tmp_path):
+    from apps.serving import ServeProcess
+
+    proc = ServeProcess("trace_app:app", tmp_path / "serve.log")
+    try:
+        proc.wait_ready("/seen")
+        status, _ = proc.request("POST", "/fan-out?key=k1", headers={"traceparent": TRACEPARENT})
+        assert status == 200
+
+        def four_runs() -> list[dict[str, Any]] | None:
+            seen = proc.get("/seen?key=k1")  # a run and its log line each
+            return seen if len(seen) == 8 else None
+
+        seen = proc.wait_for(four_runs, "the children and the callback to run")
+    finally:
+        proc.stop()
+
+    runs = [s for s in seen if "kind" in s]
+    assert sorted(r["kind"] for r in runs) == ["callback", "child", "child", "child"]
+    assert {r["traceparent"].split("-")[1] for r in runs} == {TRACE}  # in each task's own request
+    assert {s["log_trace"] for s in seen if "log_trace" in s} == {f"projects/serve-project/traces/{TRACE}"}
+
+
 # -- OpenTelemetry ----------------------------------------------------------------------------------
 
 
