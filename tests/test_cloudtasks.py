@@ -270,3 +270,19 @@ def test_serve_stopping_in_cloud_tasks_mode_says_the_queue_is_the_emulators(stac
     assert server.proc.returncode == 0
     assert f"tasks were queued and sent by the Cloud Tasks emulator at {stack.emulator.address}" in log
     assert "0 task runs succeeded" not in log
+
+
+def test_the_console_in_cloud_tasks_mode_says_where_the_queue_lives_and_lists_the_runs_it_answered(stack):
+    enqueued = stack.enqueue("plain", "console-1")
+    stack.wait_for(lambda e: len(e) >= 1, "console-1")
+    name = enqueued["enqueued"][0]
+
+    status, queues = stack.server.request("GET", "/_ah/taskutils/")
+    assert status == 200
+    assert f"Tasks are queued in the Cloud Tasks emulator at {stack.emulator.address}".encode() in queues
+
+    def listed() -> bool:
+        status, runs = stack.server.request("GET", "/_ah/taskutils/runs")
+        return status == 200 and name.encode() in runs and b"cloudtasks_app.plain" in runs
+
+    stack.server.wait_for(listed, "the run to be listed on the console's Runs page")
