@@ -145,4 +145,6 @@ def test_a_handle_page_shows_a_plain_result_and_never_runs_code_a_result_names(s
     assert "test_console_production._side_effect" in page  # what it names, as text
     assert unpickled == []
     assert site.get("/", headers=ADMIN).text.count(f"?handle={plain.id}") == 1  # the listing links to it
+    assert "<time datetime=" in page and " UTC</time>" in page
+    assert "function localTimes" in page  # the browser's zone beside UTC, with JavaScript
     site.get("/?handle=nosuchhandle", headers=ADMIN, status=404)

@@ -91,6 +91,7 @@ def page(
     heading: str = "taskutils",
     styles_href: str | None = None,
     script_href: str | None = None,
+    inline_script: bool = False,
     message: str = "",
 ) -> bytes:
     """A whole page: escaped title, navigation links, an optional notice, then body (already HTML)."""
@@ -104,11 +105,13 @@ def page(
         else f"<style>{asset(STYLES).decode()}</style>"
     )
     script = f'<script src="{esc(script_href)}" defer></script>' if script_href else ""
+    # Without a URL for the script (the production console), it runs inline, after the page's content.
+    tail = f"<script>{asset(SCRIPT).decode()}</script>" if inline_script and not script_href else ""
     notice = f'<p class="notice" role="status">{esc(message)}</p>' if message else ""
     return (
         "<!doctype html>\n"
         f'<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">'
         f"<title>{esc(title)} · {esc(heading)}</title>{styles}{script}</head>"
         f'<body><header><span class="brand">{esc(heading)}</span><nav>{links}</nav></header>'
-        f"<main><h1>{esc(title)}</h1>{notice}{body}</main></body></html>"
+        f"<main><h1>{esc(title)}</h1>{notice}{body}</main>{tail}</body></html>"
     ).encode()

@@ -65,6 +65,7 @@ def console(environ: dict[str, Any], start_response: StartResponse) -> Iterable[
             '<p><a href="?">← handles and groups</a></p>' + body,
             nav=nav,
             heading="taskutils console",
+            inline_script=True,
         )
         return _answer(start_response, "200 OK" if found else "404 Not Found", html, "text/html; charset=utf-8")
     if "group" in query:
@@ -74,6 +75,7 @@ def console(environ: dict[str, Any], start_response: StartResponse) -> Iterable[
             '<p><a href="?">← handles and groups</a></p>' + body,
             nav=nav,
             heading="taskutils console",
+            inline_script=True,
         )
         return _answer(start_response, "200 OK" if found else "404 Not Found", html, "text/html; charset=utf-8")
     body = handles.listing("?group=", "?handle=")
@@ -83,5 +85,6 @@ def console(environ: dict[str, Any], start_response: StartResponse) -> Iterable[
         "(or Cloud Tasks): see them in the Cloud Console.</p>",
         nav=nav,
         heading="taskutils console",
+        inline_script=True,
     )
     return _answer(start_response, "200 OK", html, "text/html; charset=utf-8")
