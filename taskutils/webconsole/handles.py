@@ -221,7 +221,7 @@ def handle_detail(
         facts.append(("Group", f"{anchor('group', group_id)} <small>child {esc(index)}</small>"))
     source = record.get("src")
     if source:
-        kind = "handle" if "." in source or store.get(store.handle_key(source)) is not None else "group"
+        kind = "group" if store.is_group(source) else "handle"
         facts.append(("Follows", f"{anchor(kind, source)} <small>runs once that {esc(kind)} succeeded</small>"))
     found_task = task_link(handle_id) if task_link is not None else None
     if found_task:
