@@ -148,3 +148,4 @@ def test_a_handle_page_shows_a_plain_result_and_never_runs_code_a_result_names(s
     assert "<time datetime=" in page and " UTC</time>" in page
     assert "function localTimes" in page  # the browser's zone beside UTC, with JavaScript
     site.get("/?handle=nosuchhandle", headers=ADMIN, status=404)
+    site.get(f"/?handle={'x' * 2000}", headers=ADMIN, status=404)

@@ -191,7 +191,12 @@ def handle_detail(
     The result is read without running any code its pickle names.
     """
     results = _results()
-    handle = results.TaskHandle.get(handle_id) if results is not None else None
+    handle = None
+    if results is not None and len(handle_id.encode("utf-8", "surrogatepass")) <= MAX_ID_BYTES:
+        try:
+            handle = results.TaskHandle.get(handle_id)
+        except (ValueError, TypeError, datastore_errors.BadValueError, datastore_errors.BadArgumentError):
+            handle = None  # not an id any handle could have
     if handle is None:
         return False, "<p>There is no such handle (yet: a handle is recorded once its task has started).</p>"
     from .. import results_store as store
