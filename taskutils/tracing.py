@@ -23,8 +23,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from google.appengine.runtime.context import wsgi as _gae_context
-
 TRACE_HEADER = "X-Taskutils-Trace"
 TRACEPARENT_HEADER = "traceparent"
 CLOUD_TRACE_HEADER = "X-Cloud-Trace-Context"
@@ -177,7 +175,12 @@ def _otel_trace() -> Trace | None:
     return Trace(format(context.trace_id, "032x"), format(context.span_id, "016x"), context.trace_flags.sampled)
 
 
-_gae_trace_var = _gae_context.HTTP_X_CLOUD_TRACE_CONTEXT  # set by wrap_wsgi_app for each request
+try:  # the SDK's context of the request wrap_wsgi_app is answering (appengine-python-standard)
+    from google.appengine.runtime.context import wsgi as _gae_context
+
+    _gae_trace_var: contextvars.ContextVar[str | None] = _gae_context.HTTP_X_CLOUD_TRACE_CONTEXT
+except (ImportError, AttributeError):  # an SDK without it: only mount() and traced() read the request
+    _gae_trace_var = contextvars.ContextVar("taskutils_no_gae_trace", default=None)
 _modules = sys.modules
 
 
