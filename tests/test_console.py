@@ -26,6 +26,7 @@ CHROMEDRIVER = os.environ.get("TASKUTILS_CHROMEDRIVER", "/usr/bin/chromedriver")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 SECRET = "console-test-signing-key-0123456789"
 CONSOLE = "/_ah/taskutils"
+BROWSER_ZONE = "Asia/Tokyo"  # UTC+9, no daylight saving time
 
 QUEUE_YAML = """\
 queue:
@@ -105,7 +106,9 @@ def browser(request: pytest.FixtureRequest) -> Iterator[Any]:
     if request.param == "without-javascript":
         options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
     # An explicit driver path: Selenium Manager never runs and nothing is downloaded.
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    # The browser's zone is not UTC, so the console's times show in both.
+    service = Service(executable_path=CHROMEDRIVER, env={**os.environ, "TZ": BROWSER_ZONE})
+    driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(30)
     driver.javascript = request.param == "with-javascript"  # type: ignore[attr-defined]
     try:
@@ -482,6 +485,10 @@ def test_a_handle_shows_its_function_times_attempts_result_and_the_callback_that
     assert len(times) == 3 and all(t.text.endswith(" UTC") for t in times)  # created, started, finished
     local = console.driver.find_elements(By.CSS_SELECTOR, "dl.facts .local-time")
     assert len(local) == (3 if console.driver.javascript else 0)  # the browser's zone, beside UTC, with JS
+    if local:
+        hour, minute, local_text = (int(times[0].text[:2]) + 9) % 24, times[0].text[3:5], local[0].text
+        assert "GMT+9" in local_text or "JST" in local_text, local_text
+        assert f"{hour:02d}:{minute}" in local_text or f"{hour % 12 or 12}:{minute}" in local_text, local_text
 
     console.open(f"/handles/run/{made['then']}")  # (listed as "Then" too, when added before the run ended)
     assert console.heading() == f"Handle {made['then']}"
