@@ -1,5 +1,6 @@
 """The pytest plugin as a user meets it: a project of their own, on a fresh pytest run."""
 
+import pathlib
 import textwrap
 
 import pytest
@@ -140,3 +141,52 @@ def test_a_conftest_may_import_the_app_first_and_values_the_user_set_are_kept(pr
     result = run(project)
 
     result.assert_outcomes(passed=3, warnings=0)
+
+
+README = (pathlib.Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+
+SIGNUP_MAIN = '''
+    """The app the README's testing example tests: a Flask app, mounted as the README says."""
+    from flask import Flask, request
+    from google.appengine.api import wrap_wsgi_app
+    from google.appengine.ext import ndb
+
+    import taskutils
+
+
+    class Welcome(ndb.Model):
+        email = ndb.StringProperty()
+
+
+    @taskutils.task
+    def send_welcome(email):
+        Welcome(id=email, email=email).put()
+
+
+    app = Flask(__name__)
+    app.wsgi_app = wrap_wsgi_app(taskutils.mount(app.wsgi_app))
+
+
+    @app.post("/signup")
+    def signup():
+        send_welcome(request.form["email"])
+        return "welcome on its way"
+'''
+
+
+def readme_block(first_line: str) -> str:
+    """The README's fenced code block that starts with first_line."""
+    start = README.index(first_line)
+    return README[start : README.index("```", start)]
+
+
+def test_the_readmes_testing_example_passes_with_python_m_pytest_from_the_apps_folder(pytester, monkeypatch):
+    for name in APP_ENGINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    pytester.makepyfile(main=textwrap.dedent(SIGNUP_MAIN))
+    pytester.mkdir("tests")
+    (pytester.path / "tests" / "test_main.py").write_text(readme_block("# tests/test_main.py"))
+
+    result = run(pytester)  # python -m pytest, in the folder of main.py, as the README says
+
+    result.assert_outcomes(passed=1)
