@@ -31,6 +31,7 @@ _LAZY = {
     "TaskHandle": (".results", "TaskHandle"),
     "map_query": (".mapquery", "map_query"),
     "set_progress": (".results", "set_progress"),
+    "periodic": (".controls.periodic", "periodic"),
 }
 
 
@@ -70,6 +71,7 @@ __all__ = [
     "get_taskroute",
     "map_query",
     "mount",
+    "periodic",
     "set_progress",
     "set_taskroute",
     "sweep",

@@ -22,12 +22,15 @@ from google.appengine.ext.deferred import SingularTaskFailure
 
 from . import codec, results_ids
 from .config import get_keyring, settings
+from .controls.spec import CRON_PATH
+from .controls.spec import ENVIRON_KEY as CONTROLS_KEY
 from .defer import DEFERRED_URL, run_deferred
 from .exc import (
     CorruptPayloadError,
     MissingTaskCodeError,
     PermanentTaskFailure,
     RetryTaskException,
+    RunPutBack,
     SignatureError,
     SpilledPayloadMissingError,
 )
@@ -281,16 +284,19 @@ class _Run:
                 kwargs["headers"] = Headers(self.environ)
             token = _current.set(self)
             try:
-                if handle_id is not None:  # added by submit(): the run is recorded on its handle
-                    from .results import run_handled
+                controls = self.environ.get(CONTROLS_KEY)
+                if controls is None:
+                    self.call(func, args, kwargs)
+                else:  # unique, debounce, exclusive, concurrency, rate: taskutils.controls says when it runs
+                    from .controls.run import run_controlled
 
-                    run_handled(handle_id, self.environ, func, args, kwargs)
-                else:
-                    result = func(*args, **kwargs)
-                    if result is not None and inspect.iscoroutine(result):
-                        _run_coroutine(result)
+                    run_controlled(controls, self.environ, body, func, args, kwargs, self.call)
             finally:
                 _current.reset(token)
+        except RunPutBack as e:  # added again for later, with the same payload: not a failed attempt
+            self.pointer = None  # the task put back still reads the spilled payload
+            self.outcome = (str(e), logging.INFO, None)
+            return HTTPStatus.OK
         except SignatureError as e:
             self.outcome = (f"refused: {e}", logging.WARNING, None)
             return HTTPStatus.FORBIDDEN
@@ -312,6 +318,18 @@ class _Run:
         if self.pointer is not None:
             return self.finish(HTTPStatus.OK)
         return HTTPStatus.OK
+
+    def call(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Run the task's call: recorded on its handle when submit() added it."""
+        handle_id = self.environ.get(HANDLE_KEY)
+        if handle_id is not None:  # added by submit(): the run is recorded on its handle
+            from .results import run_handled
+
+            run_handled(handle_id, self.environ, func, args, kwargs)
+        else:
+            result = func(*args, **kwargs)
+            if result is not None and inspect.iscoroutine(result):
+                _run_coroutine(result)
 
     def finish(self, status: HTTPStatus) -> HTTPStatus:
         """Delete the spilled payload once the queue will not send the task again: after 2xx, or its last attempt."""
@@ -420,7 +438,8 @@ app = TaskApplication()
 
 
 def mount(wsgi_app: WSGIApp, *, deferred: bool = False) -> WSGIApp:
-    """One WSGI app: task URLs go to ``taskutils.app``, everything else to wsgi_app.
+    """One WSGI app: task URLs go to ``taskutils.app``, the periodic jobs' cron route to
+    ``taskutils.controls``, everything else to wsgi_app.
 
     With ``deferred=True`` (an explicit opt-in: deferred's payloads can never be
     signed), tasks ``deferred.defer`` enqueued go to deferred's own handler, so
@@ -434,6 +453,10 @@ def mount(wsgi_app: WSGIApp, *, deferred: bool = False) -> WSGIApp:
                 return run_deferred(environ, start_response)
         elif under_route(path):
             return handle(environ, start_response)
+        elif path == CRON_PATH:  # taskutils.periodic's jobs, for App Engine's cron service only
+            from .controls.periodic import cron_app
+
+            return cron_app(environ, start_response)
         return wsgi_app(environ, start_response)
 
     mounted.__wrapped__ = wsgi_app  # type: ignore[attr-defined]
