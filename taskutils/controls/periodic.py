@@ -3,8 +3,8 @@
 One cron entry (``python -m taskutils cron MODULE:APP`` prints it) calls
 ``CRON_PATH`` every minute; ``mount()`` serves it to App Engine's cron service only
 (``X-Appengine-Cron: true``). Each call adds every due job as a task named after its
-slot (``periodic-<job>-<YYYYmmdd-HHMM>``): a second firing in the same slot finds
-the name taken and adds nothing. A job is ``exclusive`` on its own name, so it never
+slot (``periodic-<job>-<YYYYmmdd-HHMM>``) and records the slot: a second firing in
+the same slot finds the slot recorded, or the name taken, and adds nothing. A job is ``exclusive`` on its own name, so it never
 overlaps itself.
 """
 
@@ -88,12 +88,21 @@ def _utcnow() -> datetime.datetime:
 
 
 def fire(now: datetime.datetime | None = None) -> list[str]:
-    """Add every job whose slot is due (at most CATCH_UP late) as a task named after the slot; the names added."""
+    """Add every job whose slot is due (at most CATCH_UP late) as a task named after the slot; the names added.
+
+    The job's record says which slot was added last, so a slot is added once even after
+    the queue forgot the task's name (Cloud Tasks keeps names about an hour); the name
+    covers two firings racing each other.
+    """
     now = now or _utcnow()
     added = []
     for job in jobs():
         slot = job.schedule.latest(now)
         if slot is None or now - slot > min(CATCH_UP, job.schedule.shortest):
+            continue
+        record = store.State(store.PERIODIC_KIND, keys.digest(job.name))
+        last = record.read().get("slot")
+        if last is not None and datetime.datetime.fromisoformat(last) >= slot:
             continue
         name = job.task_name(slot)
         try:
@@ -103,11 +112,10 @@ def fire(now: datetime.datetime | None = None) -> list[str]:
             continue
         added.append(name)
         try:
-            record = store.State(store.PERIODIC_KIND, keys.digest(job.name))
             record.state = {"slot": slot.isoformat(), "added": now.isoformat()}
             record.write(job.name)
         except Exception:
-            log.exception("periodic job %s: added, but its last run was not recorded", job.name)
+            log.exception("periodic job %s: added, but its last slot was not recorded", job.name)
         log.info("periodic job %s: added its %s slot as task %s", job.name, slot, name)
     return added
 
