@@ -4,8 +4,8 @@ One cron entry (``python -m taskutils cron MODULE:APP`` prints it) calls
 ``CRON_PATH`` every minute; ``mount()`` serves it to App Engine's cron service only
 (``X-Appengine-Cron: true``). Each call adds every due job as a task named after its
 slot (``periodic-<job>-<YYYYmmdd-HHMM>``) and records the slot: a second firing in
-the same slot finds the slot recorded, or the name taken, and adds nothing. A job is ``exclusive`` on its own name, so it never
-overlaps itself.
+the same slot finds the slot recorded, or the name taken, and adds nothing. A job is
+``exclusive`` on its own name, so it never overlaps itself.
 """
 
 from __future__ import annotations
