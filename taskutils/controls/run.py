@@ -230,18 +230,18 @@ def _take_rate_token(environ: dict[str, Any], body: bytes, found: dict[str, Any]
 
 
 def _reserve(name: str, n: int, period: float) -> float | None:
-    """A generic cell rate algorithm: None when a token is free now, else the reserved start time."""
+    """A token bucket of one token refilled every period/n seconds, as a generic cell rate algorithm:
+    None when the token is there now, else the start time reserved for this run.
+
+    With no burst, no window of one period ever sees more than n starts.
+    """
     entity = store.State(store.RATE_KIND, name)
     state = entity.read()
     now = store.now()
-    interval = period / n
-    tolerance = period - interval  # n may start at once
-    tat = max(float(state.get("t", 0.0)), now)
-    entity.state = {"t": tat + interval}
+    tat = max(float(state.get("t", 0.0)), now)  # when the next token is there
+    entity.state = {"t": tat + period / n}
     entity.write()
-    if tat - now <= tolerance:
-        return None
-    return tat - tolerance
+    return None if tat <= now else tat
 
 
 # -- putting a run back -------------------------------------------------------------------
