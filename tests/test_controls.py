@@ -174,19 +174,6 @@ def test_once_a_unique_run_finished_the_next_call_adds_a_new_run(task_testbed):
     assert seen == [("unique", "again"), ("unique", "again")]
 
 
-def test_a_duplicate_delivery_of_a_unique_run_is_skipped(task_testbed):
-    unique_job("twice")
-    (record,) = queued(task_testbed)
-    assert post_one(task_testbed, record) == 200
-    assert post_one_again(task_testbed, record) == 200
-    assert seen == [("unique", "twice")]
-
-
-def post_one_again(tb, record) -> int:
-    status, _ = tb.post(record)
-    return status
-
-
 @task(unique=lambda account, **_: f"account-{account}")
 def unique_by_account(account: int, note: str = "") -> None:
     seen.append((account, note))

@@ -1,5 +1,6 @@
 """unique, exclusive, concurrency, rate, debounce and periodic jobs under ``python -m taskutils serve``,
-with its full concurrency (8 tasks at once), tasks posted over HTTP, and a ``kill -9`` of ``serve --storage``.
+with its full concurrency (8 tasks at once), tasks posted over HTTP, and a ``kill -9`` of ``serve --storage``;
+then unique and concurrency in Cloud Tasks mode, with the emulator posting the tasks.
 
 The app (tests/apps/controls_app.py) records every run's start and end in a file.
 """
@@ -16,8 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_cloudtasks import EMULATOR_VENV, LOCATION, MAX_RETRIES, PROJECT, QUEUES, _cloud_tasks_env, emulator_venv
 
-from apps.serving import APPS, ServeProcess
+from taskutils import cloudtasks
+
+from apps.serving import APPS, ServeProcess, free_port
+
+__all__ = ["emulator_venv"]  # a fixture this module uses
 
 CONCURRENCY = 8
 LEASE = 20.0  # controls_app.stuck: its 15 s deadline and a 5 s margin
@@ -175,3 +181,40 @@ def test_a_periodic_job_fires_once_per_slot_across_a_kill_9(storage):
     assert status == 200
     assert len(names) == len(set(names)), names  # no slot ran twice
     assert names[0] == ticks.decode().split("\n")[0]
+
+
+@pytest.fixture(scope="module")
+def cloud_tasks(emulator_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controlled]:
+    """``serve`` in Cloud Tasks mode with the emulator posting its tasks back to it."""
+    folder = tmp_path_factory.mktemp("controls-cloudtasks")
+    log = folder / "runs.jsonl"
+    emulator = cloudtasks.EmulatorProcess(
+        EMULATOR_VENV,
+        port=free_port(),
+        queues=QUEUES,
+        project=PROJECT,
+        location=LOCATION,
+        max_retries=MAX_RETRIES,
+        log_path=str(folder / "emulator.log"),
+    )
+    env = {**_cloud_tasks_env(emulator.address), "CONTROLS_LOG": str(log)}
+    server = ServeProcess("controls_app:app", folder / "serve.log", env=env)
+    emulator.target_port = server.port
+    try:
+        emulator.start()
+        yield Controlled(server.wait_ready(), log)
+    finally:
+        try:
+            server.stop()
+        finally:
+            emulator.stop()
+
+
+def test_on_cloud_tasks_concurrent_unique_submits_give_one_run_and_runs_put_back_still_run(cloud_tasks):
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(lambda _: cloud_tasks.call("once", "ct", submit=True), range(10)))
+        list(pool.map(lambda i: cloud_tasks.call("pair", i), range(6)))
+    assert len({a["handle"] for a in answers}) == 1
+    runs = cloud_tasks.wait_runs("pair", 6, timeout=120)
+    assert most_at_once(runs) <= 2
+    assert [r["arg"] for r in cloud_tasks.wait_runs("once", 1)] == ["ct"]
