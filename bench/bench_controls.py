@@ -19,10 +19,11 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_results import datastore_calls, per  # noqa: E402
 from run import Bench, Result, compare, measure, table  # noqa: E402
 
 import taskutils  # noqa: E402
+
+from bench_results import datastore_calls, per  # noqa: E402
 
 
 def body(n: int) -> int:
@@ -86,7 +87,9 @@ class ControlsBench(Bench):
                 number,
                 self.flush,
             )
-            results.append(compare(f"call, {label} / plain", times, "controlled", "plain", number, None, label, "plain"))
+            results.append(
+                compare(f"call, {label} / plain", times, "controlled", "plain", number, None, label, "plain")
+            )
             times = measure(
                 {"controlled": lambda n, f=function: self.runs(f, n), "plain": lambda n: self.runs(plain, n)},
                 self.rounds,

@@ -23,7 +23,7 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode
 
-from . import decode, handles, queues
+from . import controls, decode, handles, queues
 from .html import asset, duration, esc, page, path_part, status_badge, table, when
 from .runs import RunLog, started_at
 
@@ -170,6 +170,9 @@ class LocalConsole:
             return self._runs_page(base)
         if parts == ["handles"]:
             return self._handles_page(base)
+        if parts == ["controls"]:  # taskutils.controls: leases held and periodic jobs
+            body = controls.listing()
+            return Response("200 OK", self._page(base, "Leases and periodic jobs", body, "controls", refresh=True))
         if len(parts) == 2 and parts[0] == "handles":
             return self._group_page(base, parts[1])
         if len(parts) == 2 and parts[0] == "queues":
@@ -191,6 +194,7 @@ class LocalConsole:
             ("Queues", base + "/", current == "queues"),
             ("Runs", base + "/runs", current == "runs"),
             ("Handles", base + "/handles", current == "handles"),
+            ("Controls", base + "/controls", current == "controls"),
         ]
         if refresh:
             body = f'<div data-refresh="2"></div>{body}'

@@ -3,7 +3,7 @@
 ``POST /call?fn=NAME&args=JSON`` calls the task function NAME with those positional
 arguments (``&submit=1``: submits it, answering the handle's id); every run appends one
 JSON line ``{"fn", "arg", "start", "end"}`` to the file ``$CONTROLS_LOG`` (a ``"start"``
-line first, for runs that take a while).
+line first, for runs that take a while). ``tick`` is a periodic job, every minute.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from taskutils import task
+from taskutils import periodic, task
 
 from wsgi_json import query as query_of
 from wsgi_json import respond
@@ -63,6 +63,11 @@ def coalesced(v: int) -> None:
 @task(exclusive=lambda i: "stuck", dispatch_deadline_usec=15_000_000)
 def stuck(i: int) -> None:
     _ran("stuck", i, 0.2 if i else 600)  # the first holds its key until serve is killed
+
+
+@periodic("every 1 minutes")
+def tick() -> None:
+    _ran("tick", None, 0)
 
 
 FUNCTIONS = {"once": once, "guarded": guarded, "pair": pair, "paced": paced, "coalesced": coalesced, "stuck": stuck}
