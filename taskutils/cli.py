@@ -250,7 +250,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def cron(spec: str) -> int:
     """Import the app (so its periodic jobs are declared) and print their cron.yaml entry."""
-    from .controls.periodic import cron_yaml, jobs
+    from .controls.cron import cron_yaml, jobs
     from .local.wsgi import load_app
 
     sys.path.insert(0, os.getcwd())

@@ -290,7 +290,7 @@ class _Run:
                 else:  # unique, debounce, exclusive, concurrency, rate: taskutils.controls says when it runs
                     from .controls.run import run_controlled
 
-                    run_controlled(controls, self.environ, body, func, args, kwargs, self.call)
+                    run_controlled(controls, self.environ, self.info, body, func, args, kwargs, self.call)
             finally:
                 _current.reset(token)
         except RunPutBack as e:  # added again for later, with the same payload: not a failed attempt
@@ -454,7 +454,7 @@ def mount(wsgi_app: WSGIApp, *, deferred: bool = False) -> WSGIApp:
         elif under_route(path):
             return handle(environ, start_response)
         elif path == CRON_PATH:  # taskutils.periodic's jobs, for App Engine's cron service only
-            from .controls.periodic import cron_app
+            from .controls.cron import cron_app
 
             return cron_app(environ, start_response)
         return wsgi_app(environ, start_response)

@@ -630,9 +630,7 @@ class TaskFunction(Generic[P, R]):
         self._check(self, args, kwargs)
         try:
             if self._controls is not None:
-                from .controls.call import call
-
-                return call(self, args, kwargs, submit=False)  # type: ignore[return-value]
+                return self._controlled(args, kwargs)[0]  # type: ignore[return-value]
             built = self._build(args, kwargs)
             try:
                 return self._queue.add(built, transactional=self._transactional)
@@ -644,6 +642,15 @@ class TaskFunction(Generic[P, R]):
             if no_proxy is None:
                 raise
             raise no_proxy from e
+
+    def _controlled(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], submit: bool = False
+    ) -> tuple[taskqueue.Task | None, str | None]:
+        """A call of a task function with control options: taskutils.controls decides whether it adds a task."""
+        from .controls.call import call
+        from .results import headers_for
+
+        return call(self, args, kwargs, submit, functools.partial(headers_for, self))
 
     def add_call(
         self,
@@ -724,9 +731,9 @@ class TaskFunction(Generic[P, R]):
         """Enqueue as a call does and return a handle on the run: its status, result and callbacks."""
         if self._controls is not None:
             self._check(self, args, kwargs)
-            from .controls.call import call
+            from .results import TaskHandle
 
-            return call(self, args, kwargs, submit=True)  # type: ignore[return-value]
+            return TaskHandle(self._controlled(args, kwargs, submit=True)[1])  # type: ignore[arg-type]
         from .results import submit
 
         return submit(self, args, kwargs)

@@ -11,7 +11,8 @@ import pytest
 import webtest
 
 import taskutils
-from taskutils.controls import periodic as periodic_module
+from taskutils.controls import cron
+from taskutils.controls import jobs as declared
 from taskutils.controls.schedule import parse
 
 runs: list[str] = []
@@ -59,13 +60,13 @@ def tick() -> None:
 @pytest.fixture
 def job(task_testbed):
     """This module's job alone is declared."""
-    saved = dict(periodic_module._jobs)
-    periodic_module._jobs.clear()
-    periodic_module._jobs[tick.url_path] = saved[tick.url_path]
+    saved = dict(declared._jobs)
+    declared._jobs.clear()
+    declared._jobs[tick.url_path] = saved[tick.url_path]
     runs.clear()
     yield tick
-    periodic_module._jobs.clear()
-    periodic_module._jobs.update(saved)
+    declared._jobs.clear()
+    declared._jobs.update(saved)
 
 
 def test_the_cron_route_answers_only_app_engines_cron_service(task_testbed, job):
@@ -94,8 +95,8 @@ def test_a_periodic_job_never_overlaps_itself(task_testbed, job):
 
 
 def test_the_console_listing_gives_each_job_its_last_and_next_slot(task_testbed, job):
-    periodic_module.fire()
-    (listed,) = periodic_module.listing()
+    cron.fire()
+    (listed,) = cron.listing()
     assert listed["schedule"] == "every 1 minutes"
     assert listed["last"] is not None and listed["next"] > listed["last"]
 

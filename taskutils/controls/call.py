@@ -11,17 +11,36 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from google.appengine.api import taskqueue
 
 from . import keys, spec, store
 from .options import Controls
 
-if TYPE_CHECKING:
-    from ..results import TaskHandle
-    from ..task import TaskFunction
+HandleHeaders = Callable[[str], Mapping[str, str]]  # a handle id -> the headers that record its run on it
+
+
+class TaskFunction(Protocol):
+    """What the call side needs of a task function (``taskutils.task.TaskFunction``)."""
+
+    @property
+    def controls(self) -> Controls | None: ...
+    @property
+    def url_path(self) -> str: ...
+    @property
+    def task_options(self) -> Mapping[str, Any]: ...
+    def add_call(
+        self,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        transactional: bool | None = None,
+        countdown: float | None = None,
+    ) -> taskqueue.Task: ...
+
 
 log = logging.getLogger("taskutils.controls")
 
@@ -29,7 +48,7 @@ PENDING_GRACE = 3600.0  # a marker whose task was not seen this long after it wa
 
 
 def header_of(
-    function: TaskFunction[Any, Any], controls: Controls, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    function: TaskFunction, controls: Controls, args: tuple[Any, ...], kwargs: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The run-side part of the controls header of one call: lease and rate keys, what a put-back keeps."""
     options = function.task_options
@@ -54,39 +73,37 @@ def header_of(
 
 
 def call(
-    function: TaskFunction[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], submit: bool
-) -> taskqueue.Task | TaskHandle | None:
-    """Call (or submit) a controlled task function whose arguments were checked."""
+    function: TaskFunction,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    submit: bool,
+    handle_headers: HandleHeaders,
+) -> tuple[taskqueue.Task | None, str | None]:
+    """Call (or submit) a controlled task function whose arguments were checked.
+
+    Returns the task added (None when the call joined a pending run) and the id of the
+    handle on the run that carries the call (None for a plain call that needs none).
+    """
     controls = function.controls
     assert controls is not None
     header = header_of(function, controls, args, kwargs)
     if controls.unique:
-        return _unique(function, controls, header, args, kwargs, submit)
+        return _unique(function, controls, header, args, kwargs, handle_headers)
     if controls.debounce is not None:
-        return _debounce(function, controls, header, args, kwargs, submit)
+        return _debounce(function, controls, header, args, kwargs, handle_headers)
     handle_id = uuid.uuid4().hex if submit else None
-    added = function.add_call(args, kwargs, headers=_headers(function, header, handle_id))
-    return _answer(added, handle_id)
+    headers = _headers(header, handle_headers(handle_id) if handle_id is not None else None)
+    return function.add_call(args, kwargs, headers=headers), handle_id
 
 
-def _headers(function: TaskFunction[Any, Any], header: Mapping[str, Any], handle_id: str | None) -> dict[str, str]:
+def _headers(header: Mapping[str, Any], handle: Mapping[str, str] | None) -> dict[str, str]:
     headers = {spec.HEADER: spec.dumps(header)} if header else {}
-    if handle_id is not None:
-        from ..results_run import headers_for
-
-        headers.update(headers_for(function, handle_id))
+    if handle is not None:
+        headers.update(handle)
     return headers
 
 
-def _answer(added: taskqueue.Task | None, handle_id: str | None) -> Any:
-    if handle_id is None:
-        return added
-    from ..results import TaskHandle
-
-    return TaskHandle(handle_id)
-
-
-def _due_in(function: TaskFunction[Any, Any], countdown: float | None = None) -> float:
+def _due_in(function: TaskFunction, countdown: float | None = None) -> float:
     """Seconds until the task's first run is due."""
     options = function.task_options
     if countdown is not None:
@@ -102,7 +119,7 @@ def _due_in(function: TaskFunction[Any, Any], countdown: float | None = None) ->
     return 0.0
 
 
-def _in_transaction(function: TaskFunction[Any, Any], body: Any) -> Any:
+def _in_transaction(function: TaskFunction, body: Any) -> Any:
     """body(connection or None) in the caller's transaction (transactional=True) or in one of its own."""
     if function.task_options.get("transactional"):
         return store.in_callers_transaction(body)
@@ -110,13 +127,13 @@ def _in_transaction(function: TaskFunction[Any, Any], body: Any) -> Any:
 
 
 def _unique(
-    function: TaskFunction[Any, Any],
+    function: TaskFunction,
     controls: Controls,
     header: dict[str, Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    submit: bool,
-) -> Any:
+    handle_headers: HandleHeaders,
+) -> tuple[taskqueue.Task | None, str]:
     name, readable = keys.key_of("unique", function.url_path, controls.unique, args, kwargs)
     handle_id = uuid.uuid4().hex
     header = {**header, "u": [name, handle_id]}
@@ -129,23 +146,23 @@ def _unique(
             return state["h"], None
         marker.state = {"h": handle_id, "until": until}
         marker.write(readable)
-        headers = _headers(function, header, handle_id)
+        headers = _headers(header, handle_headers(handle_id))
         return handle_id, function.add_call(args, kwargs, headers=headers, transactional=True)
 
     found, added = _in_transaction(function, body)
     if added is None:
         log.debug("unique key of %s held by run %s: no task added", function.url_path, found)
-    return _answer(added, found) if submit else added
+    return added, found
 
 
 def _debounce(
-    function: TaskFunction[Any, Any],
+    function: TaskFunction,
     controls: Controls,
     header: dict[str, Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    submit: bool,
-) -> Any:
+    handle_headers: HandleHeaders,
+) -> tuple[taskqueue.Task | None, str]:
     assert controls.debounce is not None
     seconds = controls.debounce
     name, readable = keys.key_of("debounce", function.url_path, controls.key, args, kwargs)
@@ -163,15 +180,15 @@ def _debounce(
             return state["p"], None
         state["p"], state["pu"] = token, until
         entity.write(readable)
-        headers = _headers(function, header, token)
+        headers = _headers(header, handle_headers(token))
         return token, function.add_call(args, kwargs, headers=headers, transactional=True, countdown=seconds)
 
     found, added = _in_transaction(function, body)
-    return _answer(added, found) if submit else added
+    return added, found
 
 
-def item_headers(function: TaskFunction[Any, Any], calls: list[tuple[Any, ...]]) -> list[dict[str, str]]:
+def item_headers(function: TaskFunction, calls: list[tuple[Any, ...]]) -> list[dict[str, str]]:
     """The controls headers of map()'s tasks, one per item's positional arguments."""
     controls = function.controls
     assert controls is not None
-    return [_headers(function, header_of(function, controls, args, {}), None) for args in calls]
+    return [_headers(header_of(function, controls, args, {}), None) for args in calls]

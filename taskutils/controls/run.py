@@ -16,18 +16,29 @@ import logging
 import random
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from google.appengine.api import taskqueue
 from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPermanentTaskFailure
 
 from ..exc import CorruptPayloadError, PermanentTaskFailure, RunPutBack
-from ..handler import current_task
 from . import spec, store
 
 log = logging.getLogger("taskutils.controls")
 
 Call = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
+
+
+class TaskInfo(Protocol):
+    """What the queue said about the request (``taskutils.handler.TaskInfo``)."""
+
+    @property
+    def task_name(self) -> str: ...
+    @property
+    def queue_name(self) -> str: ...
+    @property
+    def retry_count(self) -> int: ...
+
 
 FIRST_DELAY, MAX_DELAY, GROWTH = 0.25, 30.0, 1.5  # seconds before a run put back tries again
 RETRY_GRACE = 3600.0  # a unique key stays held this long after a failed attempt, for its retry to come
@@ -41,6 +52,7 @@ _NOT_COPIED_PREFIXES = ("HTTP_X_APPENGINE_", "HTTP_X_CLOUDTASKS_", "HTTP_X_GOOGL
 def run_controlled(
     header: str,
     environ: dict[str, Any],
+    info: TaskInfo,
     body: bytes,
     func: Callable[..., Any],
     args: tuple[Any, ...],
@@ -62,24 +74,24 @@ def run_controlled(
             log.info("debounced run %s was superseded or already ran: skipped", debounce[1])
             return
         if started is False:
-            _put_back(environ, body, found, "its debounce key is still running")
+            _put_back(environ, info, body, found, "its debounce key is still running")
         headers = kwargs.get("headers")  # includeheaders=True: the request's, not the call's
         args, kwargs = store.unseal(f"debounce/{debounce[0]}", str(started))
         if headers is not None:
             kwargs = {**kwargs, "headers": headers}
     if "r" in found:
-        _take_rate_token(environ, body, found)
+        _take_rate_token(environ, info, body, found)
     holder = None
     if "l" in found:
         holder = uuid.uuid4().hex
         name, limit, lease, readable = found["l"]
-        if not store.transaction(_acquire, name, limit, lease, readable, holder):
+        if not store.transaction(_acquire, name, limit, lease, readable, holder, info.task_name):
             found.pop("s", None)  # its rate slot is spent: it takes a new one when it comes back
-            _put_back(environ, body, found, f"its key is held by {limit} run(s)")
+            _put_back(environ, info, body, found, f"its key is held by {limit} run(s)")
     try:
         call(func, args, kwargs)
     except BaseException as error:
-        final = _is_final(error, found)
+        final = _is_final(error, found, info.retry_count)
         _finish(found, holder, failed=True, final=final)
         raise
     _finish(found, holder, failed=False, final=True)
@@ -98,13 +110,12 @@ def _finish(found: dict[str, Any], holder: str | None, failed: bool, final: bool
         log.exception("could not release the controls of a run; its leases end on their own")
 
 
-def _is_final(error: BaseException, found: dict[str, Any]) -> bool:
+def _is_final(error: BaseException, found: dict[str, Any], retry_count: int) -> bool:
     """True when the queue will not run this task again."""
     if isinstance(error, (PermanentTaskFailure, DeferredPermanentTaskFailure)):
         return True
-    info = current_task()
     limit = found.get("rl")
-    return limit is not None and info is not None and info.retry_count >= int(limit)
+    return limit is not None and retry_count >= int(limit)
 
 
 # -- unique -------------------------------------------------------------------------------
@@ -171,7 +182,7 @@ def _debounce_end(debounce: list[Any], retry: bool) -> None:
 # -- exclusive / concurrency --------------------------------------------------------------
 
 
-def _acquire(name: str, limit: int, lease: float, readable: str, holder: str) -> bool:
+def _acquire(name: str, limit: int, lease: float, readable: str, holder: str, task_name: str) -> bool:
     entity = store.State(store.LEASE_KIND, name)
     state = entity.read()
     now = store.now()
@@ -181,8 +192,7 @@ def _acquire(name: str, limit: int, lease: float, readable: str, holder: str) ->
             state["h"] = holders
             entity.write()
         return False
-    info = current_task()
-    holders[holder] = [now + lease, info.task_name if info else "", now]
+    holders[holder] = [now + lease, task_name, now]
     entity.state = {"h": holders, "n": limit}
     entity.write(readable)
     return True
@@ -218,7 +228,7 @@ def holders() -> list[dict[str, Any]]:
 # -- rate ---------------------------------------------------------------------------------
 
 
-def _take_rate_token(environ: dict[str, Any], body: bytes, found: dict[str, Any]) -> None:
+def _take_rate_token(environ: dict[str, Any], info: TaskInfo, body: bytes, found: dict[str, Any]) -> None:
     """Start now if the bucket has a token (or this run holds a reserved slot); else reserve one and put back."""
     if "s" in found:
         return  # its start was reserved and counted when it was put back
@@ -226,7 +236,7 @@ def _take_rate_token(environ: dict[str, Any], body: bytes, found: dict[str, Any]
     slot = store.transaction(_reserve, name, int(n), float(period))
     if slot is not None:
         found["s"] = slot
-        _put_back(environ, body, found, f"rate {n} per {period:g} s spent", delay=slot - store.now())
+        _put_back(environ, info, body, found, f"rate {n} per {period:g} s spent", delay=slot - store.now())
 
 
 def _reserve(name: str, n: int, period: float) -> float | None:
@@ -248,7 +258,7 @@ def _reserve(name: str, n: int, period: float) -> float | None:
 
 
 def _put_back(
-    environ: dict[str, Any], body: bytes, found: dict[str, Any], why: str, delay: float | None = None
+    environ: dict[str, Any], info: TaskInfo, body: bytes, found: dict[str, Any], why: str, delay: float | None = None
 ) -> None:
     """Add the run again, for later, with the same payload and headers; then RunPutBack."""
     times = int(found.get("p", 0))
@@ -276,8 +286,7 @@ def _put_back(
     url = environ.get("PATH_INFO", "")
     if environ.get("QUERY_STRING"):
         url += "?" + environ["QUERY_STRING"]
-    info = current_task()
-    queue = info.queue_name if info is not None and info.queue_name else "default"
+    queue = info.queue_name or "default"
     taskqueue.Queue(queue).add(
         taskqueue.Task(payload=body, url=url, headers=headers, countdown=max(0.0, delay), **kwargs)
     )

@@ -46,7 +46,7 @@ class PeriodicFiring:
             delay = 60.0 - time.time() % 60.0 + SETTLE
 
     def fire(self) -> None:
-        from ..controls.periodic import jobs
+        from ..controls.jobs import jobs
 
         if not jobs():
             return

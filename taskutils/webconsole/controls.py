@@ -21,7 +21,7 @@ def _iso(text: str | None) -> datetime.datetime | None:
 
 def listing() -> str:
     """Two tables: the leases held now (exclusive, concurrency) and the periodic jobs."""
-    from ..controls.periodic import listing as jobs
+    from ..controls.cron import listing as jobs
     from ..controls.run import holders
 
     now = datetime.datetime.now(datetime.timezone.utc)
