@@ -16,7 +16,7 @@ import logging
 import random
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from google.appengine.api import taskqueue
 from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPermanentTaskFailure
@@ -85,7 +85,11 @@ def run_controlled(
     if "l" in found:
         holder = uuid.uuid4().hex
         name, limit, lease, readable = found["l"]
-        if not store.transaction(_acquire, name, limit, lease, readable, holder, info.task_name):
+        try:
+            acquired = store.transaction(_acquire, name, limit, lease, readable, holder, info.task_name)
+        except store.Contended:  # too many runs of the key at once for Datastore: try again later
+            acquired = False
+        if not acquired:
             found.pop("s", None)  # its rate slot is spent: it takes a new one when it comes back
             _put_back(environ, info, body, found, f"its key is held by {limit} run(s)")
     try:
@@ -233,7 +237,10 @@ def _take_rate_token(environ: dict[str, Any], info: TaskInfo, body: bytes, found
     if "s" in found:
         return  # its start was reserved and counted when it was put back
     name, n, period = found["r"]
-    slot = store.transaction(_reserve, name, int(n), float(period))
+    try:
+        slot = store.transaction(_reserve, name, int(n), float(period))
+    except store.Contended:
+        _put_back(environ, info, body, found, "its rate key is contended")
     if slot is not None:
         found["s"] = slot
         _put_back(environ, info, body, found, f"rate {n} per {period:g} s spent", delay=slot - store.now())
@@ -259,7 +266,7 @@ def _reserve(name: str, n: int, period: float) -> float | None:
 
 def _put_back(
     environ: dict[str, Any], info: TaskInfo, body: bytes, found: dict[str, Any], why: str, delay: float | None = None
-) -> None:
+) -> NoReturn:
     """Add the run again, for later, with the same payload and headers; then RunPutBack."""
     times = int(found.get("p", 0))
     if delay is None:

@@ -35,6 +35,8 @@ LEASE_KIND = "_TaskutilsLease"
 RATE_KIND = "_TaskutilsRate"
 PERIODIC_KIND = "_TaskutilsPeriodic"
 
+Contended = datastore_errors.TransactionFailedError  # a transaction that kept colliding with others
+
 _INDEPENDENT = datastore.CreateTransactionOptions(
     xg=True, retries=10, propagation=datastore_rpc.TransactionOptions.INDEPENDENT
 )
