@@ -136,7 +136,7 @@ def _unique(
 ) -> tuple[taskqueue.Task | None, str]:
     name, readable = keys.key_of("unique", function.url_path, controls.unique, args, kwargs)
     handle_id = uuid.uuid4().hex
-    header = {**header, "u": [name, handle_id]}
+    header = {**header, "u": [name, handle_id, spec.lease_for(function.task_options)]}
     until = store.now() + _due_in(function) + PENDING_GRACE + spec.lease_for(function.task_options)
 
     def body(connection: Any) -> tuple[str, taskqueue.Task | None]:

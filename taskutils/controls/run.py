@@ -65,7 +65,7 @@ def run_controlled(
     except ValueError as e:
         raise CorruptPayloadError(f"the {spec.HEADER} header is not valid: {e}") from e
     unique, debounce = found.get("u"), found.get("d")
-    if unique is not None and not store.transaction(_unique_start, unique, found):
+    if unique is not None and not store.transaction(_unique_start, unique):
         log.info("unique run %s is not the one its key waits for (a duplicate delivery): skipped", unique[1])
         return
     if debounce is not None:
@@ -125,20 +125,19 @@ def _is_final(error: BaseException, found: dict[str, Any], retry_count: int) -> 
 # -- unique -------------------------------------------------------------------------------
 
 
-def _unique_start(unique: list[Any], found: dict[str, Any]) -> bool:
-    name, token = unique
+def _unique_start(unique: list[Any]) -> bool:
+    name, token, lease = unique
     marker = store.State(store.UNIQUE_KIND, name)
     state = marker.read()
     if state.get("h") != token:
         return False
-    lease = found["l"][2] if "l" in found else spec.DEFAULT_DEADLINE + spec.MAX_MARGIN
-    state["until"] = max(state.get("until", 0), store.now() + lease)
+    state["until"] = max(state.get("until", 0), store.now() + lease)  # held while it may run
     marker.write()
     return True
 
 
 def _unique_end(unique: list[Any], final: bool) -> None:
-    name, token = unique
+    name, token, lease = unique
     marker = store.State(store.UNIQUE_KIND, name)
     state = marker.read()
     if state.get("h") != token:
@@ -146,7 +145,7 @@ def _unique_end(unique: list[Any], final: bool) -> None:
     if final:
         marker.delete()
     else:  # it will be retried: the key stays held for the retry
-        state["until"] = store.now() + RETRY_GRACE + spec.DEFAULT_DEADLINE
+        state["until"] = store.now() + RETRY_GRACE + lease
         marker.write()
 
 
