@@ -233,9 +233,11 @@ def holders() -> list[dict[str, Any]]:
 
 def _take_rate_token(environ: dict[str, Any], info: TaskInfo, body: bytes, found: dict[str, Any]) -> None:
     """Start now if the bucket has a token (or this run holds a reserved slot); else reserve one and put back."""
-    if "s" in found:
-        return  # its start was reserved and counted when it was put back
     name, n, period = found["r"]
+    if "s" in found:
+        if store.now() <= float(found["s"]) + float(period) / int(n):
+            return  # its start was reserved and counted when it was put back
+        del found["s"]  # the queue brought it more than a token late: it takes a new one, so starts never bunch up
     try:
         slot = store.transaction(_reserve, name, int(n), float(period))
     except store.Contended:

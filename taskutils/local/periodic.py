@@ -22,10 +22,15 @@ SETTLE = 0.5  # seconds after the minute starts
 
 
 class PeriodicFiring:
-    """A thread that calls the periodic jobs' cron route now and every minute, while any job is declared."""
+    """A thread that calls the periodic jobs' cron route now and every minute, while any job is declared.
 
-    def __init__(self, base_url: str) -> None:
+    ``headers`` prove the request is the server's own (its dispatch secret), so that its
+    ``X-Appengine-Cron`` header is kept, as App Engine keeps its cron service's.
+    """
+
+    def __init__(self, base_url: str, headers: dict[str, str] | None = None) -> None:
         self.url = base_url + CRON_PATH
+        self.headers = {**(headers or {}), "X-Appengine-Cron": "true"}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -50,7 +55,7 @@ class PeriodicFiring:
 
         if not jobs():
             return
-        request = urllib.request.Request(self.url, headers={"X-Appengine-Cron": "true"})
+        request = urllib.request.Request(self.url, headers=self.headers)
         try:
             with urllib.request.urlopen(request, timeout=30) as answer:
                 answer.read()

@@ -254,7 +254,7 @@ class LocalServer:
             self._ensure_signing()
             self._served = ServedApp(self.app)
             self._serve_in_background()
-            self._periodic = PeriodicFiring(self.url).start()
+            self._periodic = PeriodicFiring(self.url, {DISPATCH_HEADER: self._secret}).start()
         except BaseException:
             self._close_listener()
             self._restore()
