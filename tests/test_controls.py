@@ -418,6 +418,23 @@ def test_a_failed_debounced_run_is_retried_with_the_latest_arguments(task_testbe
     assert seen == ["failed", 2]
 
 
+@task(debounce=5, key=lambda *a: "paced-feed", rate="1/h")
+def paced_feed(v: int) -> None:
+    seen.append(v)
+
+
+def test_a_debounced_run_put_back_by_its_rate_still_runs_with_the_last_arguments(task_testbed):
+    paced_feed(1)
+    task_testbed.drain()
+    paced_feed(2)
+    paced_feed(3)
+    (record,) = queued(task_testbed)
+    assert post_one(task_testbed, record) == 200  # no token for an hour: put back
+    assert seen == [1] and len(queued(task_testbed)) == 1
+    task_testbed.drain()  # the fixture posts it now, early: its start was reserved
+    assert seen == [1, 3]
+
+
 def test_a_plain_task_carries_no_controls_and_leaves_no_control_entities(task_testbed):
     tasklib.record(1)
     assert CONTROLS_HEADER not in queued(task_testbed)[0].headers

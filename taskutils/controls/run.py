@@ -42,7 +42,6 @@ class TaskInfo(Protocol):
 
 FIRST_DELAY, MAX_DELAY, GROWTH = 0.25, 30.0, 1.5  # seconds before a run put back tries again
 RETRY_GRACE = 3600.0  # a unique key stays held this long after a failed attempt, for its retry to come
-EARLY = 0.05  # seconds early a reserved start may come (clocks, the queue's rounding)
 
 # Request headers a put-back task does not copy: the queue sets its own.
 _NOT_COPIED = ("HTTP_HOST", "HTTP_CONTENT_LENGTH", "HTTP_USER_AGENT", "HTTP_CONNECTION", "HTTP_ACCEPT_ENCODING")
@@ -68,17 +67,6 @@ def run_controlled(
     if unique is not None and not store.transaction(_unique_start, unique):
         log.info("unique run %s is not the one its key waits for (a duplicate delivery): skipped", unique[1])
         return
-    if debounce is not None:
-        started = store.transaction(_debounce_start, debounce)
-        if started is None:
-            log.info("debounced run %s was superseded or already ran: skipped", debounce[1])
-            return
-        if started is False:
-            _put_back(environ, info, body, found, "its debounce key is still running")
-        headers = kwargs.get("headers")  # includeheaders=True: the request's, not the call's
-        args, kwargs = store.unseal(f"debounce/{debounce[0]}", str(started))
-        if headers is not None:
-            kwargs = {**kwargs, "headers": headers}
     if "r" in found:
         _take_rate_token(environ, info, body, found)
     holder = None
@@ -92,6 +80,23 @@ def run_controlled(
         if not acquired:
             found.pop("s", None)  # its rate slot is spent: it takes a new one when it comes back
             _put_back(environ, info, body, found, f"its key is held by {limit} run(s)")
+    if debounce is not None:  # last: once it says "running", the run runs
+        try:
+            started = store.transaction(_debounce_start, debounce)
+        except BaseException:
+            _release_lease(found, holder)
+            raise
+        if started is None or started is False:
+            _release_lease(found, holder)
+            if started is None:
+                log.info("debounced run %s was superseded or already ran: skipped", debounce[1])
+                return
+            found.pop("s", None)
+            _put_back(environ, info, body, found, "its debounce key is still running")
+        headers = kwargs.get("headers")  # includeheaders=True: the request's, not the call's
+        args, kwargs = store.unseal(f"debounce/{debounce[0]}", str(started))
+        if headers is not None:
+            kwargs = {**kwargs, "headers": headers}
     try:
         call(func, args, kwargs)
     except BaseException as error:
@@ -112,6 +117,15 @@ def _finish(found: dict[str, Any], holder: str | None, failed: bool, final: bool
             store.transaction(_debounce_end, found["d"], failed and not final)
     except Exception:
         log.exception("could not release the controls of a run; its leases end on their own")
+
+
+def _release_lease(found: dict[str, Any], holder: str | None) -> None:
+    """Give back a lease taken for a run that will not run now."""
+    if holder is not None:
+        try:
+            store.transaction(_release, found["l"][0], holder)
+        except Exception:
+            log.exception("could not release a lease; it ends on its own")
 
 
 def _is_final(error: BaseException, found: dict[str, Any], retry_count: int) -> bool:
