@@ -325,6 +325,28 @@ def takes_big(data: str) -> None:
     seen.append(len(data))
 
 
+@task(concurrency=1, key=lambda account, inner=None: f"account-{account}")
+def per_account(account: int, inner: int | None = None) -> None:
+    seen.append(("start", account))
+    if inner is not None:
+        tb = bed[0]
+        before = {t.name for t in tb.tasks()}
+        per_account(inner)
+        post_new(tb, before)
+    seen.append(("end", account))
+
+
+def test_concurrency_with_a_key_function_counts_runs_per_key(task_testbed):
+    per_account(1, inner=2)  # another account: runs inside
+    per_account(3, inner=3)  # the same account: put back
+    for record in queued(task_testbed):
+        post_one(task_testbed, record)
+    assert seen == [("start", 1), ("start", 2), ("end", 2), ("end", 1), ("start", 3), ("end", 3)]
+    assert len(queued(task_testbed)) == 1
+    task_testbed.drain()
+    assert seen[-2:] == [("start", 3), ("end", 3)]
+
+
 def test_a_spilled_payload_survives_its_run_being_put_back(task_testbed):
     big_holder()
     task_testbed.drain()
