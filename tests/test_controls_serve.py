@@ -216,7 +216,7 @@ def cloud_tasks(emulator_venv: Path, tmp_path_factory: pytest.TempPathFactory) -
             emulator.stop()
 
 
-def test_on_cloud_tasks_concurrent_unique_submits_give_one_run_and_runs_put_back_still_run(cloud_tasks):
+def test_on_cloud_tasks_unique_concurrency_and_periodic_jobs_work_as_on_the_task_queue(cloud_tasks):
     with ThreadPoolExecutor(max_workers=10) as pool:
         answers = list(pool.map(lambda _: cloud_tasks.call("once", "ct", submit=True), range(10)))
         list(pool.map(lambda i: cloud_tasks.call("pair", i), range(6)))
@@ -224,3 +224,4 @@ def test_on_cloud_tasks_concurrent_unique_submits_give_one_run_and_runs_put_back
     runs = cloud_tasks.wait_runs("pair", 6, timeout=120)
     assert most_at_once(runs) <= 2
     assert [r["arg"] for r in cloud_tasks.wait_runs("once", 1)] == ["ct"]
+    assert cloud_tasks.wait_runs("tick", 1)  # the periodic job's slot, added as a named Cloud Task
