@@ -18,8 +18,8 @@ def tick() -> None:
 
 
 def app(environ, start_response):
-    """GET /ticks: the task names of the runs so far, one a line."""
-    names = sorted(t.task_name for t in Tick.query().fetch())
-    body = "\n".join(names).encode()
+    """GET /: the runs so far, one a line: the minute it started in (epoch seconds // 60) and its task name."""
+    runs = sorted(f"{int(t.started // 60)} {t.task_name}" for t in Tick.query().fetch())
+    body = "\n".join(runs).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
