@@ -235,6 +235,21 @@ def test_a_transactional_unique_call_commits_or_rolls_back_with_the_callers_tran
     assert seen == ["t"]
 
 
+def test_a_unique_call_without_transactional_inside_a_transaction_adds_at_once(task_testbed):
+    class Rollback(Exception):
+        pass
+
+    def rolled_back() -> None:
+        Note(text="no").put()
+        unique_job("outside")
+        raise Rollback
+
+    with pytest.raises(Rollback):
+        ndb.transaction(rolled_back)
+    assert len(queued(task_testbed)) == 1  # its own transaction committed
+    assert unique_job("outside") is None
+
+
 # -- exclusive and concurrency -------------------------------------------------------------
 
 

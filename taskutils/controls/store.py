@@ -37,9 +37,7 @@ PERIODIC_KIND = "_TaskutilsPeriodic"
 
 Contended = datastore_errors.TransactionFailedError  # a transaction that kept colliding with others
 
-_INDEPENDENT = datastore.CreateTransactionOptions(
-    xg=True, retries=10, propagation=datastore_rpc.TransactionOptions.INDEPENDENT
-)
+_TXN = datastore.CreateTransactionOptions(xg=True, retries=10)
 
 
 class State:
@@ -91,8 +89,19 @@ class State:
 
 
 def transaction(fn: Callable[..., T], *args: Any) -> T:
-    """fn(*args) in a transaction of its own (even inside the caller's), retried on contention."""
-    return datastore.RunInTransactionOptions(_INDEPENDENT, fn, *args)  # type: ignore[no-any-return]
+    """fn(*args) in a transaction of its own (even inside the caller's ndb transaction), retried on contention."""
+    current = datastore._GetConnection()
+    if not isinstance(current, datastore_rpc.TransactionalConnection):
+        return datastore.RunInTransactionOptions(_TXN, fn, *args)  # type: ignore[no-any-return]
+    # Inside ndb.transactional: set the caller's transaction aside for the time of ours.
+    outside = datastore_rpc.Connection(
+        adapter=datastore._adapter, config=current.config, _api_version=current._api_version
+    )
+    datastore._SetConnection(outside)
+    try:
+        return datastore.RunInTransactionOptions(_TXN, fn, *args)  # type: ignore[no-any-return]
+    finally:
+        datastore._SetConnection(current)
 
 
 def in_callers_transaction(fn: Callable[[datastore_rpc.BaseConnection], T]) -> T:
