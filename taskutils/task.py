@@ -648,9 +648,8 @@ class TaskFunction(Generic[P, R]):
     ) -> tuple[taskqueue.Task | None, str | None]:
         """A call of a task function with control options: taskutils.controls decides whether it adds a task."""
         from .controls.call import call
-        from .results import headers_for
 
-        return call(self, args, kwargs, submit, functools.partial(headers_for, self))
+        return call(self, args, kwargs, submit, _Handles(self))
 
     def add_call(
         self,
@@ -658,6 +657,7 @@ class TaskFunction(Generic[P, R]):
         kwargs: Mapping[str, Any],
         *,
         headers: Mapping[str, str] | None = None,
+        scope: Callable[[str], str] | None = None,
         transactional: bool | None = None,
         countdown: float | None = None,
     ) -> taskqueue.Task:
@@ -666,7 +666,7 @@ class TaskFunction(Generic[P, R]):
         by_url = self._named_by_url()
         func = None if by_url else self.__wrapped__
         data = codec.dumps_call(self._suffix[1:], func, args, kwargs, transactional=self._transactional)
-        built = self._task_of(data, by_url, headers, countdown=countdown)
+        built = self._task_of(data, by_url, headers, scope, countdown)
         try:
             return self._queue.add(built, transactional=transactional)
         except BaseException as e:
@@ -745,6 +745,24 @@ class TaskFunction(Generic[P, R]):
         from .results import submit_map
 
         return submit_map(self, iterable)
+
+
+class _Handles:
+    """How taskutils.controls records a controlled run on a handle: taskutils.results' ids, headers and scope."""
+
+    def __init__(self, function: TaskFunction[Any, Any]) -> None:
+        self.function = function
+
+    def new_id(self, due: float) -> str:
+        from .results_ids import new_handle_id
+
+        return new_handle_id(due)
+
+    def task(self, handle_id: str) -> tuple[Mapping[str, str], Callable[[str], str]]:
+        from .results_run import headers_for, scope_for
+
+        headers = headers_for(self.function, handle_id)
+        return headers, scope_for(headers)
 
 
 class BoundTaskFunction:

@@ -472,6 +472,17 @@ def test_a_debounced_run_put_back_by_its_rate_still_runs_with_the_last_arguments
     assert seen == [1, 3]
 
 
+def test_with_signing_keys_unique_debounced_and_put_back_runs_carry_valid_signatures(task_testbed, signed):
+    handle = unique_job.submit("signed")
+    refresh(1)
+    refresh(2)
+    holder()  # puts `other` back once, with the same signed payload and handle headers
+    task_testbed.drain()
+    assert handle.status == "succeeded"
+    assert ("unique", "signed") in seen and 2 in seen and "other ran" in seen
+    assert inner[-1].status == "succeeded"
+
+
 def test_a_plain_task_carries_no_controls_and_leaves_no_control_entities(task_testbed):
     tasklib.record(1)
     assert CONTROLS_HEADER not in queued(task_testbed)[0].headers

@@ -10,7 +10,6 @@ its keys in a header and the run side decides when it starts.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -19,7 +18,15 @@ from google.appengine.api import taskqueue
 from . import keys, spec, store
 from .options import Controls
 
-HandleHeaders = Callable[[str], Mapping[str, str]]  # a handle id -> the headers that record its run on it
+Scope = Callable[[str], str]  # a URL path -> what the payload is signed for
+
+
+class Handles(Protocol):
+    """How a run is recorded on a handle (``taskutils.results``): its id, and the headers and signing scope
+    of a task that carries it."""
+
+    def new_id(self, due: float) -> str: ...
+    def task(self, handle_id: str) -> tuple[Mapping[str, str], Scope]: ...
 
 
 class TaskFunction(Protocol):
@@ -37,6 +44,7 @@ class TaskFunction(Protocol):
         kwargs: Mapping[str, Any],
         *,
         headers: Mapping[str, str] | None = None,
+        scope: Scope | None = None,
         transactional: bool | None = None,
         countdown: float | None = None,
     ) -> taskqueue.Task: ...
@@ -77,7 +85,7 @@ def call(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     submit: bool,
-    handle_headers: HandleHeaders,
+    handles: Handles,
 ) -> tuple[taskqueue.Task | None, str | None]:
     """Call (or submit) a controlled task function whose arguments were checked.
 
@@ -88,12 +96,14 @@ def call(
     assert controls is not None
     header = header_of(function, controls, args, kwargs)
     if controls.unique:
-        return _unique(function, controls, header, args, kwargs, handle_headers)
+        return _unique(function, controls, header, args, kwargs, handles)
     if controls.debounce is not None:
-        return _debounce(function, controls, header, args, kwargs, handle_headers)
-    handle_id = uuid.uuid4().hex if submit else None
-    headers = _headers(header, handle_headers(handle_id) if handle_id is not None else None)
-    return function.add_call(args, kwargs, headers=headers), handle_id
+        return _debounce(function, controls, header, args, kwargs, handles)
+    if not submit:
+        return function.add_call(args, kwargs, headers=_headers(header, None)), None
+    handle_id = handles.new_id(store.now() + _due_in(function))
+    handle_headers, scope = handles.task(handle_id)
+    return function.add_call(args, kwargs, headers=_headers(header, handle_headers), scope=scope), handle_id
 
 
 def _headers(header: Mapping[str, Any], handle: Mapping[str, str] | None) -> dict[str, str]:
@@ -132,10 +142,10 @@ def _unique(
     header: dict[str, Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    handle_headers: HandleHeaders,
+    handles: Handles,
 ) -> tuple[taskqueue.Task | None, str]:
     name, readable = keys.key_of("unique", function.url_path, controls.unique, args, kwargs)
-    handle_id = uuid.uuid4().hex
+    handle_id = handles.new_id(store.now() + _due_in(function))
     header = {**header, "u": [name, handle_id, spec.lease_for(function.task_options)]}
     until = store.now() + _due_in(function) + PENDING_GRACE + spec.lease_for(function.task_options)
 
@@ -146,8 +156,9 @@ def _unique(
             return state["h"], None
         marker.state = {"h": handle_id, "until": until}
         marker.write(readable)
-        headers = _headers(header, handle_headers(handle_id))
-        return handle_id, function.add_call(args, kwargs, headers=headers, transactional=True)
+        handle_headers, scope = handles.task(handle_id)
+        headers = _headers(header, handle_headers)
+        return handle_id, function.add_call(args, kwargs, headers=headers, scope=scope, transactional=True)
 
     found, added = _in_transaction(function, body)
     if added is None:
@@ -161,12 +172,12 @@ def _debounce(
     header: dict[str, Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    handle_headers: HandleHeaders,
+    handles: Handles,
 ) -> tuple[taskqueue.Task | None, str]:
     assert controls.debounce is not None
     seconds = controls.debounce
     name, readable = keys.key_of("debounce", function.url_path, controls.key, args, kwargs)
-    token = uuid.uuid4().hex
+    token = handles.new_id(store.now() + seconds)  # the run's handle id, too
     header = {**header, "d": [name, token, spec.lease_for(function.task_options)]}
     sealed = store.seal(f"debounce/{name}", (args, kwargs))
     until = store.now() + seconds + PENDING_GRACE + spec.lease_for(function.task_options)
@@ -180,8 +191,11 @@ def _debounce(
             return state["p"], None
         state["p"], state["pu"] = token, until
         entity.write(readable)
-        headers = _headers(header, handle_headers(token))
-        return token, function.add_call(args, kwargs, headers=headers, transactional=True, countdown=seconds)
+        handle_headers, scope = handles.task(token)
+        headers = _headers(header, handle_headers)
+        return token, function.add_call(
+            args, kwargs, headers=headers, scope=scope, transactional=True, countdown=seconds
+        )
 
     found, added = _in_transaction(function, body)
     return added, found
