@@ -39,7 +39,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     folder = tmp_path_factory.mktemp("console-controls")
     log = folder / "runs.jsonl"
-    proc = ServeProcess("controls_app:app", folder / "serve.log", "--grace", "1", env={"CONTROLS_LOG": str(log)})
+    env = {"CONTROLS_LOG": str(log), "CONTROLS_HOLD": "1"}
+    proc = ServeProcess("controls_app:app", folder / "serve.log", "--grace", "1", env=env)
     try:
         proc.wait_ready()
         proc.post("/call?fn=stuck&args=[0]")  # holds the "stuck" key until serve stops
