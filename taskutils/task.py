@@ -759,7 +759,7 @@ class _Handles:
         return new_handle_id(due)
 
     def task(self, handle_id: str) -> tuple[Mapping[str, str], Callable[[str], str]]:
-        from .results_run import headers_for, scope_for
+        from .results import headers_for, scope_for
 
         headers = headers_for(self.function, handle_id)
         return headers, scope_for(headers)
