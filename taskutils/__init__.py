@@ -35,6 +35,7 @@ _LAZY = {
     "TaskHandle": (".results", "TaskHandle"),
     "map_query": (".mapquery", "map_query"),
     "set_progress": (".results", "set_progress"),
+    "periodic": (".controls.periodic", "periodic"),
 }
 
 
@@ -77,6 +78,7 @@ __all__ = [
     "hooks",
     "map_query",
     "mount",
+    "periodic",
     "set_progress",
     "set_taskroute",
     "sweep",

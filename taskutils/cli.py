@@ -1,4 +1,4 @@
-"""The command line: ``python -m taskutils serve MODULE:ATTR`` and ``python -m taskutils demo``."""
+"""The command line: ``python -m taskutils serve MODULE:ATTR``, ``cron MODULE:ATTR`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -113,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stop when the process that started this one exits (for test harnesses and tools)",
     )
+
+    cron = commands.add_parser(
+        "cron",
+        help="print the cron.yaml entry that runs the app's taskutils.periodic jobs",
+        description="Import MODULE:ATTR and print the cron.yaml entry that fires its taskutils.periodic jobs.",
+    )
+    cron.add_argument("app", metavar="MODULE:ATTR", help="the app whose modules define the jobs, e.g. main:app")
 
     demo = commands.add_parser(
         "demo",
@@ -241,12 +248,31 @@ def serve(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
 
 
+def cron(spec: str) -> int:
+    """Import the app (so its periodic jobs are declared) and print their cron.yaml entry."""
+    from .controls.cron import cron_yaml, jobs
+    from .local.wsgi import load_app
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        load_app(spec)
+    except Exception as e:
+        print(f"cannot import {spec}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    if not jobs():
+        print(f"{spec} declares no taskutils.periodic jobs", file=sys.stderr)
+    print(cron_yaml(), end="")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m taskutils``."""
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for serve --reload to start serve again
     if args.command == "serve":
         return serve(args)
+    if args.command == "cron":
+        return cron(args.app)
     from . import demo
 
     return demo.main(timeout=args.timeout)

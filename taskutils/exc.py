@@ -73,3 +73,11 @@ class TaskRunError(TaskError):
 
 class MapQueryError(PermanentTaskFailure):
     """Raised by a ``map_query`` group's results when its function failed for good on an entity (named by key)."""
+
+
+class ControlKeyError(TaskError, TypeError):
+    """Raised when a controlled call's key cannot be made: an argument with no stable key, or not a string."""
+
+
+class RunPutBack(TaskError):
+    """Raised when a controlled run cannot start now (key held, rate spent) and was put back in its queue."""

@@ -23,12 +23,15 @@ from google.appengine.ext.deferred import SingularTaskFailure
 
 from . import codec, logs, results_ids
 from .config import get_keyring, settings
+from .controls.spec import CRON_PATH
+from .controls.spec import ENVIRON_KEY as CONTROLS_KEY
 from .defer import DEFERRED_URL, run_deferred
 from .exc import (
     CorruptPayloadError,
     MissingTaskCodeError,
     PermanentTaskFailure,
     RetryTaskException,
+    RunPutBack,
     SignatureError,
     SpilledPayloadMissingError,
 )
@@ -289,14 +292,21 @@ class _Run(Scope):
             func, args, kwargs = _load_call(self.path, flags, data)
             if flags & codec.HEADERS:
                 kwargs["headers"] = Headers(self.environ)
-            if on_start.receivers:
-                on_start.send(self.event("start"))
-            if handle_id is None and OTEL_MODULE not in _modules:  # a plain call, no span: the hot path
+            controls = self.environ.get(CONTROLS_KEY)
+            if controls is not None:  # unique, debounce, exclusive, concurrency, rate: taskutils.controls says when
+                from .controls.run import run_controlled
+
+                run_controlled(controls, self.environ, self.info, body, func, args, kwargs, self.start)
+            elif handle_id is None and OTEL_MODULE not in _modules and not on_start.receivers:  # the hot path
                 result = func(*args, **kwargs)
                 if result is not None and inspect.iscoroutine(result):
                     _run_coroutine(result)
             else:
-                self.call(handle_id, func, args, kwargs)
+                self.start(func, args, kwargs)
+        except RunPutBack as e:  # added again for later, with the same payload: not a failed attempt
+            self.pointer = None  # the task put back still reads the spilled payload
+            self.outcome = (str(e), logging.INFO, None)
+            return HTTPStatus.OK
         except SignatureError as e:
             self.outcome = (f"refused: {e}", logging.WARNING, None)
             return HTTPStatus.FORBIDDEN
@@ -321,10 +331,12 @@ class _Run(Scope):
             return self.finish(HTTPStatus.OK)
         return HTTPStatus.OK
 
-    def call(
-        self, handle_id: str | None, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        """Run the call: recorded on its handle when submitted, in a span when the app uses OpenTelemetry."""
+    def start(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Start the call: announced to on_start, recorded on its handle when submitted, in a span when
+        the app uses OpenTelemetry."""
+        if on_start.receivers:
+            on_start.send(self.event("start"))
+        handle_id = self.environ.get(HANDLE_KEY)
         if OTEL_MODULE in _modules:
             with task_span(self, f"task {self.function}", self.span_attributes()):
                 self.call_once(handle_id, func, args, kwargs)
@@ -499,7 +511,8 @@ app = TaskApplication()
 
 
 def mount(wsgi_app: WSGIApp, *, deferred: bool = False) -> WSGIApp:
-    """One WSGI app: task URLs go to ``taskutils.app``, everything else to wsgi_app.
+    """One WSGI app: task URLs go to ``taskutils.app``, the periodic jobs' cron route to
+    ``taskutils.controls``, everything else to wsgi_app.
 
     With ``deferred=True`` (an explicit opt-in: deferred's payloads can never be
     signed), tasks ``deferred.defer`` enqueued go to deferred's own handler, so
@@ -516,6 +529,10 @@ def mount(wsgi_app: WSGIApp, *, deferred: bool = False) -> WSGIApp:
                 return run_deferred(environ, start_response)
         elif under_route(path):
             return handle(environ, start_response)
+        elif path == CRON_PATH:  # taskutils.periodic's jobs, for App Engine's cron service only
+            from .controls.cron import cron_app
+
+            return cron_app(environ, start_response)
         return web_app(environ, start_response)
 
     mounted.__wrapped__ = wsgi_app  # type: ignore[attr-defined]

@@ -20,6 +20,8 @@ from google.appengine.runtime import apiproxy_errors
 
 from . import codec
 from .config import get_keyring, settings
+from .controls.options import OPTIONS as CONTROL_OPTIONS
+from .controls.options import Controls, check_combination, controls_of
 from .exc import NoApiProxyError, PayloadError, TaskOptionError
 from .hooks import TaskEvent, on_enqueue
 from .tracing import current_trace, task_headers
@@ -37,7 +39,10 @@ LIBRARY_HEADERS: Mapping[str, str] = types.MappingProxyType({"Content-Type": "ap
 
 # Options passed straight to google.appengine.api.taskqueue.Task.
 _TASK_KWARGS = ("countdown", "eta", "name", "target", "retry_options", "dispatch_deadline_usec")
-_OPTIONS = frozenset(_TASK_KWARGS + ("queue", "headers", "tag", "transactional", "includeheaders", "logname", "parent"))
+_OPTIONS = (
+    frozenset(_TASK_KWARGS + ("queue", "headers", "tag", "transactional", "includeheaders", "logname", "parent"))
+    | CONTROL_OPTIONS
+)
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 _ESCAPED = re.compile(r"~([0-9a-f]{1,6})~")
 _TASK_NAME = re.compile(r"[a-zA-Z0-9_-]{1,500}")
@@ -192,6 +197,9 @@ def _validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
         raise TypeError(
             f"task option tag= is sent as a header: Latin-1 without control characters, got {opts['tag']!r}"
         )
+    controls = controls_of(opts)  # unique, debounce, exclusive, concurrency, key, rate: taskutils.controls
+    if controls is not None:
+        check_combination(opts, controls)
     return opts
 
 
@@ -483,6 +491,17 @@ class TaskFunction(Generic[P, R]):
         self._task_kwargs: dict[str, Any] = {k: options[k] for k in _TASK_KWARGS if k in options}
         self._task_kwargs["headers"] = headers
         self._module, self._qualname = name_of(func)
+        self._controls = controls_of(options)
+
+    @property
+    def controls(self) -> Controls | None:
+        """Its control options (unique, debounce, exclusive, concurrency, rate), checked; None without any."""
+        return self._controls
+
+    @property
+    def url_path(self) -> str:
+        """The part of its URL after the route: module/function, or its logname."""
+        return self._suffix[1:]
 
     @property
     def task_options(self) -> Mapping[str, Any]:
@@ -563,11 +582,12 @@ class TaskFunction(Generic[P, R]):
         by_url: bool,
         headers: Mapping[str, str] | None = None,
         scope: Callable[[str], str] | None = None,
+        countdown: float | None = None,
     ) -> taskqueue.Task:
         """The task carrying a pickled call: framed (signed) in its payload, or spilled to Datastore.
 
         ``scope(path)`` is what the payload is signed for instead of its URL path (a handle's
-        task: taskutils.results_ids).
+        task: taskutils.results_ids); ``countdown`` replaces the task's own (a debounced run).
         """
         task_kwargs = self._task_kwargs
         trace = task_headers()  # the trace this task joins (taskutils.tracing); under the task's own headers
@@ -575,6 +595,9 @@ class TaskFunction(Generic[P, R]):
             task_kwargs = {**task_kwargs, "headers": {**trace, **task_kwargs["headers"], **(headers or {})}}
         elif headers:  # a handle's headers (taskutils.results), merged over the task's own
             task_kwargs = {**task_kwargs, "headers": {**task_kwargs["headers"], **headers}}
+        if countdown is not None:  # a debounced run's delay (taskutils.controls), over the task's own
+            task_kwargs = {k: v for k, v in task_kwargs.items() if k not in ("eta", "countdown")}
+            task_kwargs["countdown"] = countdown
         path = settings.route + self._suffix
         signed_for = path if scope is None else scope(path)
         flags = self._flags | (codec.BY_URL if by_url else 0)
@@ -644,6 +667,8 @@ class TaskFunction(Generic[P, R]):
         """
         self._check(self, args, kwargs)
         try:
+            if self._controls is not None:
+                return self._controlled(args, kwargs)[0]  # type: ignore[return-value]
             built = self._build(args, kwargs)
             try:
                 return self._queue.add(built, transactional=self._transactional)
@@ -655,6 +680,36 @@ class TaskFunction(Generic[P, R]):
             if no_proxy is None:
                 raise
             raise no_proxy from e
+
+    def _controlled(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], submit: bool = False
+    ) -> tuple[taskqueue.Task | None, str | None]:
+        """A call of a task function with control options: taskutils.controls decides whether it adds a task."""
+        from .controls.call import call
+
+        return call(self, args, kwargs, submit, _Handles(self))
+
+    def add_call(
+        self,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        scope: Callable[[str], str] | None = None,
+        transactional: bool | None = None,
+        countdown: float | None = None,
+    ) -> taskqueue.Task:
+        """Add this call's task now, with these extra headers, past its control options: their seam."""
+        transactional = self._transactional if transactional is None else transactional
+        by_url = self._named_by_url()
+        func = None if by_url else self.__wrapped__
+        data = codec.dumps_call(self._suffix[1:], func, args, kwargs, transactional=self._transactional)
+        built = self._task_of(data, by_url, headers, scope, countdown)
+        try:
+            return self._queue.add(built, transactional=transactional)
+        except BaseException as e:
+            _discard_spills([built], self._transactional, e)
+            raise
 
     def map(self, iterable: Iterable[Any]) -> list[taskqueue.Task]:
         """Enqueue one task per item, the item its single argument; return the added tasks in order.
@@ -670,12 +725,25 @@ class TaskFunction(Generic[P, R]):
     def _map(self, iterable: Iterable[Any], head: tuple[Any, ...]) -> list[taskqueue.Task]:
         if "name" in self._options:
             raise TypeError("map() adds many tasks: a task function with name= can only add one")
+        controls = self._controls
+        if controls is not None and controls.at_call:
+            raise TypeError("map() cannot add unique= or debounce= tasks: call the task function once per item")
+        if controls is not None:  # exclusive, concurrency, rate: every task carries its item's keys
+            iterable = list(iterable)
         transactional = self._transactional
         size = _MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else _MAX_TASKS_PER_ADD
         by_url = self._named_by_url()
         self._check(self, (*head, None), {})  # one positional argument per task: it fits for every item or none
         pickled = self._pickle_items(iterable, by_url, head)
         make = self._task_maker(by_url)
+        if controls is not None:
+            from .controls.call import item_headers
+
+            heads = iter(item_headers(self, [(*head, item) for item in iterable]))  # type: ignore[union-attr]
+
+            def make(data: bytes) -> taskqueue.Task:
+                return self._task_of(data, by_url, next(heads))
+
         added: list[taskqueue.Task] = []
         batch: list[taskqueue.Task] = []  # built, not sent yet
         sent: list[taskqueue.Task] = []  # the batch handed to the queue last
@@ -699,15 +767,40 @@ class TaskFunction(Generic[P, R]):
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Enqueue as a call does and return a handle on the run: its status, result and callbacks."""
+        if self._controls is not None:
+            self._check(self, args, kwargs)
+            from .results import TaskHandle
+
+            return TaskHandle(self._controlled(args, kwargs, submit=True)[1])  # type: ignore[arg-type]
         from .results import submit
 
         return submit(self, args, kwargs)
 
     def submit_map(self, iterable: Iterable[Any]) -> GroupHandle:
         """One child per item, added in batches as map() adds them; return a handle on the group."""
+        if self._controls is not None:
+            raise TypeError("submit_map() cannot add tasks with control options: submit() each item")
         from .results import submit_map
 
         return submit_map(self, iterable)
+
+
+class _Handles:
+    """How taskutils.controls records a controlled run on a handle: taskutils.results' ids, headers and scope."""
+
+    def __init__(self, function: TaskFunction[Any, Any]) -> None:
+        self.function = function
+
+    def new_id(self, due: float) -> str:
+        from .results_ids import new_handle_id
+
+        return new_handle_id(due)
+
+    def task(self, handle_id: str) -> tuple[Mapping[str, str], Callable[[str], str]]:
+        from .results import headers_for, scope_for
+
+        headers = headers_for(self.function, handle_id)
+        return headers, scope_for(headers)
 
 
 class BoundTaskFunction:

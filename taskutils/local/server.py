@@ -29,6 +29,7 @@ from .. import config
 from ..handler import mount
 from .dispatch import DISPATCH_TIMEOUT, STOP_GRACE, HTTPDispatcher, RunRecords
 from .guard import DISPATCH_HEADER, RequestGuard, new_secret
+from .periodic import PeriodicFiring
 from .scheduler import DEFAULT_CONCURRENCY, ConcurrentScheduler
 from .storage import Storage
 from .stubs import Serialized, make_datastore, make_taskqueue, queue_limits
@@ -208,6 +209,7 @@ class LocalServer:
         self._spare_threads = 0
         self._secret = new_secret()  # the dispatcher sends it with every task; nothing else knows it
         self.guard = RequestGuard(self._secret, host, trust_loopback=cloudtasks_mode())
+        self._periodic: PeriodicFiring | None = None  # taskutils.periodic's jobs, fired on schedule
 
     @property
     def url(self) -> str:
@@ -252,6 +254,7 @@ class LocalServer:
             self._ensure_signing()
             self._served = ServedApp(self.app)
             self._serve_in_background()
+            self._periodic = PeriodicFiring(self.url, {DISPATCH_HEADER: self._secret}).start()
         except BaseException:
             self._close_listener()
             self._restore()
@@ -421,6 +424,8 @@ class LocalServer:
             if self._socket is None:
                 return None
             ends = time.monotonic() + grace
+            if self._periodic is not None:
+                self._periodic.stop()
             abandoned: list[tuple[str, str]] = []
             scheduler = self.scheduler
             if scheduler is not None:

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, unquote, urlencode
 from .. import hooks
 from ..config import settings
 from ..local.dispatch import RunRecord
-from . import decode, handles, queues
+from . import controls, decode, handles, queues
 from .html import asset, duration, esc, page, path_part, status_badge, table, when
 from .runs import RunLog, started_at
 
@@ -211,6 +211,9 @@ class LocalConsole:
             return self._runs_page(base, query)
         if parts == ["handles"]:
             return self._handles_page(base)
+        if parts == ["controls"]:  # taskutils.controls: leases held and periodic jobs
+            body = controls.listing()
+            return Response("200 OK", self._page(base, "Leases and periodic jobs", body, "controls", refresh=True))
         if len(parts) == 2 and parts[0] == "handles":
             return self._group_page(base, parts[1])
         if len(parts) == 3 and parts[0] == "handles" and parts[1] == "run":
@@ -236,6 +239,7 @@ class LocalConsole:
             ("Queues", base + "/", current == "queues"),
             ("Runs", base + "/runs", current == "runs"),
             ("Handles", base + "/handles", current == "handles"),
+            ("Controls", base + "/controls", current == "controls"),
         ]
         if refresh:
             body = f'<div data-refresh="2"></div>{body}'
