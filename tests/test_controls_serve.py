@@ -188,8 +188,10 @@ def test_a_periodic_job_fires_once_per_slot_across_a_kill_9(storage):
     assert status == 200
     runs = [line.split(" ") for line in body.decode().split("\n")]
     assert runs[0] == before[0].split(" ")
-    minutes, names = [minute for minute, _ in runs], [name for _, name in runs]
-    assert len(set(names)) == len(names) and len(set(minutes)) == len(minutes), runs  # one run per slot
+    # One run per slot: a task's name names its slot (periodic-<job>-<YYYYmmdd-HHMM>). When a run
+    # started is no test of that on a loaded machine: a slot's run may start in the next minute.
+    slots = [name.rsplit("-", 2)[-2:] for _, name in runs]
+    assert len({tuple(slot) for slot in slots}) == len(slots), runs
 
 
 @pytest.fixture(scope="module")
