@@ -25,6 +25,8 @@ from . import codec, logs, results_ids
 from .config import get_keyring, settings
 from .controls.spec import CRON_PATH
 from .controls.spec import ENVIRON_KEY as CONTROLS_KEY
+from .controls.spec import HEADER as CONTROLS_HEADER
+from .controls.spec import scope as controls_scope
 from .defer import DEFERRED_URL, run_deferred
 from .exc import (
     CorruptPayloadError,
@@ -282,6 +284,13 @@ class _Run(Scope):
             except SignatureError as e:
                 self.outcome = (f"refused: {e}", logging.WARNING, None)
                 return HTTPStatus.FORBIDDEN
+        controls = self.environ.get(CONTROLS_KEY)
+        if controls is not None:  # signed for its controls too (taskutils.controls.spec.scope)
+            try:
+                signed_for = controls_scope(controls, signed_for)
+            except ValueError as e:
+                self.outcome = (f"refused: {CONTROLS_HEADER} header: {e}", logging.WARNING, None)
+                return HTTPStatus.BAD_REQUEST
         try:
             flags, data = codec.unframe(signed_for, body, get_keyring())
             if flags & codec.POINTER:
@@ -292,7 +301,6 @@ class _Run(Scope):
             func, args, kwargs = _load_call(self.path, flags, data)
             if flags & codec.HEADERS:
                 kwargs["headers"] = Headers(self.environ)
-            controls = self.environ.get(CONTROLS_KEY)
             if controls is not None:  # unique, debounce, exclusive, concurrency, rate: taskutils.controls says when
                 from .controls.run import run_controlled
 

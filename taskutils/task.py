@@ -742,7 +742,8 @@ class TaskFunction(Generic[P, R]):
             heads = iter(item_headers(self, [(*head, item) for item in iterable]))  # type: ignore[union-attr]
 
             def make(data: bytes) -> taskqueue.Task:
-                return self._task_of(data, by_url, next(heads))
+                headers, scope = next(heads)
+                return self._task_of(data, by_url, headers, scope)
 
         added: list[taskqueue.Task] = []
         batch: list[taskqueue.Task] = []  # built, not sent yet

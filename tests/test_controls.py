@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -481,6 +482,21 @@ def test_with_signing_keys_unique_debounced_and_put_back_runs_carry_valid_signat
     assert handle.status == "succeeded"
     assert ("unique", "signed") in seen and 2 in seen and "other ran" in seen
     assert inner[-1].status == "succeeded"
+
+
+def test_with_signing_keys_a_controls_header_changed_or_removed_is_refused_before_anything_runs(task_testbed, signed):
+    exclusive_job("guarded")
+    (record,) = queued(task_testbed)
+    spec = json.loads(record.headers[CONTROLS_HEADER])
+    name, _, lease, readable = spec["l"]
+    forged = json.dumps({**spec, "l": [name, 99, lease, readable]})  # let 99 runs hold the key at once
+    for header in (None, forged, "not json"):
+        status, _ = task_testbed.post(record, HTTP_X_TASKUTILS_CONTROLS=header)
+        assert status in (400, 403), header
+    assert seen == []
+    put_back = json.dumps({**spec, "p": 3})  # what a put-back changes only moves when the run starts
+    status, _ = task_testbed.post(record, HTTP_X_TASKUTILS_CONTROLS=put_back)
+    assert status == 200 and ("start", "guarded") in seen
 
 
 def test_a_plain_task_carries_no_controls_and_leaves_no_control_entities(task_testbed):

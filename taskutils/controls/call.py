@@ -100,17 +100,32 @@ def call(
     if controls.debounce is not None:
         return _debounce(function, controls, header, args, kwargs, handles)
     if not submit:
-        return function.add_call(args, kwargs, headers=_headers(header, None)), None
+        headers, scope = _signed(header, None, None)
+        return function.add_call(args, kwargs, headers=headers, scope=scope), None
     handle_id = handles.new_id(store.now() + _due_in(function))
-    handle_headers, scope = handles.task(handle_id)
-    return function.add_call(args, kwargs, headers=_headers(header, handle_headers), scope=scope), handle_id
+    headers, scope = _signed(header, *handles.task(handle_id))
+    return function.add_call(args, kwargs, headers=headers, scope=scope), handle_id
 
 
-def _headers(header: Mapping[str, Any], handle: Mapping[str, str] | None) -> dict[str, str]:
+def _signed(
+    header: Mapping[str, Any], handle: Mapping[str, str] | None, scope: Scope | None
+) -> tuple[dict[str, str], Scope | None]:
+    """The task's headers, and what its payload is signed for: its handle's scope, bound to its controls.
+
+    With keys, a request whose controls header was changed or removed fails the payload's
+    signature (``spec.scope``), so no one who can post tasks can make a run skip its key or
+    its lease.
+    """
     headers = {spec.HEADER: spec.dumps(header)} if header else {}
     if handle is not None:
         headers.update(handle)
-    return headers
+    if not header:
+        return headers, scope
+    text = headers[spec.HEADER]
+    if scope is None:
+        return headers, lambda path: spec.scope(text, path)
+    inner = scope
+    return headers, lambda path: spec.scope(text, inner(path))
 
 
 def _due_in(function: TaskFunction, countdown: float | None = None) -> float:
@@ -156,8 +171,7 @@ def _unique(
             return state["h"], None
         marker.state = {"h": handle_id, "until": until}
         marker.write(readable)
-        handle_headers, scope = handles.task(handle_id)
-        headers = _headers(header, handle_headers)
+        headers, scope = _signed(header, *handles.task(handle_id))
         return handle_id, function.add_call(args, kwargs, headers=headers, scope=scope, transactional=True)
 
     found, added = _in_transaction(function, body)
@@ -191,8 +205,7 @@ def _debounce(
             return state["p"], None
         state["p"], state["pu"] = token, until
         entity.write(readable)
-        handle_headers, scope = handles.task(token)
-        headers = _headers(header, handle_headers)
+        headers, scope = _signed(header, *handles.task(token))
         return token, function.add_call(
             args, kwargs, headers=headers, scope=scope, transactional=True, countdown=seconds
         )
@@ -201,8 +214,8 @@ def _debounce(
     return added, found
 
 
-def item_headers(function: TaskFunction, calls: list[tuple[Any, ...]]) -> list[dict[str, str]]:
-    """The controls headers of map()'s tasks, one per item's positional arguments."""
+def item_headers(function: TaskFunction, calls: list[tuple[Any, ...]]) -> list[tuple[dict[str, str], Scope | None]]:
+    """The controls headers of map()'s tasks, and what each payload is signed for, one per item's arguments."""
     controls = function.controls
     assert controls is not None
-    return [_headers(header_of(function, controls, args, {}), None) for args in calls]
+    return [_signed(header_of(function, controls, args, {}), None, None) for args in calls]

@@ -4,12 +4,15 @@ The call side writes it (``controls.call``), the run side reads it (``controls.r
 It is JSON: ``u`` / ``d``: a unique / debounce key and the run's token; ``l``: a lease
 key, how many may hold it and for how long; ``r``: a rate key, N and the period;
 ``s``: a start slot the rate bucket reserved; ``p``: how many times the run was put
-back; ``q``: what a put-back task must keep (retry options, target, deadline). The
-header is not signed: whoever can post tasks can only change when a run starts.
+back; ``q``: what a put-back task must keep (retry options, target, deadline). With
+keys, the payload is signed for what the header holds at the call (``scope``): changing
+or removing those fields fails the signature. ``s`` and ``p``, which change when a run
+is put back, are not covered: whoever can post tasks can change only when a run starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -54,6 +57,17 @@ def queue_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def dumps(spec: Mapping[str, Any]) -> str:
     return json.dumps(spec, separators=(",", ":"), ensure_ascii=True)
+
+
+_MUTABLE = ("p", "s")  # changed when a run is put back
+
+
+def scope(text: str, signed_for: str) -> str:
+    """What a controlled task's payload is signed for: ``signed_for`` (its URL path, or its handle's
+    scope) bound to the fields of its header ``text`` that the call fixed; ValueError when malformed."""
+    fixed = {name: value for name, value in loads(text).items() if name not in _MUTABLE}
+    digest = hashlib.sha256(dumps(dict(sorted(fixed.items()))).encode("ascii")).hexdigest()[:32]
+    return f"controls {digest} {signed_for}"
 
 
 def loads(text: str) -> dict[str, Any]:
