@@ -101,6 +101,9 @@ def test_a_named_task_cannot_be_added_again_after_a_kill_9(servers):
     assert server.request("POST", "/enqueue/record?key=once&name=once")[0] == 200
     assert server.request("POST", "/enqueue/record?key=waiting&name=waiting&countdown=600")[0] == 200
     server.wait_for(lambda: "once" in servers.keys_ok(), "the named task ran")
+    # Its answer reached the queue, which deleted it: only "waiting" is left (killed before that, it would
+    # rightly run again after the restart, and its name would still belong to a queued task).
+    server.wait_for(lambda: server.get("/stats")["queued"] == 1, "the named task left the queue")
 
     servers.crash(server)
     again = servers.start()
