@@ -58,20 +58,15 @@ def console(environ: dict[str, Any], start_response: StartResponse) -> Iterable[
         return [b""]
     query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
     nav = [("Handles and groups", "?", "group" not in query and "handle" not in query)]
-    if "handle" in query:
-        found, body = handles.handle_detail(query["handle"], _link)
+    if "handle" in query or "group" in query:
+        if "handle" in query:
+            title = f"Handle {query['handle']}"
+            found, body = handles.handle_detail(query["handle"], _link)
+        else:
+            title = f"Group {query['group']}"
+            found, body = handles.group_detail(query["group"], "?handle=")
         html = page(
-            f"Handle {query['handle']}",
-            '<p><a href="?">← handles and groups</a></p>' + body,
-            nav=nav,
-            heading="taskutils console",
-            inline_script=True,
-        )
-        return _answer(start_response, "200 OK" if found else "404 Not Found", html, "text/html; charset=utf-8")
-    if "group" in query:
-        found, body = handles.group_detail(query["group"], "?handle=")
-        html = page(
-            f"Group {query['group']}",
+            title,
             '<p><a href="?">← handles and groups</a></p>' + body,
             nav=nav,
             heading="taskutils console",
