@@ -27,7 +27,9 @@ setup(
             "webtest>=3",
             "hypothesis>=6",
             "flask>=2",
-            "selenium>=4.10",
+            # Newer selenium needs urllib3 2, which appengine-python-standard does not allow: without
+            # this bound pip tries every release before settling on 4.32.
+            "selenium>=4.10,<4.33",
             "opentelemetry-sdk>=1.20",
         ],
     },
