@@ -24,8 +24,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
+from .current import current_task
 from .exc import RetryTaskException
-from .handler import current_task
 from .local import LocalServer, StubLogFilter
 from .results import GroupHandle
 from .task import task

@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -27,6 +26,8 @@ from .controls.spec import CRON_PATH
 from .controls.spec import ENVIRON_KEY as CONTROLS_KEY
 from .controls.spec import HEADER as CONTROLS_HEADER
 from .controls.spec import scope as controls_scope
+from .current import TaskInfo as TaskInfo
+from .current import current_task as current_task
 from .defer import DEFERRED_URL, run_deferred
 from .exc import (
     CorruptPayloadError,
@@ -38,6 +39,8 @@ from .exc import (
     SpilledPayloadMissingError,
 )
 from .hooks import TaskEvent, on_failure, on_retry, on_start, on_success
+from .results_ids import HANDLE_KEY as HANDLE_KEY
+from .results_ids import LIMIT_KEY as LIMIT_KEY
 from .task import TAG_HEADER, TaskFunction, decode_name, resolve
 from .tracing import OTEL_MODULE, Scope, scope, task_span, traced
 
@@ -47,8 +50,6 @@ MAX_BODY = 1 << 20
 MAX_LENGTH_DIGITS = 20  # a longer Content-Length is no length a body can have (and int() refuses thousands)
 TASKQUEUE_SOURCE = "0.1.0.2"
 EXC_INFO_KEY = "taskutils.exc_info"
-HANDLE_KEY = "HTTP_X_TASKUTILS_HANDLE"  # the X-Taskutils-Handle header of a submitted task
-LIMIT_KEY = "HTTP_X_TASKUTILS_RETRY_LIMIT"  # its X-Taskutils-Retry-Limit, signed with it
 _modules = sys.modules
 ERROR_HEADER = "X-Taskutils-Error"
 ERROR_LINE_MAX = 200
@@ -59,24 +60,6 @@ MISSING_CODE_STATUS = HTTPStatus.INTERNAL_SERVER_ERROR
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-
-
-@dataclass(frozen=True, slots=True)
-class TaskInfo:
-    """What the queue said about the task being run."""
-
-    task_name: str
-    queue_name: str
-    retry_count: int
-    execution_count: int
-    eta: datetime.datetime | None
-    tag: str | None = None
-
-
-def current_task() -> TaskInfo | None:
-    """The running task's name, queue, retry count, execution count and ETA; None outside a task."""
-    current = scope.get()  # a _Run while a task runs (taskutils.tracing.Scope otherwise)
-    return None if current is None else current.info  # type: ignore[no-any-return]
 
 
 class Headers(Mapping[str, str]):

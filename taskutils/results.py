@@ -65,6 +65,7 @@ from google.appengine.api import datastore, taskqueue
 from . import codec, results_ids
 from . import results_store as store
 from .exc import TaskCancelledError, TaskError, TaskRunError
+from .queues import MAX_TASKS_PER_ADD, MAX_TRANSACTIONAL_TASKS_PER_ADD, add_batch, discard_spills, no_api_proxy
 from .results_run import (
     HANDLE_HEADER,
     Callback,
@@ -77,14 +78,7 @@ from .results_run import (
 )
 from .results_run import run_handled as run_handled
 from .results_run import set_progress as set_progress
-from .task import (
-    _MAX_TASKS_PER_ADD,
-    _MAX_TRANSACTIONAL_TASKS_PER_ADD,
-    TaskFunction,
-    _add_batch,
-    _discard_spills,
-    _no_api_proxy,
-)
+from .task import TaskFunction
 
 __all__ = ["GroupHandle", "TaskHandle", "set_progress"]
 
@@ -431,10 +425,10 @@ def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any], head: 
     total, leaves = len(items), store.leaves_for(len(items))
     group_id = results_ids.new_group_id(_due(function), total, leaves)
     transactional = function._transactional
-    if transactional and total > _MAX_TRANSACTIONAL_TASKS_PER_ADD:
+    if transactional and total > MAX_TRANSACTIONAL_TASKS_PER_ADD:
         raise taskqueue.TooManyTasksError(
             f"submit_map(transactional=True) adds every child inside your transaction, and App Engine takes at "
-            f"most {_MAX_TRANSACTIONAL_TASKS_PER_ADD} tasks in one transaction: {total} items given"
+            f"most {MAX_TRANSACTIONAL_TASKS_PER_ADD} tasks in one transaction: {total} items given"
         )
     by_url = function._named_by_url()
     function._check(function, (*head, None), {})  # one positional argument per child: it fits every item or none
@@ -442,7 +436,7 @@ def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any], head: 
     group = store.new_group_entity(group_id, total, leaves, function.task_options.get("queue", "default"))
     _put_group(group, transactional)
     base = headers_for(function, group_id)
-    size = _MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else _MAX_TASKS_PER_ADD
+    size = MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else MAX_TASKS_PER_ADD
     batch: list[taskqueue.Task] = []
     sent: list[taskqueue.Task] = []
     try:
@@ -451,16 +445,16 @@ def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any], head: 
             batch.append(function._task_of(data, by_url, headers, scope_for(headers)))
             if len(batch) == size:
                 sent, batch = batch, []
-                _add_batch(function._queue, sent, transactional)
+                add_batch(function._queue, sent, transactional)
         if batch:
             sent, batch = batch, []
-            _add_batch(function._queue, sent, transactional)
+            add_batch(function._queue, sent, transactional)
     except BaseException as e:
-        _discard_spills(batch, transactional)
-        _discard_spills(sent, transactional, e)
+        discard_spills(batch, transactional)
+        discard_spills(sent, transactional, e)
         if not transactional:  # the children added so far are skipped when they arrive
             cancel_group(group_id)
-        no_proxy = _no_api_proxy(e) if isinstance(e, AssertionError) else None
+        no_proxy = no_api_proxy(e) if isinstance(e, AssertionError) else None
         if no_proxy is not None:
             raise no_proxy from e
         raise
@@ -469,6 +463,6 @@ def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any], head: 
 
 def _put_group(group: store.Entity, transactional: bool) -> None:
     """Write the group entity: in the caller's ndb transaction when transactional, else outside any."""
-    from .spill import _connection
+    from .spill import connection_for
 
-    _connection(transactional).put([group])
+    connection_for(transactional).put([group])

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from .config import KeyRing, get_keyring
 from .exc import SignatureError
 
+HANDLE_KEY = "HTTP_X_TASKUTILS_HANDLE"  # the WSGI key of a submitted task's X-Taskutils-Handle header
+LIMIT_KEY = "HTTP_X_TASKUTILS_RETRY_LIMIT"  # its X-Taskutils-Retry-Limit, signed with it
 TAG_HEX = 16
 _DOMAIN = b"taskutils-handle-id\0"
 _DECIMAL = r"(?:0|[1-9][0-9]{0,9})"  # ASCII digits only: "٣" and "²" are not indexes

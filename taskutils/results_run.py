@@ -21,9 +21,11 @@ from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPerman
 
 from . import codec, results_ids
 from . import results_store as store
+from .current import current_task
 from .exc import PermanentTaskFailure, ResultError
-from .handler import LIMIT_KEY, current_task
-from .task import BoundTaskFunction, TaskFunction, _discard_spills, _no_api_proxy, task
+from .queues import discard_spills, no_api_proxy
+from .results_ids import LIMIT_KEY
+from .task import BoundTaskFunction, TaskFunction, task
 
 log = logging.getLogger("taskutils.results")
 
@@ -125,10 +127,10 @@ def enqueue(function: TaskFunction[Any, Any], args: tuple[Any, ...], kwargs: Map
         try:
             function._queue.add(built, transactional=transactional)
         except BaseException as e:
-            _discard_spills([built], transactional, e)
+            discard_spills([built], transactional, e)
             raise
     except AssertionError as e:
-        no_proxy = _no_api_proxy(e)
+        no_proxy = no_api_proxy(e)
         if no_proxy is None:
             raise
         raise no_proxy from e

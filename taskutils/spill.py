@@ -68,7 +68,7 @@ class TaskPayloadChunk(ndb.Model):
         return f"TaskPayloadChunk(key={self._key!r}, {len(self.data or b'')} bytes)"
 
 
-def _connection(transactional: bool) -> datastore_rpc.BaseConnection:
+def connection_for(transactional: bool) -> datastore_rpc.BaseConnection:
     """The connection to use: the caller's ndb transaction's when transactional, else one outside any.
 
     Inside ``ndb.transactional`` the low-level API's current connection is that
@@ -125,7 +125,7 @@ def _write(
         entity["data"] = datastore_types.Blob(piece)
         entity["due"] = due
         entities.append(entity)
-    connection = _connection(transactional)
+    connection = connection_for(transactional)
     rpc = None
     try:
         rpc = connection.async_put(None, entities)  # one RPC per chunk, all in flight at once
@@ -220,7 +220,7 @@ def load(pointer: bytes, *, signed: bool = True) -> bytes:
     """
     fields = _parse(pointer, signed=signed)
     group, count = fields["g"], fields["n"]
-    entities = _connection(False).async_get(None, _chunk_keys(group, count)).get_result()
+    entities = connection_for(False).async_get(None, _chunk_keys(group, count)).get_result()
     missing = [i + 1 for i, e in enumerate(entities) if e is None]
     if missing:
         raise SpilledPayloadMissingError(
@@ -269,7 +269,7 @@ def delete(pointer: bytes, *, transactional: bool = False) -> None:
         fields = _parse(pointer)
     except CorruptPayloadError:
         return
-    _delete_keys(_connection(transactional), fields["g"], _chunk_keys(fields["g"], fields["n"]))
+    _delete_keys(connection_for(transactional), fields["g"], _chunk_keys(fields["g"], fields["n"]))
 
 
 def discard(body: bytes, *, transactional: bool = False) -> None:
@@ -298,7 +298,7 @@ def _orphans(before: datetime.datetime) -> Iterator[list[datastore_types.Key]]:
 
 def sweep(before: datetime.datetime) -> int:
     """Delete spilled payloads whose task was first due before then (naive UTC); return how many."""
-    connection = _connection(False)
+    connection = connection_for(False)
     deleted = 0
     last_group = None
     for keys in _orphans(before):

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
 import functools
 import inspect
 import logging
-import math
-import os
-import re
 import sys
 import types
 import weakref
@@ -16,15 +12,29 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from google.appengine.api import taskqueue
-from google.appengine.runtime import apiproxy_errors
 
 from . import codec
 from .config import get_keyring, settings
-from .controls.options import OPTIONS as CONTROL_OPTIONS
-from .controls.options import Controls, check_combination, controls_of
-from .exc import NoApiProxyError, PayloadError, TaskOptionError
-from .hooks import TaskEvent, on_enqueue
-from .tracing import current_trace, task_headers
+from .controls.options import Controls, controls_of
+from .exc import PayloadError
+from .naming import decode_name as decode_name
+from .naming import encode_name as encode_name
+from .naming import name_of as name_of
+from .naming import resolve as resolve
+from .naming import url_path_of as url_path_of
+from .options import TASK_KWARGS
+from .options import merge_options as merge_options
+from .options import validate_options as validate_options
+from .queues import (
+    MAX_TASKS_PER_ADD,
+    MAX_TRANSACTIONAL_TASKS_PER_ADD,
+    NO_API_ERRORS,
+    Queue,
+    add_batch,
+    discard_spills,
+    no_api_proxy,
+)
+from .tracing import task_headers
 
 if TYPE_CHECKING:
     from .results import GroupHandle, TaskHandle
@@ -36,340 +46,6 @@ R = TypeVar("R")
 
 TAG_HEADER = "X-Taskutils-Tag"
 LIBRARY_HEADERS: Mapping[str, str] = types.MappingProxyType({"Content-Type": "application/octet-stream"})
-
-# Options passed straight to google.appengine.api.taskqueue.Task.
-_TASK_KWARGS = ("countdown", "eta", "name", "target", "retry_options", "dispatch_deadline_usec")
-_OPTIONS = (
-    frozenset(_TASK_KWARGS + ("queue", "headers", "tag", "transactional", "includeheaders", "logname", "parent"))
-    | CONTROL_OPTIONS
-)
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
-_ESCAPED = re.compile(r"~([0-9a-f]{1,6})~")
-_TASK_NAME = re.compile(r"[a-zA-Z0-9_-]{1,500}")
-_LOGNAME_SEGMENT = re.compile(r"[A-Za-z0-9_.~-]+")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token
-_HEADER_TEXT = re.compile(r"[\t\x20-\x7e\xa0-\xff]*")  # Latin-1 without control characters
-_MAX_AHEAD = datetime.timedelta(days=30)  # App Engine refuses an ETA further ahead
-_MAX_TASKS_PER_ADD = taskqueue.MAX_TASKS_PER_ADD
-_MAX_TRANSACTIONAL_TASKS_PER_ADD = 5
-
-# Cloud Tasks endpoints ("" for Google's, else the emulator's host:port) that answered a batch
-# add with UNIMPLEMENTED: this process adds tasks there one by one from then on.
-_no_batch_endpoints: set[str] = set()
-
-
-_queue_add = taskqueue.Queue.add
-
-
-class _Queue(taskqueue.Queue):  # type: ignore[misc]
-    """A taskqueue.Queue that tells ``taskutils.hooks.on_enqueue`` what it added."""
-
-    def add(self, task: Any, transactional: bool = False) -> Any:
-        added = _queue_add(self, task, transactional)
-        if on_enqueue.receivers:
-            _announce(self.name, added)
-        return added
-
-
-def _announce(queue: str, added: taskqueue.Task | list[taskqueue.Task]) -> None:
-    tasks = added if isinstance(added, list) else [added]
-    if not tasks:
-        return
-    url, route = tasks[0].url.partition("?")[0], settings.route
-    trace = current_trace()
-    event = TaskEvent(
-        "enqueue",
-        url[len(route) + 1 :] if url.startswith(route + "/") else url,
-        queue,
-        task_name=tasks[0].name if len(tasks) == 1 else None,
-        count=len(tasks),
-        trace_id=trace.trace_id if trace is not None else None,
-    )
-    on_enqueue.send(event)
-
-
-def _cloud_tasks_endpoint() -> str | None:
-    """Where the SDK sends push tasks when it uses Cloud Tasks; None on the App Engine Task Queue."""
-    if os.environ.get("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE", "").lower() != "true":
-        return None
-    return os.environ.get("CLOUD_TASKS_EMULATOR_HOST", "")
-
-
-def _is_unimplemented(error: taskqueue.Error) -> bool:
-    """True when the SDK's error wraps gRPC UNIMPLEMENTED / HTTP 501: the backend has no batch RPC."""
-    try:
-        from google.api_core.exceptions import MethodNotImplemented
-    except ImportError:
-        return False
-    return isinstance(error.__cause__, MethodNotImplemented)
-
-
-def _add_batch(queue: taskqueue.Queue, batch: list[taskqueue.Task], transactional: bool) -> list[taskqueue.Task]:
-    """Add tasks in one queue RPC, or one by one where Cloud Tasks has no batch add."""
-    endpoint = None if transactional or len(batch) == 1 else _cloud_tasks_endpoint()
-    if endpoint is None or endpoint not in _no_batch_endpoints:
-        try:
-            return queue.add(batch, transactional=transactional)
-        except taskqueue.Error as e:
-            if endpoint is None or not _is_unimplemented(e):
-                raise
-            _no_batch_endpoints.add(endpoint)
-            log.warning(
-                "Cloud Tasks at %s has no BatchCreateTasks (%s): adding tasks one by one from now on",
-                endpoint or "its default endpoint",
-                e,
-            )
-    return [t if t.was_enqueued else queue.add(t) for t in batch]
-
-
-def _discard_spills(built: list[taskqueue.Task], transactional: bool, error: BaseException | None = None) -> None:
-    """Delete the spilled payloads of built tasks the queue surely did not take (see spill.discard_unadded)."""
-    if any(t.payload and t.payload[0] & codec.POINTER for t in built):
-        from . import spill
-
-        spill.discard_unadded(built, error, transactional=transactional)
-
-
-def _check_type(name: str, value: object, types_: type | tuple[type, ...], what: str) -> None:
-    if not isinstance(value, types_) or (isinstance(value, bool) and bool not in _as_tuple(types_)):
-        raise TypeError(f"task option {name}= must be {what}, got {value!r}")
-
-
-def _as_tuple(t: type | tuple[type, ...]) -> tuple[type, ...]:
-    return t if isinstance(t, tuple) else (t,)
-
-
-def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Check task options; raise TaskOptionError (a TypeError) for unknown ones, bad types and values."""
-    try:
-        return _validate_options(options)
-    except TaskOptionError:
-        raise
-    except TypeError as e:
-        raise TaskOptionError(str(e)) from None
-
-
-def _validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = set(options) - _OPTIONS
-    if unknown:
-        raise TypeError(
-            f"unknown task option(s): {', '.join(sorted(unknown))}; expected some of: {', '.join(sorted(_OPTIONS))}"
-        )
-    opts = {k: v for k, v in options.items() if v is not None}
-    checks: dict[str, tuple[type | tuple[type, ...], str]] = {
-        "queue": (str, "a queue name"),
-        "countdown": ((int, float), "a number of seconds"),
-        "eta": (datetime.datetime, "a datetime"),
-        "name": (str, "a task name"),
-        "target": (str, "a service or version name"),
-        "retry_options": (taskqueue.TaskRetryOptions, "a taskqueue.TaskRetryOptions"),
-        "dispatch_deadline_usec": (int, "a number of microseconds"),
-        "headers": (Mapping, "a mapping of header names to values"),
-        "tag": (str, "a string"),
-        "transactional": (bool, "True or False"),
-        "includeheaders": (bool, "True or False"),
-        "logname": (str, "a URL path"),
-    }
-    for name, value in opts.items():
-        if name in checks:
-            _check_type(name, value, *checks[name])
-    if "countdown" in opts and "eta" in opts:
-        raise TypeError("task options countdown= and eta= contradict each other: give one")
-    if "countdown" in opts:
-        _check_countdown(opts["countdown"])
-    if "eta" in opts:
-        _check_eta(opts["eta"])
-    if "name" in opts and not _TASK_NAME.fullmatch(opts["name"]):
-        raise TypeError(
-            f"task option name= must be 1 to 500 of [a-zA-Z0-9_-], as App Engine requires, got {opts['name']!r}"
-        )
-    if opts.get("transactional") and "name" in opts:
-        raise TypeError("a transactional task cannot be named: give transactional= or name=")
-    if "parent" in opts and not opts.get("transactional"):
-        raise TypeError("task option parent= places a spilled payload in a transaction: it needs transactional=True")
-    if "logname" in opts:
-        _check_logname(opts["logname"])
-    if "headers" in opts:
-        opts["headers"] = dict(opts["headers"])
-        for name, value in opts["headers"].items():
-            _check_header(name, value)
-    if "tag" in opts and not _HEADER_TEXT.fullmatch(opts["tag"]):
-        raise TypeError(
-            f"task option tag= is sent as a header: Latin-1 without control characters, got {opts['tag']!r}"
-        )
-    controls = controls_of(opts)  # unique, debounce, exclusive, concurrency, key, rate: taskutils.controls
-    if controls is not None:
-        check_combination(opts, controls)
-    return opts
-
-
-def _check_countdown(countdown: float) -> None:
-    # A negative countdown is due at once, as App Engine takes it (a computed delay may come out below 0).
-    try:
-        finite = math.isfinite(countdown)
-    except OverflowError:  # an int too big for a float
-        finite = False
-    if not finite:
-        raise TypeError(f"task option countdown= must be a finite number of seconds, got {countdown!r:.40}")
-    if countdown > _MAX_AHEAD.total_seconds():
-        raise TypeError(
-            f"task option countdown= must be at most 30 days (2592000 s), as App Engine allows, got {countdown}"
-        )
-
-
-def _check_eta(eta: datetime.datetime) -> None:
-    # A naive ETA is local time, as the taskqueue API reads it (UTC on App Engine).
-    now = datetime.datetime.now() if eta.tzinfo is None else datetime.datetime.now(datetime.timezone.utc)
-    if eta - now > _MAX_AHEAD:
-        raise TypeError(f"task option eta= must be at most 30 days ahead, as App Engine allows, got {eta}")
-
-
-def _check_logname(logname: str) -> None:
-    segments = logname.split("/")
-    if not all(_LOGNAME_SEGMENT.fullmatch(seg) and seg not in (".", "..") for seg in segments):
-        raise TypeError(
-            "task option logname= must be a URL path of [A-Za-z0-9_.~-] segments, none empty, '.' or '..', "
-            f"got {logname!r}"
-        )
-
-
-def _check_header(name: object, value: object) -> None:
-    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
-        raise TypeError(f"task option headers=: {name!r} is not a header name (letters, digits and !#$%&'*+.^_`|~-)")
-    if not isinstance(value, str) or not _HEADER_TEXT.fullmatch(value):
-        raise TypeError(
-            f"task option headers=: the value of {name} must be a string of Latin-1 without control characters, "
-            f"got {value!r}"
-        )
-
-
-def merge_options(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """Options of base overridden by extra, checked; headers are merged, countdown and eta replace each other."""
-    merged = dict(base)
-    if "countdown" in extra or "eta" in extra:
-        merged.pop("countdown", None)
-        merged.pop("eta", None)
-    if "transactional" in extra and not extra["transactional"]:
-        merged.pop("parent", None)
-    merged.update(extra)
-    if "headers" in base and "headers" in extra:
-        merged["headers"] = {**base["headers"], **extra["headers"]}
-    return validate_options(merged)  # a merge can contradict, e.g. transactional= over name=
-
-
-def name_of(func: Callable[..., Any]) -> tuple[str, str]:
-    """The module and qualified name a callable is known by: a partial or a bound method by its function's."""
-    while isinstance(func, functools.partial):
-        func = func.func
-    if isinstance(func, types.MethodType):
-        func = func.__func__
-    qualname = getattr(func, "__qualname__", None)
-    module = getattr(func, "__module__", None)
-    if not isinstance(qualname, str):  # an instance with __call__: its class's name
-        qualname, module = type(func).__qualname__, type(func).__module__
-    if not isinstance(module, str):  # a builtin method, e.g. [].append: its class's module
-        owner = getattr(func, "__self__", None)
-        module = owner.__name__ if isinstance(owner, types.ModuleType) else type(owner).__module__
-    return module, qualname
-
-
-def _escape_char(match: re.Match[str]) -> str:
-    return f"~{ord(match.group()):x}~"
-
-
-def _escape_name(name: str) -> str:
-    return _NAME_UNSAFE.sub(_escape_char, name)
-
-
-def encode_name(module: str, qualname: str) -> str:
-    """module/qualname as a readable, URL-safe ([A-Za-z0-9_.~/-]) and reversible path.
-
-    A character outside [A-Za-z0-9_] becomes ``~hex~`` (``café`` is ``caf~e9~``);
-    a nested function's ``.<locals>.`` becomes ``/`` and ``<lambda>`` ``lambda``.
-    ``decode_name`` gives back module and qualname exactly for any name without those.
-    """
-    parts = qualname.split(".")
-    path = ""
-    for i, part in enumerate(parts):
-        if part == "<locals>" and 0 < i < len(parts) - 1:
-            path += "/"
-            continue
-        if path and not path.endswith("/"):
-            path += "."
-        path += "lambda" if part == "<lambda>" else _escape_name(part)
-    return ".".join(map(_escape_name, module.split("."))) + "/" + path
-
-
-def _unescape_char(match: re.Match[str]) -> str:
-    return chr(int(match.group(1), 16))
-
-
-def decode_name(path: str) -> tuple[str, str]:
-    """The module and qualname of a by-URL task from the part of its URL after the route."""
-    module, _, qualname = path.partition("/")
-    if "~" in path:
-        return _ESCAPED.sub(_unescape_char, module), _ESCAPED.sub(_unescape_char, qualname)
-    return module, qualname
-
-
-# Which code each URL path was given to, so that two callables never share one: a second lambda
-# in one function gets ``.../lambda-2``. Only callables a worker cannot find by URL get a number.
-_paths: dict[str, weakref.ref[Any]] = {}
-
-
-def url_path_of(func: Callable[..., Any]) -> str:
-    """The readable, URL-safe part of a task's URL after the route: module/function."""
-    module, qualname = name_of(func)
-    path = encode_name(module, qualname)
-    code = getattr(func, "__code__", None)
-    if code is None or "<" not in qualname:
-        return path
-    base, n = path, 1
-    while True:
-        claimed = _paths.get(path)
-        owner = claimed() if claimed is not None else None
-        if owner is None:
-            _paths[path] = weakref.ref(code)
-            return path
-        if owner is code:
-            return path
-        n += 1
-        path = f"{base}-{n}"
-
-
-def resolve(module: str, qualname: str) -> Any:
-    """The object named qualname in module, importing it if needed."""
-    obj: Any = sys.modules.get(module)
-    if obj is None:
-        __import__(module)
-        obj = sys.modules[module]
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-_NO_API_ERRORS = (AssertionError, apiproxy_errors.RPCFailedError)
-
-
-def _no_api_proxy(error: BaseException) -> NoApiProxyError | None:
-    """NoApiProxyError when the SDK's error says no App Engine API is reachable here; None for any other.
-
-    That is the SDK's ``No api proxy found`` (no stubs at all: a plain script), or, off App
-    Engine, a call with no security ticket (``wrap_wsgi_app`` under ``flask run``).
-    """
-    message = str(error).lower()
-    if isinstance(error, AssertionError):
-        if "api proxy" not in message:
-            return None
-    elif not isinstance(error, apiproxy_errors.RPCFailedError) or "security ticket" not in message:
-        return None
-    elif os.environ.get("GAE_ENV") == "standard":
-        return None  # on App Engine: a call outside a request, not a missing server
-    return NoApiProxyError(
-        "no App Engine API here to add the task to (the SDK says: "
-        f"{error}). Outside App Engine, run the app with `python -m taskutils serve MODULE:APP`, "
-        "or use the `task_testbed` pytest fixture in tests"
-    )
 
 
 class _ArgumentCheck:
@@ -481,14 +157,14 @@ class TaskFunction(Generic[P, R]):
         self._check = check or _ArgumentCheck.of(func, bool(options.get("includeheaders")))
         self._options = types.MappingProxyType(dict(options))
         self._suffix = "/" + (options.get("logname") or url_path_of(func))
-        self._queue = _Queue(options.get("queue", "default"))
+        self._queue = Queue(options.get("queue", "default"))
         self._transactional = bool(options.get("transactional"))
         self._parent = options.get("parent")
         self._flags = codec.HEADERS if options.get("includeheaders") else 0
         headers = {**LIBRARY_HEADERS, **options.get("headers", {})}
         if "tag" in options:
             headers[TAG_HEADER] = options["tag"]
-        self._task_kwargs: dict[str, Any] = {k: options[k] for k in _TASK_KWARGS if k in options}
+        self._task_kwargs: dict[str, Any] = {k: options[k] for k in TASK_KWARGS if k in options}
         self._task_kwargs["headers"] = headers
         self._module, self._qualname = name_of(func)
         self._controls = controls_of(options)
@@ -673,10 +349,10 @@ class TaskFunction(Generic[P, R]):
             try:
                 return self._queue.add(built, transactional=self._transactional)
             except BaseException as e:
-                _discard_spills([built], self._transactional, e)
+                discard_spills([built], self._transactional, e)
                 raise
-        except _NO_API_ERRORS as e:
-            no_proxy = _no_api_proxy(e)
+        except NO_API_ERRORS as e:
+            no_proxy = no_api_proxy(e)
             if no_proxy is None:
                 raise
             raise no_proxy from e
@@ -708,7 +384,7 @@ class TaskFunction(Generic[P, R]):
         try:
             return self._queue.add(built, transactional=transactional)
         except BaseException as e:
-            _discard_spills([built], self._transactional, e)
+            discard_spills([built], self._transactional, e)
             raise
 
     def map(self, iterable: Iterable[Any]) -> list[taskqueue.Task]:
@@ -731,7 +407,7 @@ class TaskFunction(Generic[P, R]):
         if controls is not None:  # exclusive, concurrency, rate: every task carries its item's keys
             iterable = list(iterable)
         transactional = self._transactional
-        size = _MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else _MAX_TASKS_PER_ADD
+        size = MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else MAX_TASKS_PER_ADD
         by_url = self._named_by_url()
         self._check(self, (*head, None), {})  # one positional argument per task: it fits for every item or none
         pickled = self._pickle_items(iterable, by_url, head)
@@ -753,14 +429,14 @@ class TaskFunction(Generic[P, R]):
                 batch.append(make(data))
                 if len(batch) == size:
                     sent, batch = batch, []
-                    added += _add_batch(self._queue, sent, transactional)
+                    added += add_batch(self._queue, sent, transactional)
             if batch:
                 sent, batch = batch, []
-                added += _add_batch(self._queue, sent, transactional)
+                added += add_batch(self._queue, sent, transactional)
         except BaseException as e:
-            _discard_spills(batch, transactional)
-            _discard_spills(sent, transactional, e)
-            no_proxy = _no_api_proxy(e) if isinstance(e, _NO_API_ERRORS) else None
+            discard_spills(batch, transactional)
+            discard_spills(sent, transactional, e)
+            no_proxy = no_api_proxy(e) if isinstance(e, NO_API_ERRORS) else None
             if no_proxy is not None:
                 raise no_proxy from e
             raise
