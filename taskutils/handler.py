@@ -39,9 +39,10 @@ from .exc import (
     SpilledPayloadMissingError,
 )
 from .hooks import TaskEvent, on_failure, on_retry, on_start, on_success
+from .naming import decode_name, resolve
 from .results_ids import HANDLE_KEY as HANDLE_KEY
 from .results_ids import LIMIT_KEY as LIMIT_KEY
-from .task import TAG_HEADER, TaskFunction, decode_name, resolve
+from .task import TAG_HEADER, TaskFunction
 from .tracing import OTEL_MODULE, Scope, scope, task_span, traced
 
 log = logging.getLogger("taskutils.handler")

@@ -24,7 +24,8 @@ def periodic(when: str, **options: Any) -> Callable[[Callable[..., Any]], TaskFu
     checked now: ValueError for one that is not supported.
     """
     parsed = schedule.parse(when)
-    from ..task import task, validate_options
+    from ..options import validate_options
+    from ..task import task
 
     validate_options(options)
 
