@@ -64,8 +64,8 @@ from google.appengine.api import datastore, taskqueue
 
 from . import codec, results_ids
 from . import results_store as store
+from .backends.appengine import discard_spills, no_api_proxy
 from .exc import TaskCancelledError, TaskError, TaskRunError
-from .queues import MAX_TASKS_PER_ADD, MAX_TRANSACTIONAL_TASKS_PER_ADD, add_batch, discard_spills, no_api_proxy
 from .results_run import (
     HANDLE_HEADER,
     Callback,
@@ -424,11 +424,11 @@ def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any], head: 
     items = list(iterable)
     total, leaves = len(items), store.leaves_for(len(items))
     group_id = results_ids.new_group_id(_due(function), total, leaves)
-    transactional = function._transactional
-    if transactional and total > MAX_TRANSACTIONAL_TASKS_PER_ADD:
+    transactional, queue = function._transactional, function._queue
+    if transactional and total > queue.max_transactional_tasks_per_add:
         raise taskqueue.TooManyTasksError(
             f"submit_map(transactional=True) adds every child inside your transaction, and App Engine takes at "
-            f"most {MAX_TRANSACTIONAL_TASKS_PER_ADD} tasks in one transaction: {total} items given"
+            f"most {queue.max_transactional_tasks_per_add} tasks in one transaction: {total} items given"
         )
     by_url = function._named_by_url()
     function._check(function, (*head, None), {})  # one positional argument per child: it fits every item or none
@@ -436,7 +436,7 @@ def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any], head: 
     group = store.new_group_entity(group_id, total, leaves, function.task_options.get("queue", "default"))
     _put_group(group, transactional)
     base = headers_for(function, group_id)
-    size = MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else MAX_TASKS_PER_ADD
+    size = queue.max_transactional_tasks_per_add if transactional else queue.max_tasks_per_add
     batch: list[taskqueue.Task] = []
     sent: list[taskqueue.Task] = []
     try:
@@ -445,10 +445,10 @@ def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any], head: 
             batch.append(function._task_of(data, by_url, headers, scope_for(headers)))
             if len(batch) == size:
                 sent, batch = batch, []
-                add_batch(function._queue, sent, transactional)
+                queue.add_tasks(sent, transactional)
         if batch:
             sent, batch = batch, []
-            add_batch(function._queue, sent, transactional)
+            queue.add_tasks(sent, transactional)
     except BaseException as e:
         discard_spills(batch, transactional)
         discard_spills(sent, transactional, e)

@@ -21,9 +21,9 @@ from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPerman
 
 from . import codec, results_ids
 from . import results_store as store
+from .backends.appengine import discard_spills, no_api_proxy
 from .current import current_task
 from .exc import PermanentTaskFailure, ResultError
-from .queues import discard_spills, no_api_proxy
 from .results_ids import LIMIT_KEY
 from .task import BoundTaskFunction, TaskFunction, task
 
@@ -125,7 +125,7 @@ def enqueue(function: TaskFunction[Any, Any], args: tuple[Any, ...], kwargs: Map
     try:
         built = function._build(args, kwargs, headers=headers, scope=scope_for(headers))
         try:
-            function._queue.add(built, transactional=transactional)
+            function._queue.add_task(built, transactional)
         except BaseException as e:
             discard_spills([built], transactional, e)
             raise

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from google.appengine.api import taskqueue
 
 from . import codec
+from .backends import queue
+from .backends.appengine import NO_API_ERRORS, discard_spills, no_api_proxy
 from .config import get_keyring, settings
 from .controls.options import Controls, controls_of
 from .exc import PayloadError
@@ -25,15 +27,6 @@ from .naming import url_path_of as url_path_of
 from .options import TASK_KWARGS
 from .options import merge_options as merge_options
 from .options import validate_options as validate_options
-from .queues import (
-    MAX_TASKS_PER_ADD,
-    MAX_TRANSACTIONAL_TASKS_PER_ADD,
-    NO_API_ERRORS,
-    Queue,
-    add_batch,
-    discard_spills,
-    no_api_proxy,
-)
 from .tracing import task_headers
 
 if TYPE_CHECKING:
@@ -157,7 +150,7 @@ class TaskFunction(Generic[P, R]):
         self._check = check or _ArgumentCheck.of(func, bool(options.get("includeheaders")))
         self._options = types.MappingProxyType(dict(options))
         self._suffix = "/" + (options.get("logname") or url_path_of(func))
-        self._queue = Queue(options.get("queue", "default"))
+        self._queue = queue(options.get("queue", "default"))
         self._transactional = bool(options.get("transactional"))
         self._parent = options.get("parent")
         self._flags = codec.HEADERS if options.get("includeheaders") else 0
@@ -347,7 +340,7 @@ class TaskFunction(Generic[P, R]):
                 return self._controlled(args, kwargs)[0]  # type: ignore[return-value]
             built = self._build(args, kwargs)
             try:
-                return self._queue.add(built, transactional=self._transactional)
+                return self._queue.add_task(built, self._transactional)
             except BaseException as e:
                 discard_spills([built], self._transactional, e)
                 raise
@@ -382,7 +375,7 @@ class TaskFunction(Generic[P, R]):
         data = codec.dumps_call(self._suffix[1:], func, args, kwargs, transactional=self._transactional)
         built = self._task_of(data, by_url, headers, scope, countdown)
         try:
-            return self._queue.add(built, transactional=transactional)
+            return self._queue.add_task(built, transactional)
         except BaseException as e:
             discard_spills([built], self._transactional, e)
             raise
@@ -407,7 +400,7 @@ class TaskFunction(Generic[P, R]):
         if controls is not None:  # exclusive, concurrency, rate: every task carries its item's keys
             iterable = list(iterable)
         transactional = self._transactional
-        size = MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else MAX_TASKS_PER_ADD
+        size = self._queue.max_transactional_tasks_per_add if transactional else self._queue.max_tasks_per_add
         by_url = self._named_by_url()
         self._check(self, (*head, None), {})  # one positional argument per task: it fits for every item or none
         pickled = self._pickle_items(iterable, by_url, head)
@@ -429,10 +422,10 @@ class TaskFunction(Generic[P, R]):
                 batch.append(make(data))
                 if len(batch) == size:
                     sent, batch = batch, []
-                    added += add_batch(self._queue, sent, transactional)
+                    added += self._queue.add_tasks(sent, transactional)
             if batch:
                 sent, batch = batch, []
-                added += add_batch(self._queue, sent, transactional)
+                added += self._queue.add_tasks(sent, transactional)
         except BaseException as e:
             discard_spills(batch, transactional)
             discard_spills(sent, transactional, e)

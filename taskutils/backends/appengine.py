@@ -1,6 +1,8 @@
-"""Adding built tasks to a push queue: one RPC per batch, the enqueue hook, cleanup of what the queue refused.
+"""The App Engine backend's queue: the taskqueue SDK (App Engine's Task Queue, or Cloud Tasks through it).
 
-What ``taskutils.task`` and ``taskutils.results`` share when they hand tasks to the taskqueue SDK.
+``AppEngineQueue`` implements ``taskutils.backends.base.Queue``. Beside it, what the
+code adding tasks shares about this SDK: its error when no App Engine API is reachable,
+and cleanup of spilled payloads whose task the queue refused.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from typing import Any
 from google.appengine.api import taskqueue
 from google.appengine.runtime import apiproxy_errors
 
-from . import codec
-from .config import settings
-from .exc import NoApiProxyError
-from .hooks import TaskEvent, on_enqueue
-from .tracing import current_trace
+from .. import codec
+from ..config import settings
+from ..exc import NoApiProxyError
+from ..hooks import TaskEvent, on_enqueue
+from ..tracing import current_trace
 
 log = logging.getLogger("taskutils.task")  # the enqueue path logs as the task function does
 
@@ -31,14 +33,28 @@ _no_batch_endpoints: set[str] = set()
 _queue_add = taskqueue.Queue.add
 
 
-class Queue(taskqueue.Queue):  # type: ignore[misc]
-    """A taskqueue.Queue that tells ``taskutils.hooks.on_enqueue`` what it added."""
+class AppEngineQueue(taskqueue.Queue):  # type: ignore[misc]
+    """A taskqueue.Queue that tells ``taskutils.hooks.on_enqueue`` what it added.
+
+    Made once per task function: the SDK checks the queue's name here, when decorating.
+    """
+
+    max_tasks_per_add = MAX_TASKS_PER_ADD
+    max_transactional_tasks_per_add = MAX_TRANSACTIONAL_TASKS_PER_ADD
 
     def add(self, task: Any, transactional: bool = False) -> Any:
         added = _queue_add(self, task, transactional)
         if on_enqueue.receivers:
             _announce(self.name, added)
         return added
+
+    def add_task(self, task: taskqueue.Task, transactional: bool = False) -> taskqueue.Task:
+        """Add one task: the SDK's error when the queue refuses it."""
+        return self.add(task, transactional)
+
+    def add_tasks(self, tasks: list[taskqueue.Task], transactional: bool = False) -> list[taskqueue.Task]:
+        """Add tasks in one queue RPC, or one by one where Cloud Tasks has no batch add."""
+        return _add_batch(self, tasks, transactional)
 
 
 def _announce(queue: str, added: taskqueue.Task | list[taskqueue.Task]) -> None:
@@ -74,7 +90,7 @@ def _is_unimplemented(error: taskqueue.Error) -> bool:
     return isinstance(error.__cause__, MethodNotImplemented)
 
 
-def add_batch(queue: taskqueue.Queue, batch: list[taskqueue.Task], transactional: bool) -> list[taskqueue.Task]:
+def _add_batch(queue: taskqueue.Queue, batch: list[taskqueue.Task], transactional: bool) -> list[taskqueue.Task]:
     """Add tasks in one queue RPC, or one by one where Cloud Tasks has no batch add."""
     endpoint = None if transactional or len(batch) == 1 else _cloud_tasks_endpoint()
     if endpoint is None or endpoint not in _no_batch_endpoints:
@@ -95,7 +111,7 @@ def add_batch(queue: taskqueue.Queue, batch: list[taskqueue.Task], transactional
 def discard_spills(built: list[taskqueue.Task], transactional: bool, error: BaseException | None = None) -> None:
     """Delete the spilled payloads of built tasks the queue surely did not take (see spill.discard_unadded)."""
     if any(t.payload and t.payload[0] & codec.POINTER for t in built):
-        from . import spill
+        from .. import spill
 
         spill.discard_unadded(built, error, transactional=transactional)
 
