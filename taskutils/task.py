@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import sys
 import types
 import weakref
@@ -31,8 +30,6 @@ from .tracing import task_headers
 
 if TYPE_CHECKING:
     from .results import GroupHandle, TaskHandle
-
-log = logging.getLogger("taskutils.task")
 
 P = ParamSpec("P")
 R = TypeVar("R")
