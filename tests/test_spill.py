@@ -593,6 +593,7 @@ def test_serve_retrying_a_failing_spilled_task_to_its_retry_limit_leaves_no_enti
         retry = taskqueue.TaskRetryOptions(task_retry_limit=2, min_backoff_seconds=0.1, max_backoff_seconds=0.2)
         always_fail.options(retry_options=retry)(os.urandom(300_000))
         deadline = time.monotonic() + 60
+
         # Only the spill's entities: the server also fires the periodic jobs that other test
         # modules of this process declared, and those keep records of their own.
         def spilled():
