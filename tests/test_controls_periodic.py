@@ -113,3 +113,39 @@ def test_the_cron_command_prints_the_cron_yaml_entry():
     assert "url: /cron/taskutils-periodic" in out.stdout
     assert "schedule: every 1 minutes" in out.stdout
     assert "periodic_app/tick (every 1 minutes)" in out.stdout
+
+
+def test_serve_tries_a_failed_firing_again_within_seconds_not_at_the_next_minute(job):
+    """serve may start before its queue does (Cloud Tasks' emulator): a slot that could not be added waits seconds."""
+    import threading
+    import time
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from taskutils.local.periodic import RETRY, PeriodicFiring
+
+    calls: list[float] = []
+
+    def cron_route(environ, start_response):  # refuses the first firing, as a queue not up yet would make it
+        calls.append(time.monotonic())
+        start_response("500 Internal Server Error" if len(calls) == 1 else "200 OK", [("Content-Length", "0")])
+        return [b""]
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    if time.time() % 60 > 40:  # start early in a minute: the next minute's firing is then 20 s or more away
+        time.sleep(61 - time.time() % 60)
+    server = make_server("127.0.0.1", 0, cron_route, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    firing = PeriodicFiring(f"http://127.0.0.1:{server.server_port}").start()
+    try:
+        deadline = time.monotonic() + RETRY + 8
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        firing.stop()
+        server.shutdown()
+        server.server_close()
+    assert len(calls) >= 2, "a failed firing was not tried again before the next minute"
+    assert calls[1] - calls[0] < RETRY + 3

@@ -19,6 +19,7 @@ from ..controls.spec import CRON_PATH
 log = logging.getLogger("taskutils.local")
 
 SETTLE = 0.5  # seconds after the minute starts
+RETRY = 5.0  # seconds until a failed firing is tried again (slots dedupe, so trying again adds nothing twice)
 
 
 class PeriodicFiring:
@@ -47,17 +48,22 @@ class PeriodicFiring:
     def _loop(self) -> None:
         delay = 0.0
         while not self._stop.wait(delay):
-            self.fire()
+            fired = self.fire()
             delay = 60.0 - time.time() % 60.0 + SETTLE
+            if not fired:  # e.g. the queue (Cloud Tasks' emulator) not up yet: the slot is added when it can be
+                delay = min(delay, RETRY)
 
-    def fire(self) -> None:
+    def fire(self) -> bool:
+        """Call the cron route once; False when it could not add the due jobs."""
         from ..controls.jobs import jobs
 
         if not jobs():
-            return
+            return True
         request = urllib.request.Request(self.url, headers=self.headers)
         try:
             with urllib.request.urlopen(request, timeout=30) as answer:
                 answer.read()
         except (OSError, urllib.error.URLError) as e:
             log.warning("periodic jobs: the cron route %s answered %s", CRON_PATH, e)
+            return False
+        return True
