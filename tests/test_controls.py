@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from google.appengine.api import datastore, taskqueue
 from google.appengine.ext import ndb
+from google.appengine.runtime import request_environment
 
 from taskutils import TaskHandle, task
 from taskutils.controls import keys
@@ -134,9 +135,13 @@ def test_forty_concurrent_submits_of_one_unique_key_give_one_run_and_one_handle(
     handles: list[TaskHandle] = []
     errors: list[BaseException] = []
     start = threading.Barrier(40)
+    # Once an app has called wrap_wsgi_app in this process, os.environ is per thread: give each
+    # thread the test's App Engine environment, as the SDK gives a request's threads theirs.
+    environment = request_environment.current_request.CloneRequestEnvironment()
 
     def submit() -> None:
         try:
+            environment()
             start.wait(10)
             handles.append(unique_job.submit("report-7"))
         except BaseException as e:
