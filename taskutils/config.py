@@ -1,4 +1,4 @@
-"""Settings that apply to every task: the route prefix and the signing key ring."""
+"""Settings that apply to every task: the route prefix, the signing key ring and the backend."""
 
 from __future__ import annotations
 
@@ -62,12 +62,50 @@ class KeyRing:
         return cls(s.strip() for s in value.split(",") if s.strip())
 
 
+BACKENDS = ("appengine", "cloud")
+
+
+@dataclass
+class CloudSettings:
+    """Where the ``cloud`` backend adds tasks and who may send them (see ``configure``)."""
+
+    project: str | None = None  # None: GOOGLE_CLOUD_PROJECT, read when the first task is added
+    location: str | None = None  # None: LOCATION_ID
+    target: str | None = None  # base URL of HTTP targets; None: App Engine routing
+    service_account: str | None = None  # the OIDC token Cloud Tasks attaches is for this account
+    audience: str | None = None  # None: target
+    allowed_senders: tuple[str, ...] | None = None  # None: (service_account,)
+    oidc_certs_url: str | None = None  # None: Google's
+
+    def resolved_project(self) -> str:
+        project = self.project or os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("DATASTORE_PROJECT_ID")
+        if not project:
+            raise ValueError("the cloud backend needs a project: configure(project=...) or GOOGLE_CLOUD_PROJECT")
+        return project
+
+    def resolved_location(self) -> str:
+        location = self.location or os.environ.get("LOCATION_ID")
+        if not location:
+            raise ValueError("the cloud backend needs a location: configure(location=...) or LOCATION_ID")
+        return location
+
+    def resolved_audience(self) -> str | None:
+        return self.audience or self.target
+
+    def senders(self) -> tuple[str, ...]:
+        if self.allowed_senders is not None:
+            return self.allowed_senders
+        return (self.service_account,) if self.service_account else ()
+
+
 class Settings:
     """The process-wide settings; read them through the getters below."""
 
     def __init__(self) -> None:
         self.route = DEFAULT_ROUTE
         self._keyring: KeyRing | None = None
+        self.backend = os.environ.get("TASKUTILS_BACKEND", "appengine")
+        self.cloud = CloudSettings()
 
     @property
     def keyring(self) -> KeyRing:
@@ -92,13 +130,68 @@ def get_taskroute() -> str:
     return settings.route
 
 
-def configure(*, secret_keys: Iterable[str | bytes] | None = None) -> None:
-    """Set the signing key ring: the first key signs, all verify; [] turns signing off.
+_UNSET: object = object()
 
-    ``secret_keys=None`` goes back to the default, the comma-separated
+
+def configure(
+    *,
+    secret_keys: Iterable[str | bytes] | None | object = _UNSET,
+    backend: str | None = None,
+    project: str | None | object = _UNSET,
+    location: str | None | object = _UNSET,
+    target: str | None | object = _UNSET,
+    service_account: str | None | object = _UNSET,
+    audience: str | None | object = _UNSET,
+    allowed_senders: Iterable[str] | None | object = _UNSET,
+    oidc_certs_url: str | None | object = _UNSET,
+) -> None:
+    """Set what tasks run on; settings not given keep their value.
+
+    ``secret_keys``: the signing key ring, the first key signs and all verify; ``[]``
+    turns signing off; ``None`` goes back to the comma-separated
     ``TASKUTILS_SECRET_KEYS`` environment variable.
+
+    ``backend``: ``"appengine"`` (the default: the taskqueue SDK and bundled Datastore)
+    or ``"cloud"`` (the Cloud Tasks client and Cloud Datastore). The other arguments
+    set the cloud backend: ``project`` and ``location`` of its queues (default
+    ``GOOGLE_CLOUD_PROJECT`` and ``LOCATION_ID``), ``target`` (the base URL of HTTP
+    tasks; ``None``: App Engine routing), ``service_account`` (whose OIDC token Cloud
+    Tasks attaches), ``audience`` (default ``target``), ``allowed_senders`` (emails
+    whose tokens the handler accepts; default ``[service_account]``) and
+    ``oidc_certs_url`` (default Google's).
     """
-    settings._keyring = None if secret_keys is None else KeyRing(secret_keys)
+    if secret_keys is not _UNSET:
+        settings._keyring = None if secret_keys is None else KeyRing(secret_keys)  # type: ignore[arg-type]
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        settings.backend = backend
+    cloud = settings.cloud
+    for name, value in (
+        ("project", project),
+        ("location", location),
+        ("target", target),
+        ("service_account", service_account),
+        ("audience", audience),
+        ("oidc_certs_url", oidc_certs_url),
+    ):
+        if value is not _UNSET:
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a string or None, got {type(value).__name__}")
+            setattr(cloud, name, value)
+    if isinstance(cloud.target, str):
+        cloud.target = cloud.target.rstrip("/")
+        if not cloud.target.startswith(("https://", "http://")):
+            raise ValueError(f"target must be a URL like 'https://worker-abc.a.run.app', got {cloud.target!r}")
+    if allowed_senders is not _UNSET:
+        if isinstance(allowed_senders, str):
+            raise TypeError("allowed_senders is a list of emails, not one string")
+        cloud.allowed_senders = None if allowed_senders is None else tuple(allowed_senders)  # type: ignore[arg-type]
+
+
+def get_backend() -> str:
+    """The backend in use: ``"appengine"`` or ``"cloud"``."""
+    return settings.backend
 
 
 def get_keyring() -> KeyRing:
