@@ -22,7 +22,20 @@ setup(
         "legacy-cgi>=2.6; python_version >= '3.13'",
     ],
     extras_require={
+        # The cloud backend: the Cloud Tasks client, Cloud Datastore through Cloud NDB, and
+        # the RSA verification of the OIDC tokens Cloud Tasks attaches.
+        "cloud": [
+            "google-cloud-tasks>=2.13",
+            "google-cloud-ndb>=2.3",
+            "cryptography>=41",
+        ],
         "test": [
+            "google-cloud-tasks>=2.13",
+            "google-cloud-ndb>=2.3",
+            "cryptography>=41",
+            "a2wsgi>=1.10",
+            "fastapi>=0.100",
+            "httpx>=0.24",
             "pytest>=7",
             "webtest>=3",
             "hypothesis>=6",
