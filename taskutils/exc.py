@@ -81,3 +81,7 @@ class ControlKeyError(TaskError, TypeError):
 
 class RunPutBack(TaskError):
     """Raised when a controlled run cannot start now (key held, rate spent) and was put back in its queue."""
+
+
+class EmulatorMissingError(TaskError, RuntimeError):
+    """Raised when an emulator the cloud backend needs locally is not installed; the message names what to install."""
