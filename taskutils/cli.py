@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from . import __version__
+from .config import BACKENDS, get_backend
 from .local import (
     DEFAULT_CONCURRENCY,
     DEFAULT_HOST,
@@ -66,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
         "--storage",
         metavar="DIR",
         help="keep Datastore entities and queued tasks in this folder: they survive a restart or a crash "
-        "(default: in memory)",
+        "(default: in memory). On the cloud backend, the Datastore emulator keeps its entities there (written "
+        "when serve stops); the Cloud Tasks emulator keeps its tasks in memory only",
     )
     serve.add_argument(
         "--reload",
@@ -106,6 +108,15 @@ def _parser() -> argparse.ArgumentParser:
         type=_threads,
         metavar="N",
         help="waitress worker threads (default: one per task at once, plus 4 for the app's own requests)",
+    )
+    serve.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="appengine: Google's App Engine stubs in this process; cloud: the Google Cloud CLI's Datastore "
+        "emulator and a Cloud Tasks emulator, each a process on loopback, started and stopped with the server "
+        "unless DATASTORE_EMULATOR_HOST / CLOUD_TASKS_EMULATOR_HOST name running ones "
+        "(default: $TASKUTILS_BACKEND, else appengine)",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="also log the task handler's own line per task")
     serve.add_argument(
@@ -174,8 +185,9 @@ def serve(args: argparse.Namespace) -> int:
     0 after a clean stop; 1 when a running task had to be abandoned (or the
     server died); 2 when it could not start.
     """
+    backend = args.backend or get_backend()
     # On Cloud Tasks the emulator posts the tasks, so the handler's line is the line per task.
-    configure_logging(args.verbose or cloudtasks_mode())
+    configure_logging(args.verbose or cloudtasks_mode() or backend == "cloud")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("taskutils.local").warning(
             "binding %s: other machines can reach this server (task requests still come only from its own queue)",
@@ -183,6 +195,9 @@ def serve(args: argparse.Namespace) -> int:
         )
     if args.storage is not None and args.datastore_path is not None:
         print("taskutils serve: give --storage or --datastore-path, not both", file=sys.stderr)
+        return 2
+    if args.reload and backend == "cloud":
+        print("taskutils serve: --reload does not work on the cloud backend yet", file=sys.stderr)
         return 2
     if args.reload:
         from .local import reload
@@ -206,6 +221,7 @@ def serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         concurrency=args.concurrency,
         deadline=args.deadline,
+        backend=backend,
     )
     stop = threading.Event()
 

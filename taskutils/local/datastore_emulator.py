@@ -61,7 +61,7 @@ sys.exit(child.returncode)
 
 
 def cli_roots() -> list[str]:
-    """Folders that may hold the Google Cloud CLI: ``$CLOUDSDK_ROOT_DIR``, the one of ``gcloud`` on PATH, then the usual ones."""
+    """Folders that may hold the Google Cloud CLI: ``$CLOUDSDK_ROOT_DIR``, ``gcloud``'s on PATH, the usual ones."""
     roots = [os.environ.get("CLOUDSDK_ROOT_DIR", "")]
     gcloud = shutil.which("gcloud")
     if gcloud:
@@ -201,10 +201,11 @@ class DatastoreEmulatorProcess:
                 break
             except _PortTaken:
                 if chosen:
-                    raise OSError(f"cannot start the Datastore emulator on port {chosen}; see {self.log_path}") from None
+                    raise OSError(f"the Datastore emulator cannot bind port {chosen}; see {self.log_path}") from None
         else:
             raise OSError(f"cannot find a free port for the Datastore emulator; see {self.log_path}")
-        log.info("Datastore emulator pid %s at %s (%s)", self._proc.pid if self._proc else "?", self.address, self._kept())
+        pid = self._proc.pid if self._proc else "?"
+        log.info("Datastore emulator pid %s at %s (%s)", pid, self.address, self._kept())
         return self
 
     def _kept(self) -> str:
@@ -233,7 +234,8 @@ class DatastoreEmulatorProcess:
                         raise _PortTaken()
                     raise RuntimeError(f"the Datastore emulator exited at start; see {self.log_path}")
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"the Datastore emulator was not ready after {self.startup_timeout:g} s; see {self.log_path}")
+                    waited = f"{self.startup_timeout:g} s"
+                    raise TimeoutError(f"the Datastore emulator was not ready after {waited}; see {self.log_path}")
                 time.sleep(0.1)
         except _PortTaken:
             raise

@@ -10,6 +10,7 @@ reloads ``threading`` when the app calls it.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -27,6 +28,7 @@ from google.appengine.api.taskqueue import taskqueue_stub
 
 from .. import config
 from ..handler import mount
+from .cloud import DEFAULT_LOCATION, CloudEmulators, queue_names_in
 from .dispatch import DISPATCH_TIMEOUT, STOP_GRACE, HTTPDispatcher, RunRecords
 from .guard import DISPATCH_HEADER, RequestGuard, new_secret
 from .periodic import PeriodicFiring
@@ -41,6 +43,7 @@ log = logging.getLogger("taskutils.local")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_PROJECT = "taskutils-local"
+CLOUD_DATASTORE_DIR = "cloud-datastore"  # under --storage: the Datastore emulator's data, on the cloud backend
 WEB_THREADS = 4  # waitress threads for the app's own requests, beyond one per task in flight
 MAX_SPARE_THREADS = 32  # threads added in place of ones held by tasks past their deadline
 
@@ -70,14 +73,18 @@ class StopSummary:
     kept: str | None  # where the queued tasks are kept (None: they are gone)
     abandoned: int  # tasks still running when the grace period ended
     queue_service: str | None = None  # where the queue is when it is not the server's own (Cloud Tasks)
+    queue_stopped: bool = False  # the queue service was an emulator the server started and stopped
 
     def lines(self) -> list[str]:
         """The summary as ``serve`` prints it."""
         if self.queue_service is not None:  # the runs and the queue are Cloud Tasks', not this server's
-            lines = [
-                f"tasks were queued and sent by {self.queue_service}: the handler's lines above show each run, "
-                "and the queue there keeps the tasks still queued"
-            ]
+            kept = (
+                "it stopped with the server, and the tasks still queued in it are gone"
+                if self.queue_stopped
+                else "the queue there keeps the tasks still queued"
+            )
+            sent = f"tasks were queued and sent by {self.queue_service}"
+            lines = [f"{sent}: the handler's lines above show each run; {kept}"]
         else:
             kept = f"kept in {self.kept}" if self.kept else "not kept (they are gone; --storage DIR keeps them)"
             lines = [
@@ -171,9 +178,15 @@ class LocalServer:
         threads: int | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         deadline: float = DISPATCH_TIMEOUT,
+        backend: str | None = None,
     ) -> None:
         if deadline <= 0:
             raise ValueError(f"deadline must be positive, not {deadline}")
+        if backend is not None and backend not in config.BACKENDS:
+            raise ValueError(f"backend must be one of {config.BACKENDS}, got {backend!r}")
+        self.backend = backend or config.get_backend()
+        self.cloud: CloudEmulators | None = None  # the cloud backend's emulators, while they run
+        self._saved_cloud: tuple[str, config.CloudSettings] | None = None
         self.app_spec = app
         self.host = host
         self.requested_port = port
@@ -208,7 +221,8 @@ class LocalServer:
         self._stop_lock = threading.Lock()
         self._spare_threads = 0
         self._secret = new_secret()  # the dispatcher sends it with every task; nothing else knows it
-        self.guard = RequestGuard(self._secret, host, trust_loopback=cloudtasks_mode())
+        # In Cloud Tasks mode and on the cloud backend, Cloud Tasks posts the tasks: it cannot know the secret.
+        self.guard = RequestGuard(self._secret, host, trust_loopback=cloudtasks_mode() or self.backend == "cloud")
         self._periodic: PeriodicFiring | None = None  # taskutils.periodic's jobs, fired on schedule
 
     @property
@@ -244,7 +258,9 @@ class LocalServer:
         try:
             self._set_environment()
             self._register_stubs()
-            if cloudtasks_mode():
+            if self.backend == "cloud":
+                self._start_cloud()
+            elif cloudtasks_mode():
                 from .. import cloudtasks
 
                 cloudtasks.use_emulator_from_env()
@@ -257,6 +273,7 @@ class LocalServer:
             self._periodic = PeriodicFiring(self.url, {DISPATCH_HEADER: self._secret}).start()
         except BaseException:
             self._close_listener()
+            self._stop_cloud()
             self._restore()
             raise
         log.info(
@@ -265,11 +282,41 @@ class LocalServer:
             self.url,
             self._describe_mounting(),
             self.project,
-            f"queues from {self.queue_yaml}" if self.queue_yaml else "every queue name accepted",
+            self._describe_queues(),
             config.get_keyring().keys[0].key_id.hex(),
             self.concurrency,
         )
         return self
+
+    def _start_cloud(self) -> None:
+        """Start the Datastore and Cloud Tasks emulators (or use those the environment names); point the app at them."""
+        location = os.environ.get("LOCATION_ID") or DEFAULT_LOCATION
+        data_dir = os.path.join(self.storage_dir, CLOUD_DATASTORE_DIR) if self.storage_dir is not None else None
+        self.cloud = CloudEmulators(
+            self.project,
+            location,
+            host=self.host if self.host not in ("", "0.0.0.0", "::") else DEFAULT_HOST,
+            target_port=self.port,
+            queues=queue_names_in(self.queue_yaml),
+            data_dir=data_dir,
+        )
+        self.cloud.start()
+        for key, value in self.cloud.environment().items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+        self._saved_cloud = (config.get_backend(), dataclasses.replace(config.settings.cloud))
+        config.configure(backend="cloud", project=self.project, location=location)
+        log.info("cloud backend: %s", self.cloud.describe())
+
+    def _describe_queues(self) -> str:
+        if self.cloud is not None:
+            return f"queues {', '.join(self.cloud.queues)} in the Cloud Tasks emulator"
+        return f"queues from {self.queue_yaml}" if self.queue_yaml else "every queue name accepted"
+
+    def _queue_service(self) -> str | None:
+        if self.cloud is not None:
+            return f"the Cloud Tasks emulator at {self.cloud.tasks_host}"
+        return _queue_service()
 
     def _load_app(self) -> WSGIApp:
         """Import the app and decide how tasks reach the handler: through it, or beside it."""
@@ -426,6 +473,8 @@ class LocalServer:
             ends = time.monotonic() + grace
             if self._periodic is not None:
                 self._periodic.stop()
+            if self.cloud is not None:
+                self.cloud.stop_tasks()  # no task is posted from now on
             abandoned: list[tuple[str, str]] = []
             scheduler = self.scheduler
             if scheduler is not None:
@@ -454,9 +503,11 @@ class LocalServer:
                 queued=self.queued(),
                 kept=self.kept_in,
                 abandoned=len(abandoned),
-                queue_service=_queue_service(),
+                queue_service=self._queue_service(),
+                queue_stopped=self.cloud is not None and self.cloud.started_tasks,
             )
             self._stop_serving(0.0 if abandoned else max(0.5, ends - time.monotonic()))
+            self._stop_cloud()
             self._restore()
             log.info("stopped %s", self.url)
             return self.summary
@@ -488,6 +539,14 @@ class LocalServer:
         if sock is not None:
             sock.close()
         self._stopped.set()
+
+    def _stop_cloud(self) -> None:
+        cloud, self.cloud = self.cloud, None
+        if cloud is not None:
+            cloud.stop()
+        if self._saved_cloud is not None:
+            config.settings.backend, config.settings.cloud = self._saved_cloud
+            self._saved_cloud = None
 
     def _restore(self) -> None:
         if self._saved_apiproxy is not None:
