@@ -233,6 +233,11 @@ class EmulatorProcess:
         """``host:port`` of the running emulator, for ``CLOUD_TASKS_EMULATOR_HOST``."""
         return f"{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The emulator's process id (it leads its process group) while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
     def queue_path(self, name: str) -> str:
         """Full queue name for ``name`` (returned unchanged if already full)."""
         if name.startswith("projects/"):

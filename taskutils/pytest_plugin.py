@@ -1,4 +1,5 @@
-"""The pytest plugin (the ``taskutils`` pytest11 entry point): the App Engine environment and ``task_testbed``.
+"""The pytest plugin (the ``taskutils`` pytest11 entry point): the App Engine environment, ``task_testbed``
+and, for the cloud backend, ``cloud_task_testbed``.
 
 When pytest starts, before any test module or conftest imports the app, the
 plugin sets the environment variables App Engine sets (the app id, project,
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .testing import TaskTestbed
+    from .local.cloud import CloudEmulators
+    from .testing import CloudTaskTestbed, TaskTestbed
 
 DEFAULT_APP_ID = "testbed-test"
 
@@ -87,7 +89,11 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addini("taskutils_queue_yaml", "queue.yaml for the task_testbed fixture (default: every queue is valid)")
+    parser.addini(
+        "taskutils_queue_yaml",
+        "queue.yaml for the task_testbed fixture (default: every queue is valid); "
+        "cloud_task_testbed creates its push queues in the Cloud Tasks emulator (default: only 'default')",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -107,4 +113,32 @@ def task_testbed(request: pytest.FixtureRequest) -> Iterator[TaskTestbed]:
     if queue_yaml:
         queue_yaml = str(request.config.rootpath / queue_yaml)
     with TaskTestbed(queue_yaml) as bed:
+        yield bed
+
+
+@pytest.fixture(scope="session")
+def cloud_emulators(request: pytest.FixtureRequest) -> Iterator[CloudEmulators]:
+    """The Datastore and Cloud Tasks emulators, started once for the session on loopback, paused queues.
+
+    ``DATASTORE_EMULATOR_HOST`` / ``CLOUD_TASKS_EMULATOR_HOST`` name running ones to use instead.
+    A missing emulator fails the test with what to install; it never skips.
+    """
+    from .local.cloud import DEFAULT_LOCATION, CloudEmulators, queue_names_in
+
+    queue_yaml = request.config.getini("taskutils_queue_yaml") or None
+    if queue_yaml:
+        queue_yaml = str(request.config.rootpath / queue_yaml)
+    project = os.environ.get("GOOGLE_CLOUD_PROJECT") or DEFAULT_APP_ID
+    location = os.environ.get("LOCATION_ID") or DEFAULT_LOCATION
+    # The queues are paused: the fixture posts their tasks in process, so this port never receives any.
+    with CloudEmulators(project, location, target_port=9, queues=queue_names_in(queue_yaml), paused=True) as emulators:
+        yield emulators
+
+
+@pytest.fixture
+def cloud_task_testbed(cloud_emulators: CloudEmulators) -> Iterator[CloudTaskTestbed]:
+    """The cloud backend on the session's emulators, emptied for each test, with ``drain()`` to run queued tasks."""
+    from .testing import CloudTaskTestbed
+
+    with CloudTaskTestbed(cloud_emulators) as bed:
         yield bed

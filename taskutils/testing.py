@@ -1,4 +1,5 @@
-"""Run tasks in tests: Google's testbed stubs, and a drain that posts each task as the queue would."""
+"""Run tasks in tests: Google's testbed stubs, or the cloud backend's emulators, and a drain that posts each task
+as the queue would."""
 
 from __future__ import annotations
 
@@ -6,18 +7,21 @@ import contextvars
 import io
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.appengine.api import namespace_manager
 from google.appengine.api.taskqueue import taskqueue_stub
 from google.appengine.datastore import datastore_stub_util
 from google.appengine.ext import ndb, testbed
 
-from . import taskheaders
+from . import config, taskheaders
 from .defer import DEFERRED_URL, run_deferred
 from .exc import TaskFailedError
 from .handler import EXC_INFO_KEY, TASKQUEUE_SOURCE
 from .handler import app as task_app
+
+if TYPE_CHECKING:
+    from .local.cloud import CloudEmulators
 
 MAX_ROUNDS = 1000
 
@@ -216,3 +220,203 @@ def _call(wsgi_app: WSGIApp, env: dict[str, Any], namespace: str | None) -> int:
         env[EXC_INFO_KEY] = e
         return 500
     return int(status[0].split(" ", 1)[0]) if status else 500
+
+
+class CloudTaskTestbed:
+    """The cloud backend against the emulators, with the same ``tasks()``, ``post()`` and ``drain()`` as TaskTestbed.
+
+    ``emulators`` run for the whole session (:class:`taskutils.local.cloud.CloudEmulators`,
+    started with ``paused=True``: the Cloud Tasks emulator holds tasks and posts none).
+    ``activate()`` points the process at them (``GOOGLE_CLOUD_PROJECT``, ``LOCATION_ID``,
+    ``DATASTORE_EMULATOR_HOST``, ``CLOUD_TASKS_EMULATOR_HOST``) and calls
+    ``configure(backend="cloud", project=..., location=..., target=None)``: tasks use
+    App Engine routing, as the emulator has no OIDC token to attach. It starts with an empty
+    Datastore and empty queues; ``deactivate()`` puts the settings and environment back.
+    """
+
+    def __init__(self, emulators: CloudEmulators) -> None:
+        self.emulators = emulators
+        self.project, self.location = emulators.project, emulators.location
+        self._saved_env: dict[str, str | None] = {}
+        self._saved_settings: tuple[str, config.CloudSettings] | None = None
+
+    def activate(self) -> CloudTaskTestbed:
+        import dataclasses
+
+        for key, value in self.emulators.environment().items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+        self._saved_settings = (config.get_backend(), dataclasses.replace(config.settings.cloud))
+        config.configure(backend="cloud", project=self.project, location=self.location, target=None)
+        self.reset()
+        return self
+
+    def deactivate(self) -> None:
+        try:
+            self.purge()
+        finally:
+            if self._saved_settings is not None:
+                config.settings.backend, config.settings.cloud = self._saved_settings
+                self._saved_settings = None
+            for key, value in self._saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            self._saved_env = {}
+
+    def __enter__(self) -> CloudTaskTestbed:
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    def reset(self) -> None:
+        """Empty the queues and, when the emulator was started for the tests, the Datastore."""
+        self.purge()
+        if self.emulators.datastore is not None:
+            self.emulators.datastore.reset()
+
+    def purge(self) -> None:
+        """Drop every task waiting in the queues."""
+        for name in self.queue_names():
+            self.emulators.client.purge_queue(name=self.emulators.queue_path(name))
+
+    def ndb_client(self) -> Any:
+        """A ``google.cloud.ndb.Client`` on the Datastore emulator: ``with bed.ndb_client().context(): ...``."""
+        from google.cloud import ndb
+
+        return ndb.Client(project=self.project)
+
+    def queue_names(self) -> list[str]:
+        """The short names of the queues in the Cloud Tasks emulator."""
+        return list(self.emulators.queues)
+
+    def add_queues(self, *names: str) -> None:
+        """Create more queues (paused, as the others), for tasks with ``queue=`` a name not in queue.yaml."""
+        self.emulators.create_queues(names)
+
+    def tasks(self, queue: str | None = None) -> list[Any]:
+        """The ``tasks_v2.Task`` records waiting, in one queue or in all, in the order they were added."""
+        waiting: list[Any] = []
+        for name in [queue] if queue is not None else self.queue_names():
+            waiting += self.emulators.client.list_tasks(parent=self.emulators.queue_path(name))
+        return waiting
+
+    def _take(self, queue: str | None) -> list[Any]:
+        """The waiting tasks, removed from their queues (the emulator deletes no single task)."""
+        taken: list[Any] = []
+        for name in [queue] if queue is not None else self.queue_names():
+            path = self.emulators.queue_path(name)
+            found = list(self.emulators.client.list_tasks(parent=path))
+            if found:
+                self.emulators.client.purge_queue(name=path)
+                taken += found
+        return taken
+
+    def post(
+        self,
+        task: Any,
+        app: WSGIApp | None = None,
+        *,
+        retry_count: int | None = None,
+        previous_response: int | None = None,
+        **environ: Any,
+    ) -> tuple[int, dict[str, Any]]:
+        """Post one ``tasks_v2.Task`` as Cloud Tasks would; return the status and the request's environ.
+
+        An App Engine task carries the ``X-AppEngine-*`` headers Cloud Tasks sends (the short
+        queue name, task name, retry and execution counts, ETA), an HTTP task the
+        ``X-CloudTasks-*`` ones; ``environ`` adds or replaces keys (e.g. ``HTTP_AUTHORIZATION``
+        with a token). ``app`` receives it, ``taskutils.app`` by default.
+        """
+        retries = int(task.dispatch_count) if retry_count is None else retry_count
+        env = _cloud_environ(task, retries, previous_response)
+        env.update(environ)
+        status = contextvars.copy_context().run(_call, app or _both_kinds, env, None)
+        return status, env
+
+    def drain(self, queue: str | None = None, *, retries: int = 0, app: WSGIApp | None = None) -> int:
+        """Run queued tasks, and tasks they enqueue, until none is left; return how many requests ran.
+
+        The same rules as :meth:`TaskTestbed.drain`: a task that does not answer 2xx is
+        posted again up to ``retries`` more times, then its failure is raised.
+        """
+        if retries < 0:
+            raise ValueError(f"retries must not be negative, got {retries}")
+        ran = 0
+        again: list[tuple[Any, int, int]] = []
+        for _ in range(MAX_ROUNDS):
+            waiting = [(task, 0, 0) for task in self._take(queue)] + again
+            if not waiting:
+                return ran
+            again = []
+            for task, attempt, previous in waiting:
+                status, env = self.post(task, app, retry_count=attempt, previous_response=previous or None)
+                ran += 1
+                if 200 <= status < 300:
+                    continue
+                if attempt < retries:
+                    again.append((task, attempt + 1, status))
+                    continue
+                error = env.get(EXC_INFO_KEY)
+                if error is not None:
+                    raise error
+                tried = f" after {attempt + 1} attempts" if attempt else ""
+                raise TaskFailedError(f"task {env['PATH_INFO']} answered {status}{tried}")
+        raise TaskFailedError(f"tasks still enqueue tasks after {MAX_ROUNDS} rounds")
+
+
+def _cloud_environ(task: Any, retry_count: int, previous_response: int | None) -> dict[str, Any]:
+    """The WSGI environ of a Cloud Tasks request for a ``tasks_v2.Task``."""
+    import urllib.parse
+
+    short_queue = task.name.split("/queues/", 1)[-1].split("/", 1)[0]
+    short_name = task.name.rsplit("/", 1)[-1]
+    eta = str(task.schedule_time.timestamp()) if task.schedule_time else ""
+    if task.app_engine_http_request.relative_uri:
+        request = task.app_engine_http_request
+        url = request.relative_uri
+        prefix = "X-AppEngine-"
+    else:
+        request = task.http_request
+        parts = urllib.parse.urlsplit(request.url)
+        url = parts.path + (f"?{parts.query}" if parts.query else "")
+        prefix = "X-CloudTasks-"
+    body = bytes(request.body)
+    own = {name.lower(): value for name, value in request.headers.items()}
+    headers = [(name, value) for name, value in request.headers.items() if name.lower() not in _QUEUE_HEADERS]
+    headers += [
+        (prefix + "QueueName", short_queue),
+        (prefix + "TaskName", short_name),
+        (prefix + "TaskRetryCount", str(retry_count)),
+        (prefix + "TaskExecutionCount", str(retry_count)),
+        (prefix + "TaskETA", eta),
+        ("User-Agent", taskheaders.user_agent(own.get("user-agent"))),
+    ]
+    if previous_response is not None:
+        headers.append((prefix + "TaskPreviousResponse", str(previous_response)))
+        headers.append((taskheaders.RETRY_REASON, taskheaders.answered(previous_response)))
+    path, _, query = url.partition("?")
+    env: dict[str, Any] = {
+        "REQUEST_METHOD": request.http_method.name if request.http_method else "POST",
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": TASKQUEUE_SOURCE,
+        "CONTENT_TYPE": own.get("content-type", "application/octet-stream"),
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.version": (1, 0),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    for name, value in headers:
+        env["HTTP_" + name.upper().replace("-", "_")] = value
+    return env

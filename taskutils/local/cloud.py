@@ -166,10 +166,14 @@ class CloudEmulators:
     def describe(self) -> str:
         """One line: where each emulator is and where the Datastore's data is kept."""
         if self.datastore is not None:
-            kept = f"data in {self.data_dir}" if self.data_dir is not None else "in memory"
+            kept = f"pid {self.datastore.pid}, " + (f"data in {self.data_dir}" if self.data_dir else "in memory")
         else:
             kept = "started elsewhere"
-        return f"Datastore emulator at {self.datastore_host} ({kept}), Cloud Tasks emulator at {self.tasks_host}"
+        started = f"pid {self.tasks.pid}" if self.tasks is not None else "started elsewhere"
+        return (
+            f"Datastore emulator at {self.datastore_host} ({kept}), "
+            f"Cloud Tasks emulator at {self.tasks_host} ({started})"
+        )
 
     def stop_tasks(self) -> None:
         """Stop the Cloud Tasks emulator (if started here): no task is posted after this."""

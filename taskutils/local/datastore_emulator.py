@@ -144,6 +144,11 @@ class DatastoreEmulatorProcess:
         return f"http://{self.address}"
 
     @property
+    def pid(self) -> int | None:
+        """The process id of the emulator's watcher, which leads its process group, while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -204,8 +209,7 @@ class DatastoreEmulatorProcess:
                     raise OSError(f"the Datastore emulator cannot bind port {chosen}; see {self.log_path}") from None
         else:
             raise OSError(f"cannot find a free port for the Datastore emulator; see {self.log_path}")
-        pid = self._proc.pid if self._proc else "?"
-        log.info("Datastore emulator pid %s at %s (%s)", pid, self.address, self._kept())
+        log.info("Datastore emulator pid %s at %s (%s)", self.pid, self.address, self._kept())
         return self
 
     def _kept(self) -> str:
