@@ -39,13 +39,14 @@ class AppEngineQueue(taskqueue.Queue):  # type: ignore[misc]
     Made once per task function: the SDK checks the queue's name here, when decorating.
     """
 
+    backend = "appengine"
     max_tasks_per_add = MAX_TASKS_PER_ADD
     max_transactional_tasks_per_add = MAX_TRANSACTIONAL_TASKS_PER_ADD
 
     def add(self, task: Any, transactional: bool = False) -> Any:
         added = _queue_add(self, task, transactional)
         if on_enqueue.receivers:
-            _announce(self.name, added)
+            announce(self.name, added)
         return added
 
     def add_task(self, task: taskqueue.Task, transactional: bool = False) -> taskqueue.Task:
@@ -57,7 +58,8 @@ class AppEngineQueue(taskqueue.Queue):  # type: ignore[misc]
         return _add_batch(self, tasks, transactional)
 
 
-def _announce(queue: str, added: taskqueue.Task | list[taskqueue.Task]) -> None:
+def announce(queue: str, added: taskqueue.Task | list[taskqueue.Task]) -> None:
+    """Tell ``taskutils.hooks.on_enqueue``'s receivers what a queue added (one event per add)."""
     tasks = added if isinstance(added, list) else [added]
     if not tasks:
         return
