@@ -81,3 +81,11 @@ class ControlKeyError(TaskError, TypeError):
 
 class RunPutBack(TaskError):
     """Raised when a controlled run cannot start now (key held, rate spent) and was put back in its queue."""
+
+
+class UntrustedRequestError(TaskError):
+    """Raised when a task request's OIDC token is missing or does not prove an allowed sender: answered 403."""
+
+
+class CertsUnavailableError(TaskError):
+    """Raised when the keys that verify OIDC tokens cannot be fetched or read: answered 500, so the task is retried."""

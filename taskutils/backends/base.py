@@ -6,7 +6,8 @@ gives the queue of the backend in use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from google.appengine.api import taskqueue
@@ -25,4 +26,17 @@ class Queue(Protocol):
 
     def add_tasks(self, tasks: list[taskqueue.Task], transactional: bool = False) -> list[taskqueue.Task]:
         """Add tasks in as few calls as the backend allows; the added tasks, in order."""
+        ...
+
+
+class Trust(Protocol):
+    """Decides, before a task request's body is read, that the queue sent it.
+
+    On App Engine the handler trusts the ``X-AppEngine-*`` headers App Engine strips
+    from outside requests (checked inline, on the hot path); off App Engine, with a
+    ``target``, ``backends.oidc.OidcTrust`` checks the OIDC token Cloud Tasks attaches.
+    """
+
+    def verify(self, environ: Mapping[str, Any]) -> str:
+        """Who sent the request when it is trusted; ``UntrustedRequestError`` saying why not, otherwise."""
         ...
