@@ -141,9 +141,7 @@ def _task_info(environ: Mapping[str, Any]) -> TaskInfo:
         task_name=get("HTTP_X_APPENGINE_TASKNAME") or get("HTTP_X_CLOUDTASKS_TASKNAME", ""),
         queue_name=queue.rsplit("/", 1)[-1],
         retry_count=_int(get("HTTP_X_APPENGINE_TASKRETRYCOUNT") or get("HTTP_X_CLOUDTASKS_TASKRETRYCOUNT")),
-        execution_count=_int(
-            get("HTTP_X_APPENGINE_TASKEXECUTIONCOUNT") or get("HTTP_X_CLOUDTASKS_TASKEXECUTIONCOUNT")
-        ),
+        execution_count=_int(get("HTTP_X_APPENGINE_TASKEXECUTIONCOUNT") or get("HTTP_X_CLOUDTASKS_TASKEXECUTIONCOUNT")),
         eta=_eta(get("HTTP_X_APPENGINE_TASKETA") or get("HTTP_X_CLOUDTASKS_TASKETA")),
         tag=get(_TAG_KEY),
     )
