@@ -89,3 +89,11 @@ class RunPutBack(TaskError):
 
 class EmulatorMissingError(TaskError, RuntimeError):
     """Raised when an emulator the cloud backend needs locally is not installed; the message names what to install."""
+
+
+class UntrustedRequestError(TaskError):
+    """Raised when a task request's OIDC token is missing or does not prove an allowed sender: answered 403."""
+
+
+class CertsUnavailableError(TaskError):
+    """Raised when the keys that verify OIDC tokens cannot be fetched or read: answered 500, so the task is retried."""

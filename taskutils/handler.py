@@ -30,6 +30,7 @@ from .current import TaskInfo as TaskInfo
 from .current import current_task as current_task
 from .defer import DEFERRED_URL, run_deferred
 from .exc import (
+    CertsUnavailableError,
     CorruptPayloadError,
     MissingTaskCodeError,
     PermanentTaskFailure,
@@ -37,6 +38,7 @@ from .exc import (
     RunPutBack,
     SignatureError,
     SpilledPayloadMissingError,
+    UntrustedRequestError,
 )
 from .hooks import TaskEvent, on_failure, on_retry, on_start, on_success
 from .naming import decode_name, resolve
@@ -132,14 +134,16 @@ _TAG_KEY = "HTTP_" + TAG_HEADER.upper().replace("-", "_")
 
 
 def _task_info(environ: Mapping[str, Any]) -> TaskInfo:
-    queue = environ.get("HTTP_X_APPENGINE_QUEUENAME", "")
+    """What the queue says about the task: App Engine's headers, or those Cloud Tasks gives an HTTP task."""
+    get = environ.get
+    queue = get("HTTP_X_APPENGINE_QUEUENAME") or get("HTTP_X_CLOUDTASKS_QUEUENAME", "")
     return TaskInfo(
-        task_name=environ.get("HTTP_X_APPENGINE_TASKNAME", ""),
+        task_name=get("HTTP_X_APPENGINE_TASKNAME") or get("HTTP_X_CLOUDTASKS_TASKNAME", ""),
         queue_name=queue.rsplit("/", 1)[-1],
-        retry_count=_int(environ.get("HTTP_X_APPENGINE_TASKRETRYCOUNT")),
-        execution_count=_int(environ.get("HTTP_X_APPENGINE_TASKEXECUTIONCOUNT")),
-        eta=_eta(environ.get("HTTP_X_APPENGINE_TASKETA")),
-        tag=environ.get(_TAG_KEY),
+        retry_count=_int(get("HTTP_X_APPENGINE_TASKRETRYCOUNT") or get("HTTP_X_CLOUDTASKS_TASKRETRYCOUNT")),
+        execution_count=_int(get("HTTP_X_APPENGINE_TASKEXECUTIONCOUNT") or get("HTTP_X_CLOUDTASKS_TASKEXECUTIONCOUNT")),
+        eta=_eta(get("HTTP_X_APPENGINE_TASKETA") or get("HTTP_X_CLOUDTASKS_TASKETA")),
+        tag=get(_TAG_KEY),
     )
 
 
@@ -242,9 +246,13 @@ class _Run(Scope):
 
     def answer(self) -> HTTPStatus:
         environ = self.environ
-        if "HTTP_X_APPENGINE_TASKNAME" not in environ or "HTTP_X_APPENGINE_QUEUENAME" not in environ:
+        if settings.backend == "cloud" and settings.cloud.target is not None:  # off App Engine: the token decides
+            refused = self.verify_token()
+            if refused is not None:
+                return refused
+        elif "HTTP_X_APPENGINE_TASKNAME" not in environ or "HTTP_X_APPENGINE_QUEUENAME" not in environ:
             return self.refuse(HTTPStatus.FORBIDDEN, "no X-AppEngine-TaskName/QueueName headers")
-        if environ.get("REMOTE_ADDR") != TASKQUEUE_SOURCE and os.environ.get("GAE_ENV") == "standard":
+        elif environ.get("REMOTE_ADDR") != TASKQUEUE_SOURCE and os.environ.get("GAE_ENV") == "standard":
             return self.refuse(HTTPStatus.FORBIDDEN, f"source address {environ.get('REMOTE_ADDR')} is not the queue")
         length = environ.get("CONTENT_LENGTH")
         if not length or len(length) > MAX_LENGTH_DIGITS or not (length.isascii() and length.isdigit()):
@@ -255,6 +263,24 @@ class _Run(Scope):
         self.outcome = _OK
         self.body = _read_body(environ, size)
         return self.run(self.body)
+
+    def verify_token(self) -> HTTPStatus | None:
+        """An HTTP task's OIDC token (``taskutils.backends.oidc``): None when it proves an allowed
+        sender, else the answer. The ``X-AppEngine-*`` and ``X-CloudTasks-*`` headers prove nothing
+        here (anyone can send them to a URL) and are only read for the log line and ``TaskInfo``."""
+        try:
+            from .backends import oidc
+
+            oidc.trust(settings.cloud).verify(self.environ)
+        except UntrustedRequestError as e:
+            return self.refuse(HTTPStatus.FORBIDDEN, f"OIDC token: {e}")
+        except (CertsUnavailableError, ImportError) as e:
+            # No token can be checked yet: 500, never 503 or 429, which Cloud Tasks reads as "overloaded"
+            # and answers by slowing the whole queue down. Any other non-2xx is retried with the task's
+            # own backoff, so the task runs once the certs (or the [cloud] extra) are back.
+            log.error("cannot check the OIDC token of %s: %s", escape(self.path), escape(error_line(e)))
+            return HTTPStatus.INTERNAL_SERVER_ERROR
+        return None
 
     def run(self, body: bytes) -> HTTPStatus:
         handle_id = self.environ.get(HANDLE_KEY)

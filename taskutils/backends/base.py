@@ -6,7 +6,7 @@ gives the queue of the backend in use, ``taskutils.backends.store`` its store.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -117,4 +117,16 @@ class Store(Protocol):
 
     def in_namespace(self, namespace: str) -> AbstractContextManager[None]:
         """Within it, keys are made and queries run in namespace."""
+
+
+class Trust(Protocol):
+    """Decides, before a task request's body is read, that the queue sent it.
+
+    On App Engine the handler trusts the ``X-AppEngine-*`` headers App Engine strips
+    from outside requests (checked inline, on the hot path); off App Engine, with a
+    ``target``, ``backends.oidc.OidcTrust`` checks the OIDC token Cloud Tasks attaches.
+    """
+
+    def verify(self, environ: Mapping[str, Any]) -> str:
+        """Who sent the request when it is trusted; ``UntrustedRequestError`` saying why not, otherwise."""
         ...
