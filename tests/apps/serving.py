@@ -37,7 +37,9 @@ def nothing_listens_on(port: int) -> bool:
 class ServeProcess:
     """``python -m taskutils serve SPEC --port P ...`` with tests/apps on the path, its output in a file."""
 
-    def __init__(self, spec: str, log_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, spec: str, log_path: Path, *args: str, env: dict[str, str] | None = None, cwd: Path = APPS
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -58,7 +60,7 @@ class ServeProcess:
                     "--exit-with-parent",
                     *args,
                 ],
-                cwd=APPS,
+                cwd=cwd,
                 env=environ,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

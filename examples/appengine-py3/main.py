@@ -1,0 +1,118 @@
+"""taskutils on App Engine without bundled services: Cloud Tasks with App Engine routing, and Cloud NDB.
+
+No ``app_engine_apis`` in app.yaml and no ``google.appengine`` API calls in the app: tasks are
+added with the Cloud Tasks client and records kept in Cloud Datastore (Firestore in Datastore
+mode). Tasks are App Engine tasks (no ``target``): App Engine posts them to this service and
+strips ``X-AppEngine-*`` headers from any other request, so the handler trusts them.
+
+Locally: ``python -m taskutils serve main:app --backend cloud``. Deploy: see README.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import flask
+from google.cloud import ndb
+
+import taskutils
+
+taskutils.configure(backend="cloud")  # project and location: GOOGLE_CLOUD_PROJECT and LOCATION_ID
+
+app = flask.Flask(__name__)
+app.wsgi_app = taskutils.mount(app.wsgi_app)  # task URLs (/_ah/task/...) to taskutils.app, the rest to Flask
+
+
+@functools.cache
+def datastore() -> ndb.Client:
+    """The app's Cloud NDB client, made on first use (tasks get a context from taskutils' handler)."""
+    return ndb.Client()
+
+
+class Note(ndb.Model):
+    text = ndb.StringProperty()
+    writes = ndb.IntegerProperty(default=0)  # how many times a task wrote it
+
+
+class Upload(ndb.Model):
+    size = ndb.IntegerProperty()
+    sha256 = ndb.StringProperty()
+
+
+class Squares(ndb.Model):
+    values = ndb.IntegerProperty(repeated=True)
+    calls = ndb.IntegerProperty(default=0)
+
+
+@taskutils.task
+def square(x: int) -> int:
+    return x * x
+
+
+@app.post("/notes/<note_id>")
+def add_note(note_id: str) -> tuple[str, int]:
+    text = flask.request.get_data(as_text=True)
+
+    @taskutils.task
+    def write() -> None:  # a closure: note_id and text travel with the task
+        @ndb.transactional()
+        def txn() -> None:
+            note = Note.get_by_id(note_id) or Note(id=note_id, text=text)
+            note.writes += 1
+            note.put()
+
+        txn()
+
+    write()
+    return "queued\n", 202
+
+
+@app.get("/notes/<note_id>")
+def get_note(note_id: str) -> flask.Response:
+    with datastore().context():
+        note = Note.get_by_id(note_id)
+    return flask.jsonify(None if note is None else {"text": note.text, "writes": note.writes})
+
+
+@app.post("/uploads/<upload_id>")
+def upload(upload_id: str) -> tuple[str, int]:
+    data = flask.request.get_data()  # hundreds of KB: taskutils keeps it in Datastore for the task
+
+    @taskutils.task
+    def keep(blob: bytes) -> None:
+        Upload(id=upload_id, size=len(blob), sha256=hashlib.sha256(blob).hexdigest()).put()
+
+    keep(data)
+    return "queued\n", 202
+
+
+@app.get("/uploads/<upload_id>")
+def get_upload(upload_id: str) -> flask.Response:
+    with datastore().context():
+        found = Upload.get_by_id(upload_id)
+    return flask.jsonify(None if found is None else {"size": found.size, "sha256": found.sha256})
+
+
+@app.post("/squares/<run_id>")
+def squares(run_id: str) -> tuple[str, int]:
+    count = int(flask.request.args.get("n", "10"))
+
+    def save(results: list[int]) -> None:  # runs once, after every square ran
+        @ndb.transactional()
+        def txn() -> None:
+            found = Squares.get_by_id(run_id) or Squares(id=run_id, values=results)
+            found.calls += 1
+            found.put()
+
+        txn()
+
+    square.submit_map(range(count)).then(save)
+    return "queued\n", 202
+
+
+@app.get("/squares/<run_id>")
+def get_squares(run_id: str) -> flask.Response:
+    with datastore().context():
+        found = Squares.get_by_id(run_id)
+    return flask.jsonify(None if found is None else {"values": found.values, "calls": found.calls})

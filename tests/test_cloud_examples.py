@@ -1,0 +1,196 @@
+"""The examples under ``examples/`` on the cloud backend: under ``serve --backend cloud`` and under the fixture.
+
+Each example (a Flask app for Cloud Run, a Python 3 App Engine app without bundled services,
+a FastAPI app) has the same three routes: a closure task that writes a Cloud NDB entity, a
+300 KB argument, and ``submit_map(...).then(...)``. Under ``serve`` the real Cloud Tasks
+emulator posts the tasks to a real server; under ``cloud_task_testbed`` the test drains the
+emulator's queue through the example's own WSGI app. Both use the Google Cloud CLI's
+Datastore emulator; a missing emulator fails these tests, it never skips them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import werkzeug.test
+
+from apps.serving import ServeProcess
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+EMULATOR_VENV = Path(os.environ.get("TASKUTILS_EMULATOR_VENV") or REPO / ".cache" / "cloudtasks-emulator-venv")
+# Each example's WSGI app, as serve loads it.
+SPECS = {"cloudrun-flask": "main:app", "appengine-py3": "main:app", "cloudrun-fastapi": "main:wsgi"}
+BIG = 300 * 1024
+
+
+def _pids_in(log: str, what: str) -> list[int]:
+    """The process ids serve logged for its emulators ("Datastore emulator ... (pid 123, ...")."""
+    found = []
+    for line in log.splitlines():
+        if "cloud backend:" in line:
+            for part in line.split("(pid ")[1:]:
+                found.append(int(part.split(",")[0].split(")")[0]))
+    assert len(found) == 2, f"{what}: serve did not log both emulators' pids:\n{log}"
+    return found
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _big_body() -> bytes:
+    return bytes(range(256)) * (BIG // 256) + b"end"
+
+
+class ExampleServer(ServeProcess):
+    """``python -m taskutils serve SPEC --backend cloud`` in the example's folder, starting its own emulators."""
+
+    def __init__(self, name: str, log_path: Path) -> None:
+        env = {
+            "TASKUTILS_EMULATOR_VENV": str(EMULATOR_VENV),
+            "PYTHONPATH": "",
+            "GOOGLE_CLOUD_PROJECT": "examples-test",
+            # Nothing points at other emulators, or at Cloud Run.
+            "DATASTORE_EMULATOR_HOST": "",
+            "CLOUD_TASKS_EMULATOR_HOST": "",
+            "K_SERVICE": "",
+            "TASKS_TARGET": "",
+        }
+        super().__init__(SPECS[name], log_path, "--backend", "cloud", env=env, cwd=EXAMPLES / name)
+
+
+@pytest.fixture(scope="module", params=sorted(SPECS))
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExampleServer]:
+    name = request.param
+    server = ExampleServer(name, tmp_path_factory.mktemp(name) / "serve.log")
+    try:
+        server.wait_ready("/notes/none", timeout=120)
+        yield server
+    finally:
+        server.stop()
+
+
+def _settled(server: ServeProcess, marker: str) -> None:
+    """Wait until a note added now has been written: tasks of one queue run in order in the emulator."""
+    assert server.request("POST", f"/notes/{marker}", b"marker")[0] == 202
+    server.wait_for(lambda: server.get(f"/notes/{marker}"), f"note {marker} written", timeout=60)
+
+
+def test_a_closure_task_writes_a_cloud_ndb_entity_exactly_once_under_serve(served: ExampleServer) -> None:
+    assert served.request("POST", "/notes/first", b"hello")[0] == 202
+
+    note = served.wait_for(lambda: served.get("/notes/first"), "the closure task wrote its note", timeout=60)
+    _settled(served, "after-first")
+
+    assert served.get("/notes/first") == {"text": "hello", "writes": 1} == note
+
+
+def test_a_300_kb_argument_arrives_byte_exact_under_serve(served: ExampleServer) -> None:
+    body = _big_body()
+    assert served.request("POST", "/uploads/big", body)[0] == 202
+
+    found = served.wait_for(lambda: served.get("/uploads/big"), "the 300 KB task ran", timeout=60)
+
+    assert found == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+def test_submit_map_then_gets_every_result_in_order_once_under_serve(served: ExampleServer) -> None:
+    assert served.request("POST", "/squares/run?n=12")[0] == 202
+
+    found = served.wait_for(lambda: served.get("/squares/run"), "the fan-in callback ran", timeout=90)
+    _settled(served, "after-squares")
+
+    assert found["values"] == [i * i for i in range(12)]
+    assert served.get("/squares/run")["calls"] == 1
+
+
+def test_serve_stops_both_emulators_when_it_stops(tmp_path: Path) -> None:
+    server = ExampleServer("appengine-py3", tmp_path / "serve.log")
+    try:
+        server.wait_ready("/notes/none", timeout=120)
+        pids = _pids_in(server.log(), "serve --backend cloud")
+        assert all(_group_alive(pid) for pid in pids)
+
+        assert server.interrupt(signal.SIGTERM, timeout=60) == 0
+    finally:
+        server.stop()
+
+    assert [pid for pid in pids if _group_alive(pid)] == [], server.log()
+
+
+# The same examples in process, under the cloud_task_testbed fixture.
+
+
+def _load(name: str) -> ModuleType:
+    """Import an example's main.py under a name of its own (all three are ``main``)."""
+    module_name = "example_" + name.replace("-", "_")
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / name / "main.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+@pytest.fixture(params=sorted(SPECS))
+def example(request: pytest.FixtureRequest, cloud_task_testbed: Any) -> Iterator[tuple[Any, werkzeug.test.Client]]:
+    """The example's WSGI app, as serve would run it, and a client on it."""
+    module = _load(request.param)
+    wsgi_app = getattr(module, SPECS[request.param].partition(":")[2])
+    yield wsgi_app, werkzeug.test.Client(wsgi_app)
+
+
+def _json(client: werkzeug.test.Client, path: str) -> Any:
+    response = client.get(path)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return json.loads(response.get_data())
+
+
+def test_a_closure_task_writes_a_cloud_ndb_entity_exactly_once_under_the_fixture(
+    example: tuple[Any, werkzeug.test.Client], cloud_task_testbed: Any
+) -> None:
+    wsgi_app, client = example
+    assert client.post("/notes/first", data=b"hello").status_code == 202
+
+    assert cloud_task_testbed.drain(app=wsgi_app) == 1
+
+    assert _json(client, "/notes/first") == {"text": "hello", "writes": 1}
+
+
+def test_a_300_kb_argument_arrives_byte_exact_under_the_fixture(
+    example: tuple[Any, werkzeug.test.Client], cloud_task_testbed: Any
+) -> None:
+    wsgi_app, client = example
+    body = _big_body()
+    assert client.post("/uploads/big", data=body).status_code == 202
+
+    cloud_task_testbed.drain(app=wsgi_app)
+
+    assert _json(client, "/uploads/big") == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+def test_submit_map_then_gets_every_result_in_order_once_under_the_fixture(
+    example: tuple[Any, werkzeug.test.Client], cloud_task_testbed: Any
+) -> None:
+    wsgi_app, client = example
+    assert client.post("/squares/run?n=12").status_code == 202
+
+    cloud_task_testbed.drain(app=wsgi_app)
+
+    assert _json(client, "/squares/run") == {"values": [i * i for i in range(12)], "calls": 1}
