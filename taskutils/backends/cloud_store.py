@@ -3,8 +3,9 @@
 ``CloudStore`` implements ``taskutils.backends.base.Store`` with Cloud NDB's public
 API, so that a write can join the caller's ``google.cloud.ndb`` transaction and the
 store's own transactions are Cloud NDB transactions (a task added in one is staged in
-it). Each kind is an ``ndb.Expando`` made here, its properties unindexed unless the
-entity says otherwise; entities go in and out as dicts (``CloudEntity``), keys as
+it). Each kind is an ``ndb.Expando`` made here, its properties indexed unless the
+entity says otherwise (or the value cannot be: bytes, long text); an entity read back
+keeps the unindexed properties its kind was last made with in this process; entities go in and out as dicts (``CloudEntity``), keys as
 ``CloudKey`` (App Engine's ``kind()``, ``name()``, ``id()``, ``parent()``).
 
 Cloud NDB needs a client context: a call with none active opens one for its time,
@@ -34,6 +35,8 @@ _client: ndb.Client | None = None
 _client_lock = threading.Lock()
 _namespace: contextvars.ContextVar[str | None] = contextvars.ContextVar("taskutils_cloud_namespace", default=None)
 _models: dict[str, type[ndb.Expando]] = {}
+_unindexed: dict[str, frozenset[str]] = {}  # by kind: what entity() was told, for entities read back
+MAX_INDEXED = 1500  # bytes of an indexed text value
 
 
 def client() -> ndb.Client:
@@ -56,7 +59,7 @@ def context() -> AbstractContextManager[Any]:
     """The caller's Cloud NDB context when one is active, else a new one for the time of the ``with``."""
     if ndb.get_context(raise_context_error=False) is not None:
         return nullcontext()
-    return client().context(cache_policy=False, global_cache_policy=False)
+    return client().context()  # taskutils' own kinds skip its caches: their models say so
 
 
 class CloudKey:
@@ -121,13 +124,22 @@ def _model(kind: str) -> type[ndb.Expando]:
     return model
 
 
+def _indexable(value: Any) -> bool:
+    """False for a value Datastore cannot index: bytes, or text over 1,500 bytes."""
+    if isinstance(value, bytes):
+        return False
+    return not isinstance(value, str) or len(value) <= MAX_INDEXED // 4 or len(value.encode()) <= MAX_INDEXED
+
+
 def _to_model(entity: CloudEntity) -> ndb.Expando:
     key = entity.key().ndb_key
     model = _model(key.kind())(key=key)
     model._clone_properties()
     for name, value in entity.items():
         prop = ndb.GenericProperty(
-            name, indexed=name not in entity.unindexed, repeated=isinstance(value, (list, tuple))
+            name,
+            indexed=name not in entity.unindexed and _indexable(value),
+            repeated=isinstance(value, (list, tuple)),
         )
         prop._code_name = name
         model._properties[name] = prop
@@ -148,10 +160,12 @@ def _naive(value: Any) -> Any:
 def _from_model(model: ndb.Expando | None) -> CloudEntity | None:
     if model is None:
         return None
-    entity = CloudEntity(CloudKey(model.key))
+    key = CloudKey(model.key)
+    entity = CloudEntity(key, _unindexed.get(key.kind(), ()))  # Cloud NDB does not say which were indexed
     for name, prop in model._properties.items():
-        if name.strip():
-            entity[name] = _naive(prop._get_value(model))
+        value = prop._get_value(model)
+        if value is not None or name != "key":  # every kind declares "key": absent, it reads None
+            entity[name] = _naive(value)
     return entity
 
 
@@ -172,11 +186,20 @@ class CloudStore:
     def key(self, kind: str, name_or_id: str | int, parent: CloudKey | None = None) -> CloudKey:
         if parent is not None:
             return CloudKey(ndb.Key(kind, name_or_id, parent=parent.ndb_key))
-        return CloudKey(ndb.Key(kind, name_or_id, project=self._project(), namespace=self._current_namespace()))
+        found = self._client()
+        return CloudKey(
+            ndb.Key(
+                kind,
+                name_or_id,
+                project=found.project,
+                database=found.database,
+                namespace=self._current_namespace(),
+            )
+        )
 
-    def _project(self) -> str:
+    def _client(self) -> ndb.Client:
         context = ndb.get_context(raise_context_error=False)
-        return context.client.project if context is not None else client().project  # type: ignore[no-any-return]
+        return context.client if context is not None else client()
 
     def _current_namespace(self) -> str | None:
         namespace = _namespace.get()
@@ -193,10 +216,13 @@ class CloudStore:
         return key.ndb_key.urlsafe().decode("ascii")  # type: ignore[no-any-return]
 
     def key_from_str(self, text: str) -> CloudKey:
-        return CloudKey(ndb.Key(urlsafe=text.encode("ascii")))
+        return CloudKey(ndb.Key(urlsafe=text.encode("ascii"), database=self._client().database))
 
     def entity(self, key: CloudKey, unindexed: tuple[str, ...] = ()) -> CloudEntity:
-        return CloudEntity(key, unindexed)
+        found = CloudEntity(key, unindexed)
+        if _unindexed.get(key.kind()) != found.unindexed:
+            _unindexed[key.kind()] = found.unindexed
+        return found
 
     def blob(self, data: bytes) -> bytes:
         return bytes(data)
@@ -269,7 +295,7 @@ class CloudStore:
                 filters=None if where is None else ndb.FilterNode(*where),
                 orders=None if newest_first is None else [-ndb.GenericProperty(newest_first)],
             )
-            found = list(query.iter(keys_only=keys_only, limit=limit, batch_size=batch_size, use_cache=False))
+            found = list(query.iter(keys_only=keys_only, limit=limit, use_cache=False))  # ndb sizes its batches
         if keys_only:
             return iter([CloudKey(k) for k in found])
         return iter([_from_model(m) for m in found])
