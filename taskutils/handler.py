@@ -53,6 +53,7 @@ MAX_BODY = 1 << 20
 MAX_LENGTH_DIGITS = 20  # a longer Content-Length is no length a body can have (and int() refuses thousands)
 TASKQUEUE_SOURCE = "0.1.0.2"
 EXC_INFO_KEY = "taskutils.exc_info"
+OIDC_MODULE = "taskutils.backends.oidc"  # imported on the cloud backend's first HTTP task: it needs cryptography
 _modules = sys.modules
 ERROR_HEADER = "X-Taskutils-Error"
 ERROR_LINE_MAX = 200
@@ -269,8 +270,9 @@ class _Run(Scope):
         sender, else the answer. The ``X-AppEngine-*`` and ``X-CloudTasks-*`` headers prove nothing
         here (anyone can send them to a URL) and are only read for the log line and ``TaskInfo``."""
         try:
-            from .backends import oidc
-
+            oidc = _modules.get(OIDC_MODULE)
+            if oidc is None:
+                from .backends import oidc
             oidc.trust(settings.cloud).verify(self.environ)
         except UntrustedRequestError as e:
             return self.refuse(HTTPStatus.FORBIDDEN, f"OIDC token: {e}")
