@@ -21,6 +21,7 @@ from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPerman
 from google.appengine.ext.deferred import SingularTaskFailure
 
 from . import codec, logs, results_ids
+from .backends.base import Trust
 from .config import get_keyring, settings
 from .controls.spec import CRON_PATH
 from .controls.spec import ENVIRON_KEY as CONTROLS_KEY
@@ -270,10 +271,11 @@ class _Run(Scope):
         sender, else the answer. The ``X-AppEngine-*`` and ``X-CloudTasks-*`` headers prove nothing
         here (anyone can send them to a URL) and are only read for the log line and ``TaskInfo``."""
         try:
-            oidc = _modules.get(OIDC_MODULE)
+            oidc: Any = _modules.get(OIDC_MODULE)
             if oidc is None:
                 from .backends import oidc
-            oidc.trust(settings.cloud).verify(self.environ)
+            trust: Trust = oidc.trust(settings.cloud)
+            trust.verify(self.environ)
         except UntrustedRequestError as e:
             return self.refuse(HTTPStatus.FORBIDDEN, f"OIDC token: {e}")
         except (CertsUnavailableError, ImportError) as e:

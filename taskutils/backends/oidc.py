@@ -206,7 +206,7 @@ class OidcTrust:
             and seen.email in cloud.senders()
             and self.certs.holds(seen.kid)
         ):
-            return seen.email  # type: ignore[return-value] (checked a str when first seen)
+            return str(seen.email)
         claims = self._signed_claims(token)
         sender = self._check(claims, cloud)
         if len(self._verified) >= MAX_TOKENS:
