@@ -415,13 +415,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="9 rounds: a smoke run, not figures to quote")
     parser.add_argument(
         "--only",
-        choices=("enqueue", "sizes", "map", "handle", "payload", "results", "serve", "devappserver"),
+        choices=("enqueue", "sizes", "map", "handle", "oidc", "payload", "results", "serve", "devappserver"),
         action="append",
         help="run only these comparisons (repeatable)",
     )
     args = parser.parse_args(argv)
     rounds = 9 if args.quick else args.rounds
-    only = set(args.only or ("enqueue", "sizes", "map", "handle", "payload", "results", "serve", "devappserver"))
+    only = set(
+        args.only or ("enqueue", "sizes", "map", "handle", "oidc", "payload", "results", "serve", "devappserver")
+    )
 
     bench = Bench(rounds)
     results: list[Result] = []
@@ -436,6 +438,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             results += bench.fan_out()
         if "handle" in only:
             results += bench.handle()
+        if "oidc" in only:  # the handler checking Cloud Tasks' OIDC token: bench/bench_oidc.py
+            import bench_oidc
+
+            results += bench_oidc.rows(bench)
         if "payload" in only:
             found, note = bench.payload()
             results += found

@@ -21,6 +21,7 @@ from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPerman
 from google.appengine.ext.deferred import SingularTaskFailure
 
 from . import codec, logs, results_ids
+from .backends.base import Trust
 from .config import get_keyring, settings
 from .controls.spec import CRON_PATH
 from .controls.spec import ENVIRON_KEY as CONTROLS_KEY
@@ -53,6 +54,7 @@ MAX_BODY = 1 << 20
 MAX_LENGTH_DIGITS = 20  # a longer Content-Length is no length a body can have (and int() refuses thousands)
 TASKQUEUE_SOURCE = "0.1.0.2"
 EXC_INFO_KEY = "taskutils.exc_info"
+OIDC_MODULE = "taskutils.backends.oidc"  # imported on the cloud backend's first HTTP task: it needs cryptography
 _modules = sys.modules
 ERROR_HEADER = "X-Taskutils-Error"
 ERROR_LINE_MAX = 200
@@ -274,9 +276,11 @@ class _Run(Scope):
         sender, else the answer. The ``X-AppEngine-*`` and ``X-CloudTasks-*`` headers prove nothing
         here (anyone can send them to a URL) and are only read for the log line and ``TaskInfo``."""
         try:
-            from .backends import oidc
-
-            oidc.trust(settings.cloud).verify(self.environ)
+            oidc: Any = _modules.get(OIDC_MODULE)
+            if oidc is None:
+                from .backends import oidc
+            trust: Trust = oidc.trust(settings.cloud)
+            trust.verify(self.environ)
         except UntrustedRequestError as e:
             return self.refuse(HTTPStatus.FORBIDDEN, f"OIDC token: {e}")
         except (CertsUnavailableError, ImportError) as e:

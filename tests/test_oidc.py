@@ -426,3 +426,22 @@ def test_without_a_target_app_engine_headers_are_trusted_as_on_app_engine(client
     finally:
         taskutils.configure(backend="appengine")
     assert canary.fired()
+
+
+def test_a_token_accepted_before_is_refused_once_its_sender_is_no_longer_allowed(cloud, client, canary, refused):
+    token = mint()
+    assert post(client, canary.body(), token) == 200
+    canary.path.unlink()
+    taskutils.configure(allowed_senders=["other@my-project.iam.gserviceaccount.com"])
+
+    assert refused(token, "not an allowed sender")
+
+
+def test_a_token_accepted_before_is_refused_once_its_key_left_the_certs(cloud, client, canary, refused):
+    cloud.max_age = 0
+    token = mint()
+    assert post(client, canary.body(), token) == 200
+    canary.path.unlink()
+    cloud.document = certs_document(["kid-two"], cloud.form)
+
+    assert refused(token, "not in the certs")
