@@ -16,7 +16,7 @@ from google.cloud import ndb
 
 import taskutils
 
-TARGET = os.environ.get("TASKS_TARGET")  # this service's URL, e.g. https://worker-abc-uc.a.run.app
+TARGET = os.environ.get("TASKS_TARGET") or None  # this service's URL, e.g. https://worker-abc-uc.a.run.app
 if os.environ.get("K_SERVICE") and not TARGET:
     # Without a target, tasks would use App Engine routing, whose headers prove nothing on Cloud Run.
     raise RuntimeError("set TASKS_TARGET to this service's URL: tasks are HTTP tasks on Cloud Run")
@@ -24,7 +24,7 @@ if os.environ.get("K_SERVICE") and not TARGET:
 taskutils.configure(
     backend="cloud",
     target=TARGET,
-    service_account=os.environ.get("TASKS_SERVICE_ACCOUNT"),  # Cloud Tasks signs its OIDC token as this account
+    service_account=os.environ.get("TASKS_SERVICE_ACCOUNT") or None,  # Cloud Tasks signs its OIDC token as this account
 )
 
 app = flask.Flask(__name__)
