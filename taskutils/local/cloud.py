@@ -155,9 +155,7 @@ class CloudEmulators:
     def environment(self) -> dict[str, str]:
         """What the app's process needs: the project, the location and both emulators' addresses."""
         return {
-            "GOOGLE_CLOUD_PROJECT": self.project,
-            "DATASTORE_PROJECT_ID": self.project,
-            "DATASTORE_DATASET": self.project,
+            "GOOGLE_CLOUD_PROJECT": self.project,  # not DATASTORE_PROJECT_ID: the App Engine SDK reads it too
             "LOCATION_ID": self.location,
             DATASTORE_HOST_ENV: self.datastore_host,
             TASKS_HOST_ENV: self.tasks_host,
