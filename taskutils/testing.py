@@ -248,6 +248,7 @@ class CloudTaskTestbed:
             os.environ[key] = value
         self._saved_settings = (config.get_backend(), dataclasses.replace(config.settings.cloud))
         config.configure(backend="cloud", project=self.project, location=self.location, target=None)
+        _forget_cloud_clients()
         self.reset()
         return self
 
@@ -264,6 +265,7 @@ class CloudTaskTestbed:
                 else:
                     os.environ[key] = value
             self._saved_env = {}
+            _forget_cloud_clients()
 
     def __enter__(self) -> CloudTaskTestbed:
         return self.activate()
@@ -365,6 +367,13 @@ class CloudTaskTestbed:
                 tried = f" after {attempt + 1} attempts" if attempt else ""
                 raise TaskFailedError(f"task {env['PATH_INFO']} answered {status}{tried}")
         raise TaskFailedError(f"tasks still enqueue tasks after {MAX_ROUNDS} rounds")
+
+
+def _forget_cloud_clients() -> None:
+    """The cloud store makes its Cloud NDB client once, for the emulator and project of then: make it again."""
+    from .backends import cloud_store
+
+    cloud_store.reset_client()
 
 
 def _cloud_environ(task: Any, retry_count: int, previous_response: int | None) -> dict[str, Any]:
