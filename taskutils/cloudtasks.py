@@ -194,6 +194,20 @@ def create_task(self, queue, task):
         _seen[created.name] = time.time()
         return created
 _emulator.QueueState.create_task = create_task
+# Where serve and the fixture accept every queue name (no queue.yaml), a task for a queue not
+# made yet makes it: running, or paused for a fixture that drains the queues itself.
+_new_queues = os.environ.get("TASKUTILS_EMULATOR_NEW_QUEUES", "")
+if _new_queues in ("running", "paused"):
+    from google.cloud.tasks_v2 import Queue as _Queue
+    _create_in_known_queue = _emulator.QueueState.create_task
+    def create_task_anywhere(self, queue, task):
+        with _seen_lock:
+            if queue not in self._queue_tasks:
+                self.create_queue(None, _Queue(name=queue))
+                if _new_queues == "paused":
+                    self.pause_queue(queue)
+        return _create_in_known_queue(self, queue, task)
+    _emulator.QueueState.create_task = create_task_anywhere
 sys.argv = ["gcloud-tasks-emulator", "start"] + sys.argv[3:]
 from gcloud_tasks_emulator.__main__ import main
 main()
@@ -208,7 +222,10 @@ class EmulatorProcess:
     short names become ``projects/{project}/locations/{location}/queues/NAME``
     (project/location default to ``GOOGLE_CLOUD_PROJECT``/``LOCATION_ID``).
     Tasks are POSTed to ``http://{target_host}:{target_port}{relative_uri}``.
-    ``max_retries=None`` retries failed tasks forever. The venv is built from
+    ``max_retries=None`` retries failed tasks forever. ``new_queues`` ``"running"`` (or
+    ``"paused"``) makes the queue a task names when it does not exist yet, as the local
+    server accepts every queue name without a queue.yaml; None refuses such a task as Cloud
+    Tasks does. The venv is built from
     ``base_python`` (default: :func:`base_interpreter`); gcloud-tasks-emulator
     0.6.2 runs on Python 3.10-3.13.
     """
@@ -228,6 +245,7 @@ class EmulatorProcess:
         startup_timeout: float = 30.0,
         package: str = EMULATOR_PACKAGE,
         base_python: str | None = None,
+        new_queues: str | None = None,
     ) -> None:
         self.venv_dir = os.fspath(venv_dir)
         self.host, self.port = host, port
@@ -239,6 +257,9 @@ class EmulatorProcess:
         self.base_python = base_python or base_interpreter()
         self.startup_timeout = startup_timeout
         self.log_path = log_path
+        if new_queues not in (None, "running", "paused"):
+            raise ValueError(f"new_queues must be None, 'running' or 'paused', got {new_queues!r}")
+        self.new_queues = new_queues
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -328,9 +349,10 @@ class EmulatorProcess:
             args += ["--default-queue", queue]
         if self.max_retries is not None:
             args += ["--max-retries", str(self.max_retries)]
+        env = {**os.environ, "TASKUTILS_EMULATOR_NEW_QUEUES": self.new_queues or ""}
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
         deadline = time.monotonic() + self.startup_timeout
         try:

@@ -131,7 +131,11 @@ def cloud_emulators(request: pytest.FixtureRequest) -> Iterator[CloudEmulators]:
     project = os.environ.get("GOOGLE_CLOUD_PROJECT") or DEFAULT_APP_ID
     location = os.environ.get("LOCATION_ID") or DEFAULT_LOCATION
     # The queues are paused: the fixture posts their tasks in process, so this port never receives any.
-    with CloudEmulators(project, location, target_port=9, queues=queue_names_in(queue_yaml), paused=True) as emulators:
+    # Without a queue.yaml every queue name is accepted, as in task_testbed: a task's queue is made when needed.
+    queues = queue_names_in(queue_yaml)
+    with CloudEmulators(
+        project, location, target_port=9, queues=queues, paused=True, any_queue=queue_yaml is None
+    ) as emulators:
         yield emulators
 
 

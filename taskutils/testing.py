@@ -292,10 +292,10 @@ class CloudTaskTestbed:
 
     def queue_names(self) -> list[str]:
         """The short names of the queues in the Cloud Tasks emulator."""
-        return list(self.emulators.queues)
+        return self.emulators.queue_names()
 
     def add_queues(self, *names: str) -> None:
-        """Create more queues (paused, as the others), for tasks with ``queue=`` a name not in queue.yaml."""
+        """Create more queues (paused, as the others), e.g. where a queue.yaml set the queues."""
         self.emulators.create_queues(names)
 
     def tasks(self, queue: str | None = None) -> list[Any]:

@@ -1,3 +1,4 @@
+import os
 import textwrap
 import types
 
@@ -14,39 +15,45 @@ from taskutils.testing import TaskTestbed
 import tasklib
 
 
-def test_drain_runs_tasks_and_the_tasks_they_enqueue_until_the_queue_is_empty(task_testbed):
+@pytest.fixture(params=["task_testbed", "cloud_task_testbed"])
+def testbed(request):
+    """Each fixture in turn: the App Engine testbed, and the cloud backend on the emulators; they drain alike."""
+    return request.getfixturevalue(request.param)
+
+
+def test_drain_runs_tasks_and_the_tasks_they_enqueue_until_the_queue_is_empty(testbed):
     tasklib.enqueue_record(1)
     tasklib.enqueue_record(2)
 
-    assert task_testbed.drain() == 4
-    assert task_testbed.tasks() == []
+    assert testbed.drain() == 4
+    assert testbed.tasks() == []
     assert sorted(map(str, tasklib.ran)) == sorted(
         map(str, [("enqueue_record", 1), ("enqueue_record", 2), ((1,), {}), ((2,), {})])
     )
 
 
-def test_drain_reraises_the_first_task_failure(task_testbed):
+def test_drain_reraises_the_first_task_failure(testbed):
     tasklib.crash()
 
     with pytest.raises(ValueError, match="boom"):
-        task_testbed.drain()
+        testbed.drain()
 
 
-def test_drain_reports_a_requested_retry_as_a_failure(task_testbed):
+def test_drain_reports_a_requested_retry_as_a_failure(testbed):
     tasklib.ask_for_retry()
 
     with pytest.raises(Exception, match="later"):
-        task_testbed.drain()
+        testbed.drain()
 
 
-def test_drain_lets_permanent_failures_go_like_the_queue_does(task_testbed):
+def test_drain_lets_permanent_failures_go_like_the_queue_does(testbed):
     tasklib.fail_permanently()
 
-    assert task_testbed.drain() == 1
-    assert task_testbed.tasks() == []
+    assert testbed.drain() == 1
+    assert testbed.tasks() == []
 
 
-def test_drain_stops_a_task_that_enqueues_itself_forever(task_testbed, monkeypatch):
+def test_drain_stops_a_task_that_enqueues_itself_forever(testbed, monkeypatch):
     monkeypatch.setattr("taskutils.testing.MAX_ROUNDS", 5)
     from taskutils import task
 
@@ -56,7 +63,7 @@ def test_drain_stops_a_task_that_enqueues_itself_forever(task_testbed, monkeypat
 
     forever()
     with pytest.raises(TaskFailedError, match="5 rounds"):
-        task_testbed.drain()
+        testbed.drain()
 
 
 def test_a_testbed_with_a_queue_yaml_only_knows_its_queues(tmp_path):
@@ -185,28 +192,28 @@ def _no_attempts():
     headers_seen.clear()
 
 
-def test_drain_with_retries_posts_a_failing_task_again_with_its_retry_count_raised(task_testbed, _no_attempts):
+def test_drain_with_retries_posts_a_failing_task_again_with_its_retry_count_raised(testbed, _no_attempts):
     succeed_on_third_try()
 
-    assert task_testbed.drain(retries=2) == 3
+    assert testbed.drain(retries=2) == 3
     assert attempts == [(0, 0, None), (1, 1, "500"), (2, 2, "500")]
     assert headers_seen == [None, "HTTP 500", "HTTP 500"]  # X-AppEngine-TaskRetryReason, as serve sends it
-    assert task_testbed.tasks() == []
+    assert testbed.tasks() == []
 
 
-def test_drain_raises_the_failure_once_the_retries_run_out(task_testbed, _no_attempts):
+def test_drain_raises_the_failure_once_the_retries_run_out(testbed, _no_attempts):
     always_fail()
 
     with pytest.raises(ValueError, match="still broken"):
-        task_testbed.drain(retries=3)
+        testbed.drain(retries=3)
     assert attempts == [0, 1, 2, 3]
 
 
-def test_drain_does_not_retry_by_default(task_testbed, _no_attempts):
+def test_drain_does_not_retry_by_default(testbed, _no_attempts):
     succeed_on_third_try()
 
     with pytest.raises(ValueError, match="attempt 0 fails"):
-        task_testbed.drain()
+        testbed.drain()
     assert len(attempts) == 1
 
 
@@ -218,9 +225,9 @@ def test_a_retried_task_runs_again_after_the_tasks_waiting_behind_it(task_testbe
     assert attempts == [("wait", 0), ("wait", 1)]
 
 
-def test_drain_refuses_a_negative_retry_count(task_testbed):
+def test_drain_refuses_a_negative_retry_count(testbed):
     with pytest.raises(ValueError):
-        task_testbed.drain(retries=-1)
+        testbed.drain(retries=-1)
 
 
 def test_a_task_for_a_url_of_the_apps_own_is_run_by_the_app_given_to_drain(task_testbed, _no_attempts):
@@ -236,3 +243,65 @@ def test_a_task_for_a_url_of_the_apps_own_is_run_by_the_app_given_to_drain(task_
     taskqueue.add(url="/work/rebuild", params={"day": "monday"})
     assert task_testbed.drain(app=own_worker) == 1
     assert attempts == [("/work/rebuild", "default")]
+
+
+# The cloud backend's fixture: cloud_task_testbed.
+
+
+def test_the_cloud_fixture_starts_each_test_with_an_empty_datastore_and_empty_queues(
+    cloud_task_testbed, cloud_emulators
+):
+    from google.cloud import ndb
+
+    from taskutils.testing import CloudTaskTestbed
+
+    class Leftover(ndb.Model):
+        pass
+
+    with cloud_task_testbed.ndb_client().context():
+        Leftover(id="from-this-test").put()
+    tasklib.record("not drained")
+    assert len(cloud_task_testbed.tasks()) == 1
+
+    cloud_task_testbed.deactivate()
+    with CloudTaskTestbed(cloud_emulators) as next_test:
+        assert next_test.tasks() == []
+        with next_test.ndb_client().context():
+            assert Leftover.get_by_id("from-this-test") is None
+    cloud_task_testbed.activate()
+
+
+def test_the_cloud_fixture_sets_the_cloud_backend_for_the_test_only(cloud_emulators):
+    from taskutils.config import get_backend
+    from taskutils.testing import CloudTaskTestbed
+
+    before = get_backend()
+    with CloudTaskTestbed(cloud_emulators):
+        assert get_backend() == "cloud"
+        assert os.environ["CLOUD_TASKS_EMULATOR_HOST"] == cloud_emulators.tasks_host
+        assert os.environ["DATASTORE_EMULATOR_HOST"] == cloud_emulators.datastore_host
+
+    assert get_backend() == before == "appengine"
+    assert os.environ.get("CLOUD_TASKS_EMULATOR_HOST") != cloud_emulators.tasks_host
+
+
+def test_the_cloud_drain_posts_the_headers_cloud_tasks_sends_an_app_engine_task(cloud_task_testbed, _no_attempts):
+    def app(environ, start_response):
+        attempts.append(
+            (
+                environ["PATH_INFO"],
+                environ["HTTP_X_APPENGINE_QUEUENAME"],
+                bool(environ["HTTP_X_APPENGINE_TASKNAME"]),
+                environ["HTTP_X_APPENGINE_TASKRETRYCOUNT"],
+                environ["HTTP_USER_AGENT"],
+            )
+        )
+        start_response("200 OK", [])
+        return [b""]
+
+    tasklib.report.options(countdown=0)("monday")
+
+    assert cloud_task_testbed.drain("reports", app=app) == 1
+    assert attempts == [
+        ("/_ah/task/tasklib/report", "reports", True, "0", "AppEngine-Google; (+http://code.google.com/appengine)")
+    ]

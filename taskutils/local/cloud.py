@@ -57,7 +57,8 @@ class CloudEmulators:
     Each is started on ``host`` and a free port unless its environment variable
     already names a running one. The Cloud Tasks emulator posts App Engine tasks
     to ``http://{host}:{target_port}``; ``queues`` are created at start (short
-    names), and ``paused`` keeps them from posting anything (a test drains them
+    names), ``any_queue`` makes any other queue a task names (in an emulator started
+    here), and ``paused`` keeps them from posting anything (a test drains them
     itself). ``data_dir`` keeps the Datastore emulator's entities in that folder;
     the Cloud Tasks emulator keeps its tasks in memory only.
     """
@@ -72,6 +73,7 @@ class CloudEmulators:
         queues: Iterable[str] = (DEFAULT_QUEUE,),
         data_dir: str | os.PathLike[str] | None = None,
         paused: bool = False,
+        any_queue: bool = False,
         venv_dir: str | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
@@ -80,6 +82,7 @@ class CloudEmulators:
         self.queues = list(dict.fromkeys(queues))
         self.data_dir = os.fspath(data_dir) if data_dir is not None else None
         self.paused = paused
+        self.any_queue = any_queue
         self.venv_dir = venv_dir or emulator_venv()
         env = os.environ if environ is None else environ
         self.datastore_host = env.get(DATASTORE_HOST_ENV, "").strip()
@@ -101,6 +104,7 @@ class CloudEmulators:
 
     def start(self) -> CloudEmulators:
         """Start what no environment variable points at, side by side, then create the queues."""
+        paused_queues = self.paused
         try:
             if not self.tasks_host:
                 self.tasks = EmulatorProcess(
@@ -110,6 +114,7 @@ class CloudEmulators:
                     target_port=self.target_port,
                     project=self.project,
                     location=self.location,
+                    new_queues=("paused" if paused_queues else "running") if self.any_queue else None,
                 )
                 self.tasks.ensure_venv()
             if not self.datastore_host:
@@ -141,6 +146,11 @@ class CloudEmulators:
         if name.startswith("projects/"):
             return name
         return f"projects/{self.project}/locations/{self.location}/queues/{name}"
+
+    def queue_names(self) -> list[str]:
+        """The short names of every queue of the project and location in the Cloud Tasks emulator."""
+        parent = f"projects/{self.project}/locations/{self.location}"
+        return [queue.name.rsplit("/", 1)[-1] for queue in self.client.list_queues(parent=parent)]
 
     def create_queues(self, names: Iterable[str]) -> None:
         """Create the queues (the emulator keeps a queue that exists), paused when ``paused``."""

@@ -298,6 +298,7 @@ class LocalServer:
             host=self.host if self.host not in ("", "0.0.0.0", "::") else DEFAULT_HOST,
             target_port=self.port,
             queues=queue_names_in(self.queue_yaml),
+            any_queue=self.queue_yaml is None,  # as on the App Engine backend: every queue name accepted
             data_dir=data_dir,
         )
         self.cloud.start()
@@ -309,8 +310,10 @@ class LocalServer:
         log.info("cloud backend: %s", self.cloud.describe())
 
     def _describe_queues(self) -> str:
+        if self.cloud is not None and self.queue_yaml is not None:
+            return f"queues from {self.queue_yaml} in the Cloud Tasks emulator"
         if self.cloud is not None:
-            return f"queues {', '.join(self.cloud.queues)} in the Cloud Tasks emulator"
+            return "every queue name accepted by the Cloud Tasks emulator"
         return f"queues from {self.queue_yaml}" if self.queue_yaml else "every queue name accepted"
 
     def _queue_service(self) -> str | None:
