@@ -445,3 +445,11 @@ def test_a_token_accepted_before_is_refused_once_its_key_left_the_certs(cloud, c
     cloud.document = certs_document(["kid-two"], cloud.form)
 
     assert refused(token, "not in the certs")
+
+
+def test_a_made_up_kid_while_the_certs_are_down_does_not_void_the_keys_already_fetched(cloud, client, canary):
+    assert post(client, canary.body(), mint()) == 200
+    cloud.status = 500
+
+    assert post(client, canary.body(), mint(kid="made-up", key=OTHER_KEY)) == 500
+    assert post(client, canary.body(), mint(claims(sub="another"))) == 200

@@ -110,7 +110,6 @@ class Certs:
         self.refetch_interval = refetch_interval
         self.keys: dict[str, rsa.RSAPublicKey] = {}
         self.expires = 0.0  # time.monotonic() after which the keys are fetched again
-        self.fetched = False
         self._last_try = -refetch_interval  # monotonic time of the last forced or failed fetch
         self._error: str | None = None
         self._lock = threading.Lock()
@@ -147,10 +146,10 @@ class Certs:
                 self.keys, ttl = self._fetch()
             except CertsUnavailableError as e:
                 self._error, self._last_try = str(e.__cause__ or e), now
-                self.keys, self.expires = {}, 0.0
+                if now >= self.expires:  # keys still fresh keep verifying: a made-up kid cannot void them
+                    self.keys, self.expires = {}, 0.0
                 raise
             self._error = None
-            self.fetched = True
             self.expires = time.monotonic() + ttl
 
     def _fetch(self) -> tuple[dict[str, rsa.RSAPublicKey], float]:
