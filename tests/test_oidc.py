@@ -453,3 +453,26 @@ def test_a_made_up_kid_while_the_certs_are_down_does_not_void_the_keys_already_f
 
     assert post(client, canary.body(), mint(kid="made-up", key=OTHER_KEY)) == 500
     assert post(client, canary.body(), mint(claims(sub="another"))) == 200
+
+
+class Untouchable:
+    """A request body that fails the test if anything reads it."""
+
+    def read(self, size: int = -1) -> bytes:
+        raise AssertionError("the body was read before the token was checked")
+
+
+def test_the_body_is_not_read_before_the_token_is_checked(cloud):
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": RECORD,
+        "CONTENT_LENGTH": "100",
+        "CONTENT_TYPE": "application/octet-stream",
+        "HTTP_AUTHORIZATION": "Bearer " + mint(claims(aud="https://someone-else.a.run.app")),
+        "HTTP_X_CLOUDTASKS_QUEUENAME": "default",
+        "wsgi.input": Untouchable(),
+    }
+    statuses = []
+
+    b"".join(taskutils.app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    assert statuses == ["403 Forbidden"]
