@@ -294,8 +294,9 @@ def test_the_audience_can_be_set_apart_from_the_target(cloud, client, canary, re
     assert post(client, canary.body(), mint(claims(aud="https://tasks.example.com"))) == 200
 
 
-def test_a_token_from_another_issuer_is_refused(cloud, refused):
-    assert refused(mint(claims(iss="https://evil.example.com")), "issuer")
+@pytest.mark.parametrize("issuer", ["https://evil.example.com", ["https://accounts.google.com"]])
+def test_a_token_from_another_issuer_is_refused(cloud, refused, issuer):
+    assert refused(mint(claims(iss=issuer)), "issuer")
 
 
 def test_a_token_for_a_sender_not_allowed_is_refused(cloud, refused):
@@ -318,6 +319,11 @@ def test_an_expired_token_is_refused(cloud, refused):
     now = int(time.time())
 
     assert refused(mint(claims(iat=now - 3700, exp=now - 60)), "expired")
+
+
+@pytest.mark.parametrize("exp", [float("nan"), float("inf"), "never", None], ids=["nan", "inf", "string", "missing"])
+def test_a_token_without_a_finite_expiry_is_refused(cloud, refused, exp):
+    assert refused(mint(claims(exp=exp)), "no numeric exp")
 
 
 def test_a_token_issued_in_the_future_is_refused(cloud, refused):

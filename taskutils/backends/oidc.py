@@ -15,6 +15,7 @@ import binascii
 import email.utils
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -238,7 +239,7 @@ class OidcTrust:
         if not isinstance(payload, dict):
             raise UntrustedRequestError("malformed token: its payload is not an object")
         exp, iat = payload.get("exp"), payload.get("iat")
-        if not isinstance(exp, (int, float)) or not isinstance(iat, (int, float)):
+        if not isinstance(exp, (int, float)) or not isinstance(iat, (int, float)) or not math.isfinite(exp + iat):
             raise UntrustedRequestError("token has no numeric exp and iat")
         return Claims(
             kid,
@@ -257,7 +258,7 @@ class OidcTrust:
             raise UntrustedRequestError(f"token expired {now - claims.exp:.0f} s ago")
         if claims.iat - CLOCK_SKEW > now:
             raise UntrustedRequestError(f"token issued {claims.iat - now:.0f} s in the future")
-        if claims.iss not in ISSUERS:
+        if not isinstance(claims.iss, str) or claims.iss not in ISSUERS:
             raise UntrustedRequestError(f"token issuer {str(claims.iss)[:100]!r} is not Google's")
         audience = cloud.resolved_audience()
         if audience is None or claims.aud != audience:
