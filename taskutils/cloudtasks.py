@@ -181,6 +181,19 @@ def _server(*args, **kwargs):
     srv.add_insecure_port = add_insecure_port
     return srv
 grpc.server = _server
+# Cloud Tasks refuses a task name it has seen in about the last hour (ALREADY_EXISTS), so a
+# named task is added once; the emulator would add it again: make it refuse as Cloud Tasks does.
+from google.api_core.exceptions import AlreadyExists
+from gcloud_tasks_emulator import server as _emulator
+_seen, _seen_lock, _create_task = {}, threading.Lock(), _emulator.QueueState.create_task
+def create_task(self, queue, task):
+    with _seen_lock:
+        if task.name and time.time() - _seen.get(task.name, -3600.0) < 3600.0:
+            raise AlreadyExists("Requested entity already exists: task %s" % task.name)
+        created = _create_task(self, queue, task)
+        _seen[created.name] = time.time()
+        return created
+_emulator.QueueState.create_task = create_task
 sys.argv = ["gcloud-tasks-emulator", "start"] + sys.argv[3:]
 from gcloud_tasks_emulator.__main__ import main
 main()

@@ -23,6 +23,10 @@ class NoApiProxyError(TaskError, RuntimeError):
     """Raised when a task is added where no App Engine API is available (not on App Engine, serve or the testbed)."""
 
 
+class QueueUnavailableError(TaskError, RuntimeError):
+    """Raised when the cloud backend cannot reach Cloud Tasks (or its emulator) to add a task: nothing was added."""
+
+
 class PayloadError(TaskError):
     """Raised when a task's payload cannot be built at the call site."""
 

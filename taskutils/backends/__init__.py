@@ -1,11 +1,24 @@
-"""Where tasks go: the ports (``base``) and their implementation on App Engine's bundled services."""
+"""Where tasks go: the ports (``base``) and their implementations (App Engine's bundled services, the cloud)."""
 
 from __future__ import annotations
 
+from ..config import settings
 from .appengine import AppEngineQueue
 from .base import Queue
 
+_cloud_queues: dict[str, Queue] = {}
+
 
 def queue(name: str) -> Queue:
-    """The push queue called name, on the backend in use (App Engine's taskqueue SDK, the only one yet)."""
+    """The push queue called name on the backend in use: the taskqueue SDK's, or Cloud Tasks' (backend="cloud").
+
+    Either queue hands its tasks to the other backend's if ``configure`` changes the backend later.
+    """
+    if settings.backend == "cloud":
+        found = _cloud_queues.get(name)
+        if found is None:
+            from .cloud import CloudQueue  # the [cloud] extra's packages load on first use
+
+            found = _cloud_queues[name] = CloudQueue(name)
+        return found
     return AppEngineQueue(name)

@@ -1,0 +1,179 @@
+"""Cloud Tasks requests made from built tasks, and the client that sends them (the cloud backend).
+
+A built task is a ``taskqueue.Task`` (payload, URL, headers, name, ETA, target); here it
+becomes a ``tasks_v2.Task``: an HTTP task to ``target + url`` with an OIDC token when
+``configure(target=...)`` is set, else an App Engine task. The client is made once per
+process, on ``CLOUD_TASKS_EMULATOR_HOST`` (plaintext gRPC) when that is set. Cloud Tasks'
+errors become the taskqueue SDK's, so code catching ``TaskAlreadyExistsError`` keeps working.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from google.appengine.api import taskqueue
+
+from ..config import settings
+from ..exc import QueueUnavailableError
+
+log = logging.getLogger("taskutils.backends.cloud")
+
+EMULATOR_HOST_ENV = "CLOUD_TASKS_EMULATOR_HOST"
+MAX_TASKS_PER_ADD = 100  # BatchCreateTasks' limit, and the batch taskutils builds
+_SKIPPED_HEADERS = ("host", "x-google-", "x-appengine-", "x-cloudtasks-")  # Cloud Tasks refuses or sets these
+
+_lock = threading.Lock()
+_clients: dict[tuple[str, int], Any] = {}
+_retry_warned: list[bool] = []
+
+
+def endpoint() -> str:
+    """Where tasks go: the emulator's host:port, or "" for Google's endpoint."""
+    return os.environ.get(EMULATOR_HOST_ENV, "").strip()
+
+
+def client() -> Any:
+    """The process's ``tasks_v2.CloudTasksClient`` for the current endpoint (made on first use)."""
+    key = (endpoint(), os.getpid())  # a forked worker must not reuse its parent's gRPC channel
+    found = _clients.get(key)
+    if found is None:
+        with _lock:
+            found = _clients.get(key)
+            if found is None:
+                found = _clients[key] = _new_client(key[0])
+    return found
+
+
+def _new_client(host_port: str) -> Any:
+    if host_port:
+        from ..cloudtasks import emulator_client
+
+        return emulator_client(host_port)
+    from google.cloud import tasks_v2
+
+    return tasks_v2.CloudTasksClient()
+
+
+def queue_path(queue_name: str) -> str:
+    """The queue's full resource name; ValueError (clear) when no project or location is known."""
+    cloud = settings.cloud
+    return f"projects/{cloud.resolved_project()}/locations/{cloud.resolved_location()}/queues/{queue_name}"
+
+
+def build(task: taskqueue.Task, parent: str) -> Any:
+    """The ``tasks_v2.Task`` that carries task into the queue at parent (its full name)."""
+    from google.cloud import tasks_v2
+    from google.protobuf import duration_pb2, timestamp_pb2
+
+    body = task.payload or b""
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    headers = {k: v for k, v in task.headers.items() if not k.lower().startswith(_SKIPPED_HEADERS)}
+    method = getattr(tasks_v2.HttpMethod, task.method, tasks_v2.HttpMethod.POST)
+    cloud = settings.cloud
+    fields: dict[str, Any] = {}
+    if cloud.target:
+        request = tasks_v2.HttpRequest(url=cloud.target + task.url, http_method=method, headers=headers, body=body)
+        if cloud.service_account:
+            request.oidc_token = tasks_v2.OidcToken(
+                service_account_email=cloud.service_account, audience=cloud.resolved_audience() or ""
+            )
+        fields["http_request"] = request
+    else:
+        request = tasks_v2.AppEngineHttpRequest(relative_uri=task.url, http_method=method, headers=headers, body=body)
+        if isinstance(task.target, str) and task.target:  # not the SDK's default/unknown version markers
+            request.app_engine_routing = _routing(task.target)
+        fields["app_engine_http_request"] = request
+    if task.name:
+        fields["name"] = f"{parent}/tasks/{task.name}"
+    eta = task.eta_posix
+    if eta > time.time():
+        fields["schedule_time"] = timestamp_pb2.Timestamp(seconds=int(eta), nanos=int((eta % 1) * 1e9))
+    if task.dispatch_deadline_usec:
+        fields["dispatch_deadline"] = duration_pb2.Duration(
+            seconds=task.dispatch_deadline_usec // 1_000_000, nanos=task.dispatch_deadline_usec % 1_000_000 * 1000
+        )
+    if task.retry_options is not None:
+        fields["retry_config"] = _retry_config(task.retry_options)
+    return tasks_v2.Task(**fields)
+
+
+def _routing(target: str) -> Any:
+    """App Engine routing for a taskqueue target: "service", "version.service" or "instance.version.service"."""
+    from google.cloud import tasks_v2
+
+    parts = target.partition(":")[0].replace("-dot-", ".").split(".")[-3:]
+    routing = tasks_v2.AppEngineRouting(service=parts[-1])
+    if len(parts) > 1:
+        routing.version = parts[-2]
+    if len(parts) > 2:
+        routing.instance = parts[-3]
+    return routing
+
+
+def _retry_config(options: taskqueue.TaskRetryOptions) -> Any:
+    """The task-level RetryConfig for taskqueue retry options (it overrides the queue's)."""
+    from google.cloud import tasks_v2
+    from google.protobuf import duration_pb2
+
+    def duration(seconds: float) -> Any:
+        return duration_pb2.Duration(seconds=int(seconds), nanos=int(round((seconds % 1) * 1e9)))
+
+    config = tasks_v2.RetryConfig()
+    if options.task_retry_limit is not None:
+        config.max_attempts = options.task_retry_limit + 1
+    if options.task_age_limit is not None:
+        config.max_retry_duration = duration(options.task_age_limit)
+    if options.min_backoff_seconds is not None:
+        config.min_backoff = duration(options.min_backoff_seconds)
+    if options.max_backoff_seconds is not None:
+        config.max_backoff = duration(options.max_backoff_seconds)
+    if options.max_doublings is not None:
+        config.max_doublings = options.max_doublings
+    if endpoint() and not _retry_warned:
+        _retry_warned.append(True)
+        log.warning("the Cloud Tasks emulator ignores a task's retry options: its queue's retries apply")
+    return config
+
+
+def create(parent: str, request: Any) -> str:
+    """Create one task; its full name. Cloud Tasks' errors raised as the taskqueue SDK's."""
+    try:
+        return str(client().create_task(parent=parent, task=request).name)
+    except Exception as e:
+        raise translate(e) from e
+
+
+def mark_added(task: taskqueue.Task, queue_name: str, full_name: str) -> None:
+    """Record on the built task that the queue took it, and its name, as the taskqueue SDK does."""
+    # The SDK's Task keeps these in private attributes; its own Cloud Tasks path sets them the same way.
+    task._Task__name = full_name.rpartition("/")[2]
+    task._Task__queue_name = queue_name
+    task._Task__enqueued = True
+
+
+def translate(error: Exception) -> Exception:
+    """The taskqueue SDK's error (or taskutils') for an error of the Cloud Tasks client."""
+    from google.api_core import exceptions as api
+
+    detail = str(error)
+    if isinstance(error, (api.ServiceUnavailable, api.DeadlineExceeded, api.RetryError)):
+        where = f"the Cloud Tasks emulator at {endpoint()}" if endpoint() else "Cloud Tasks"
+        return QueueUnavailableError(f"cannot reach {where} to add a task: {detail}")
+    if isinstance(error, api.AlreadyExists):
+        return taskqueue.TaskAlreadyExistsError(detail)
+    if isinstance(error, api.NotFound):
+        return taskqueue.UnknownQueueError(detail)
+    if isinstance(error, (api.PermissionDenied, api.Unauthenticated)):
+        return taskqueue.PermissionDeniedError(detail)
+    if isinstance(error, api.InvalidArgument):
+        return taskqueue.InvalidTaskError(detail)
+    if isinstance(error, (api.TooManyRequests, api.Aborted, api.InternalServerError)):
+        return taskqueue.TransientError(detail)
+    if isinstance(error, api.GoogleAPICallError):
+        return taskqueue.Error(detail)
+    return error
