@@ -11,6 +11,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .config import settings
+
 log = logging.getLogger("taskutils.sweep")
 
 CRON_HEADER = "HTTP_X_APPENGINE_CRON"
@@ -28,6 +30,8 @@ def _cutoff(older_than: datetime.timedelta | float) -> datetime.datetime:
 def sweep(older_than: datetime.timedelta | float) -> int:
     """Delete spilled payloads whose task was due, task handles and groups that finished, and
     ``map_query`` checkpoints last written, more than older_than ago; return how many were deleted.
+    On the cloud backend it first sends the transactional tasks staged more than a minute
+    ago whose send after commit was lost (``taskutils.backends.cloud_outbox``), counting them.
 
     older_than is a timedelta or a number of seconds. Choose it longer than
     any task may keep retrying (its queue's task_age_limit, or how long you
@@ -37,7 +41,12 @@ def sweep(older_than: datetime.timedelta | float) -> int:
     from . import mapquery_store, results_store, spill  # Datastore's modules load on first use, not with taskutils
 
     before = _cutoff(older_than)
-    return spill.sweep(before) + results_store.sweep(before) + mapquery_store.sweep(before)
+    sent = 0
+    if settings.backend == "cloud":  # transactional tasks whose send after commit was lost: send them now
+        from .backends import cloud_outbox
+
+        sent = cloud_outbox.send_lost()
+    return sent + spill.sweep(before) + results_store.sweep(before) + mapquery_store.sweep(before)
 
 
 def sweep_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

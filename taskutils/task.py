@@ -15,6 +15,7 @@ from google.appengine.api import taskqueue
 from . import codec
 from .backends import queue
 from .backends.appengine import NO_API_ERRORS, discard_spills, no_api_proxy
+from .backends.base import Queue
 from .config import get_keyring, settings
 from .controls.options import Controls, controls_of
 from .exc import PayloadError
@@ -147,7 +148,7 @@ class TaskFunction(Generic[P, R]):
         self._check = check or _ArgumentCheck.of(func, bool(options.get("includeheaders")))
         self._options = types.MappingProxyType(dict(options))
         self._suffix = "/" + (options.get("logname") or url_path_of(func))
-        self._queue = queue(options.get("queue", "default"))
+        self._queue_in_use = queue(options.get("queue", "default"))
         self._transactional = bool(options.get("transactional"))
         self._parent = options.get("parent")
         self._flags = codec.HEADERS if options.get("includeheaders") else 0
@@ -158,6 +159,14 @@ class TaskFunction(Generic[P, R]):
         self._task_kwargs["headers"] = headers
         self._module, self._qualname = name_of(func)
         self._controls = controls_of(options)
+
+    @property
+    def _queue(self) -> Queue:
+        """Its queue on the backend in use (``configure(backend=...)`` may come after the task function is made)."""
+        found = self._queue_in_use
+        if found.backend != settings.backend:
+            found = self._queue_in_use = queue(found.name)
+        return found
 
     @property
     def controls(self) -> Controls | None:

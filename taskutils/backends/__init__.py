@@ -12,7 +12,7 @@ _cloud_queues: dict[str, Queue] = {}
 def queue(name: str) -> Queue:
     """The push queue called name on the backend in use: the taskqueue SDK's, or Cloud Tasks' (backend="cloud").
 
-    Either queue hands its tasks to the other backend's if ``configure`` changes the backend later.
+    A task function keeps its queue, and makes a new one if ``configure`` changes the backend later.
     """
     if settings.backend == "cloud":
         found = _cloud_queues.get(name)

@@ -19,7 +19,6 @@ from ..config import settings
 from ..exc import NoApiProxyError
 from ..hooks import TaskEvent, on_enqueue
 from ..tracing import current_trace
-from .base import Queue
 
 log = logging.getLogger("taskutils.task")  # the enqueue path logs as the task function does
 
@@ -52,21 +51,11 @@ class AppEngineQueue(taskqueue.Queue):  # type: ignore[misc]
 
     def add_task(self, task: taskqueue.Task, transactional: bool = False) -> taskqueue.Task:
         """Add one task: the SDK's error when the queue refuses it."""
-        if settings.backend != "appengine":  # configure(backend=...) changed after the task function was made
-            return _queue_of_backend(self.name).add_task(task, transactional)
         return self.add(task, transactional)
 
     def add_tasks(self, tasks: list[taskqueue.Task], transactional: bool = False) -> list[taskqueue.Task]:
         """Add tasks in one queue RPC, or one by one where Cloud Tasks has no batch add."""
-        if settings.backend != "appengine":
-            return _queue_of_backend(self.name).add_tasks(tasks, transactional)
         return _add_batch(self, tasks, transactional)
-
-
-def _queue_of_backend(name: str) -> Queue:
-    from . import queue
-
-    return queue(name)
 
 
 def announce(queue: str, added: taskqueue.Task | list[taskqueue.Task]) -> None:

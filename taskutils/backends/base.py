@@ -17,6 +17,7 @@ class Queue(Protocol):
     """A named push queue: adds built tasks and gives back the tasks it added."""
 
     name: str
+    backend: str  # the backend it belongs to, as settings.backend names it
     max_tasks_per_add: int  # at most this many tasks in one add_tasks
     max_transactional_tasks_per_add: int  # ... when they are added in a transaction
 

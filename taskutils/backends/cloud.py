@@ -14,7 +14,6 @@ import re
 
 from google.appengine.api import taskqueue
 
-from ..config import settings
 from ..hooks import on_enqueue
 from . import cloud_requests
 from .appengine import announce
@@ -52,10 +51,6 @@ class CloudQueue:
 
     def add_task(self, task: taskqueue.Task, transactional: bool = False) -> taskqueue.Task:
         """Add one task: taskqueue's TaskAlreadyExistsError for a name taken (Cloud Tasks keeps names about an hour)."""
-        if settings.backend != "cloud":  # configure(backend=...) changed after the task function was made
-            from . import queue
-
-            return queue(self.name).add_task(task, transactional)
         parent = cloud_requests.queue_path(self.name)
         if transactional:
             from . import cloud_outbox
@@ -75,10 +70,6 @@ class CloudQueue:
 
         On an error some tasks may have been added: their ``was_enqueued`` says which.
         """
-        if settings.backend != "cloud":
-            from . import queue
-
-            return queue(self.name).add_tasks(tasks, transactional)
         if len(tasks) > (MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else MAX_TASKS_PER_ADD):
             raise taskqueue.TooManyTasksError(f"no more than {MAX_TASKS_PER_ADD} tasks can be added in one call")
         if transactional or len(tasks) < 2:

@@ -38,7 +38,7 @@ _PAGE = 100
 class Outbox(ndb.Model):
     """A task staged by a transaction: the Cloud Tasks request, named, sent after the commit."""
 
-    queue = ndb.StringProperty(indexed=False)  # the queue's full resource name
+    queue = ndb.TextProperty()  # the queue's full resource name (unindexed)
     request = ndb.BlobProperty()  # a serialized tasks_v2.Task (unindexed, as blobs are)
     created = ndb.DateTimeProperty(auto_now_add=True)
 
