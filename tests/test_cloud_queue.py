@@ -271,8 +271,8 @@ def test_retry_options_become_the_tasks_own_retry_config():
     request = cloud_requests.build(built, "projects/p/locations/l/queues/default")
 
     assert request.retry_config.max_attempts == 3
-    assert request.retry_config.min_backoff.total_seconds() == 1.5
-    assert request.retry_config.max_retry_duration.total_seconds() == 3600
+    assert request.retry_config.min_backoff.ToTimedelta().total_seconds() == 1.5
+    assert request.retry_config.max_retry_duration.ToTimedelta().total_seconds() == 3600
 
 
 def test_an_unreachable_cloud_tasks_endpoint_fails_at_the_call_with_a_clear_error(cloud, monkeypatch):

@@ -94,7 +94,7 @@ def _batch_create(parent: str, tasks: list[taskqueue.Task], requests: list[objec
     from google.cloud import tasks_v2
 
     client = cloud_requests.client()
-    batch = [tasks_v2.CreateTaskRequest(parent=parent, task=r) for r in requests]
+    batch = [tasks_v2.CreateTaskRequest(parent=parent, task=tasks_v2.Task.wrap(r)) for r in requests]
     try:
         response = client.batch_create_tasks(parent=parent, requests=batch).result()
     except api.MethodNotImplemented as e:

@@ -63,7 +63,7 @@ def stage(task: taskqueue.Task, queue_name: str, parent: str) -> Any:
     request = cloud_requests.build(task, parent)
     if not request.name:  # the name makes a second send of this task a no-op
         request.name = f"{parent}/tasks/outbox-{staged_id}"
-    entity = Outbox(id=staged_id, queue=parent, request=type(request).serialize(request))
+    entity = Outbox(id=staged_id, queue=parent, request=cloud_requests.serialize(request))
     entity.put()  # a complete key: buffered into the commit, nothing sent yet
     context.call_on_commit(functools.partial(_send_after_commit, context, entity.key, parent, request))
     task._Task__name = request.name.rpartition("/")[2]  # the SDK's private attribute, as its Cloud Tasks path sets it
@@ -122,10 +122,8 @@ def send_lost(older_than: datetime.timedelta = LOST_AFTER) -> int:
             staged = Outbox.query(Outbox.created < before).fetch(_PAGE)
             if not staged:
                 return swept
-            from google.cloud import tasks_v2
-
             for entity in staged:
-                request = tasks_v2.Task.deserialize(entity.request)
+                request = cloud_requests.deserialize(entity.request)
                 added = _send(entity.queue, request)
                 log.info("sent a lost transactional task %s (%s)", request.name, "added" if added else "already there")
             ndb.delete_multi([e.key for e in staged])
