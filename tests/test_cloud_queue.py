@@ -26,10 +26,9 @@ import webtest
 from google.appengine.api import taskqueue
 
 import taskutils
-from taskutils import cloudtasks
+from taskutils import QueueUnavailableError, cloudtasks
 from taskutils.backends import cloud_outbox, cloud_requests
 from taskutils.backends.cloud import CloudQueue
-from taskutils.exc import QueueUnavailableError
 
 import tasklib
 from apps.serving import free_port
