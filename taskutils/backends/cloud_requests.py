@@ -187,9 +187,11 @@ def translate(error: Exception) -> Exception:
     from google.api_core import exceptions as api
 
     detail = str(error)
-    if isinstance(error, (api.ServiceUnavailable, api.DeadlineExceeded, api.RetryError)):
+    if isinstance(error, api.ServiceUnavailable):  # refused before the task was taken: nothing added
         where = f"the Cloud Tasks emulator at {endpoint()}" if endpoint() else "Cloud Tasks"
         return QueueUnavailableError(f"cannot reach {where} to add a task: {detail}")
+    if isinstance(error, (api.DeadlineExceeded, api.RetryError)):  # the task may have been added
+        return taskqueue.TransientError(detail)
     if isinstance(error, api.AlreadyExists):
         return taskqueue.TaskAlreadyExistsError(detail)
     if isinstance(error, api.NotFound):
