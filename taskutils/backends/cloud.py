@@ -70,8 +70,9 @@ class CloudQueue:
 
         On an error some tasks may have been added: their ``was_enqueued`` says which.
         """
-        if len(tasks) > (MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else MAX_TASKS_PER_ADD):
-            raise taskqueue.TooManyTasksError(f"no more than {MAX_TASKS_PER_ADD} tasks can be added in one call")
+        limit = MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else MAX_TASKS_PER_ADD
+        if len(tasks) > limit:
+            raise taskqueue.TooManyTasksError(f"no more than {limit} tasks can be added in one call")
         if transactional or len(tasks) < 2:
             return [self.add_task(t, transactional) for t in tasks]
         parent = cloud_requests.queue_path(self.name)
