@@ -26,7 +26,7 @@ import webtest
 from google.appengine.api import taskqueue
 
 import taskutils
-from taskutils import QueueUnavailableError, cloudtasks
+from taskutils import QueueUnavailableError, cloudtasks, hooks
 from taskutils.backends import cloud_outbox, cloud_requests
 from taskutils.backends.cloud import CloudQueue
 
@@ -263,6 +263,22 @@ def test_map_adds_every_item_though_the_emulator_has_no_batch_create(cloud):
     assert sorted(args[0] for args, _ in tasklib.ran) == list(range(7))
 
 
+def test_an_enqueue_hook_hears_of_every_task_added_to_cloud_tasks(cloud):
+    events: list[hooks.TaskEvent] = []
+    hooks.on_enqueue.connect(events.append)
+    try:
+        added = taskutils.task(tasklib.plain, queue="other")(1)
+        tasklib.record.map(range(3))
+    finally:
+        hooks.on_enqueue.disconnect(events.append)
+
+    assert [(e.queue, e.function, e.count) for e in events] == [
+        ("other", "tasklib/plain", 1),
+        ("default", "tasklib/record", 3),
+    ]
+    assert events[0].task_name == added.name
+
+
 def test_retry_options_become_the_tasks_own_retry_config():
     options = taskqueue.TaskRetryOptions(task_retry_limit=2, min_backoff_seconds=1.5, task_age_limit=3600)
     built = taskqueue.Task(payload=b"x", url="/_ah/task/a", retry_options=options)
@@ -325,6 +341,21 @@ def test_a_transactional_task_is_sent_once_its_cloud_ndb_transaction_commits(clo
     assert staged(datastore) == 0
     run_in_handler(in_queue)
     assert tasklib.ran == [("plain", 1, 0)]
+
+
+def test_a_transactional_map_sends_every_item_once_the_transaction_commits(cloud, datastore):
+    from google.cloud import ndb
+
+    transactional = taskutils.task(tasklib.record, transactional=True)
+    with datastore.context():
+        ndb.transaction(lambda: transactional.map(range(7)))  # two batches: 5, then 2
+
+    in_queue = listed(cloud)
+    assert len({t.name for t in in_queue}) == 7
+    assert staged(datastore) == 0
+    for task in in_queue:
+        run_in_handler(task)
+    assert sorted(args[0] for args, _ in tasklib.ran) == list(range(7))
 
 
 def test_a_rolled_back_transaction_stages_nothing_and_sends_nothing(cloud, datastore):
