@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -305,6 +306,21 @@ def test_a_missing_project_fails_at_the_call_with_a_clear_error(cloud, monkeypat
     with pytest.raises(ValueError, match="needs a project"):
         tasklib.record(1)
     assert listed(cloud) == []
+
+
+def test_without_the_cloud_extra_a_call_says_what_to_install(monkeypatch):
+    taskutils.configure(backend="cloud", project=PROJECT, location=LOCATION)
+    import google.cloud
+
+    monkeypatch.setitem(sys.modules, "google.cloud.tasks_v2", None)  # as if google-cloud-tasks were missing
+    monkeypatch.delattr(google.cloud, "tasks_v2", raising=False)
+    cloud_requests._messages.cache_clear()
+    try:
+        with pytest.raises(ImportError, match=r"taskutils-gae\[cloud\]"):
+            tasklib.record(1)
+    finally:
+        cloud_requests._messages.cache_clear()
+        taskutils.configure(backend="appengine", project=None, location=None)
 
 
 def test_a_queue_unknown_to_cloud_tasks_raises_at_the_call(cloud):

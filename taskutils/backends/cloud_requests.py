@@ -69,7 +69,12 @@ def queue_path(queue_name: str) -> str:
 @functools.cache
 def _messages() -> Any:
     """tasks_v2's protobuf classes, without proto-plus' wrappers (a request is built on every task added)."""
-    from google.cloud import tasks_v2
+    try:
+        from google.cloud import tasks_v2
+    except ImportError as e:
+        raise ImportError(
+            f'the cloud backend needs google-cloud-tasks ({e}): pip install "taskutils-gae[cloud]"'
+        ) from e
     from google.protobuf import duration_pb2, timestamp_pb2
 
     return types.SimpleNamespace(
