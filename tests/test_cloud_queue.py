@@ -454,6 +454,21 @@ def test_the_outbox_sweep_sends_tasks_staged_over_a_minute_ago_and_leaves_younge
     assert staged(datastore) == 1
 
 
+def test_a_lost_task_cloud_tasks_refuses_stays_staged_and_does_not_hold_up_the_others(cloud, datastore, monkeypatch):
+    from google.cloud import ndb
+
+    to_no_queue = taskutils.task(tasklib.plain, transactional=True, queue="no-such")
+    with datastore.context():
+        ndb.transaction(lambda: to_no_queue(1))  # its send after commit is refused: the queue does not exist
+    stage_a_lost_send(datastore, monkeypatch, minutes_ago=0)
+    assert staged(datastore) == 2
+
+    assert cloud_outbox.send_lost(older_than=datetime.timedelta(0)) == 1
+
+    assert len(listed(cloud)) == 1
+    assert staged(datastore) == 1
+
+
 @pytest.mark.xfail(
     strict=True,
     raises=ValueError,
