@@ -10,6 +10,7 @@ Outside CI a machine without an emulator skips; under ``CI=true`` that is a fail
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import shutil
 import signal
@@ -220,6 +221,27 @@ def test_without_a_target_the_task_option_target_routes_the_app_engine_task_to_t
     [in_queue] = listed(cloud)
     routing = in_queue.app_engine_http_request.app_engine_routing
     assert (routing.service, routing.version) == ("worker", "v2")
+
+
+def test_on_app_engine_without_a_target_option_a_task_runs_on_the_version_that_added_it(cloud, monkeypatch):
+    monkeypatch.setenv("GAE_SERVICE", "api")
+    monkeypatch.setenv("GAE_VERSION", "20261207t0500")
+
+    tasklib.record(1)
+
+    [in_queue] = listed(cloud)
+    routing = in_queue.app_engine_http_request.app_engine_routing
+    assert (routing.service, routing.version) == ("api", "20261207t0500")
+
+
+def test_building_tasks_on_the_cloud_backend_logs_no_warning_about_http_host(cloud, monkeypatch, caplog):
+    monkeypatch.delenv("HTTP_HOST", raising=False)
+    caplog.set_level(logging.WARNING)
+
+    tasklib.record(1)
+
+    assert [r.getMessage() for r in caplog.records if "HTTP_HOST" in r.getMessage()] == []
+    assert len(listed(cloud)) == 1
 
 
 def test_a_named_task_is_added_once_and_a_second_add_raises_the_usual_task_already_exists_error(cloud):

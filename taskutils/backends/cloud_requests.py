@@ -112,6 +112,9 @@ def build(task: taskqueue.Task, parent: str) -> Any:
         request = pb.AppEngineHttpRequest(relative_uri=task.url, http_method=method, headers=headers, body=body)
         if isinstance(task.target, str) and task.target:  # not the SDK's default/unknown version markers
             request.app_engine_routing.CopyFrom(_routing(task.target))
+        elif os.environ.get("GAE_VERSION"):  # as App Engine's queues do: run on the version that added it
+            routing = request.app_engine_routing
+            routing.service, routing.version = os.environ.get("GAE_SERVICE", "default"), os.environ["GAE_VERSION"]
         fields["app_engine_http_request"] = request
     if task.name:
         fields["name"] = f"{parent}/tasks/{task.name}"
