@@ -14,7 +14,9 @@ start ``taskutils.local.LocalServer`` (what ``python -m taskutils serve``
 runs) on a free loopback port. The devappserver rows run ``serve`` and Google's
 ``dev_appserver.py`` side by side as subprocesses (bench/bench_devappserver.py);
 they are skipped, with the reason printed, where the Google Cloud CLI is not
-installed.
+installed. The cloud-queue row (bench/bench_cloud_queue.py) adds to a Cloud Tasks
+emulator from ``$TASKUTILS_EMULATOR_VENV``; it is skipped, with the reason, where
+the emulator or the ``[cloud]`` extra is missing.
 """
 
 from __future__ import annotations
@@ -409,21 +411,33 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+COMPARISONS = (
+    "enqueue",
+    "sizes",
+    "map",
+    "handle",
+    "oidc",
+    "payload",
+    "results",
+    "serve",
+    "devappserver",
+    "cloud-queue",
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=41, help="rounds per comparison (default 41)")
     parser.add_argument("--quick", action="store_true", help="9 rounds: a smoke run, not figures to quote")
     parser.add_argument(
         "--only",
-        choices=("enqueue", "sizes", "map", "handle", "oidc", "payload", "results", "serve", "devappserver"),
+        choices=COMPARISONS,
         action="append",
         help="run only these comparisons (repeatable)",
     )
     args = parser.parse_args(argv)
     rounds = 9 if args.quick else args.rounds
-    only = set(
-        args.only or ("enqueue", "sizes", "map", "handle", "oidc", "payload", "results", "serve", "devappserver")
-    )
+    only = set(args.only or COMPARISONS)
 
     bench = Bench(rounds)
     results: list[Result] = []
@@ -468,6 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 found_rows, more = [], [f"dev_appserver.py rows not measured: {e}"]
             results += [Result(*row) for row in found_rows]
             notes += more
+        if "cloud-queue" in only:  # a call on the cloud backend against a bare create_task, on the emulator
+            import bench_cloud_queue
+
+            try:
+                results += [Result(*row) for row in bench_cloud_queue.rows(rounds)]
+            except (OSError, RuntimeError, TimeoutError, ImportError) as e:  # no emulator or [cloud] extra here
+                notes.append(f"cloud queue row not measured: {e}")
     finally:
         logging.disable(logging.NOTSET)
 

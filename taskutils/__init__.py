@@ -10,6 +10,7 @@ from .exc import MapQueryError as MapQueryError
 from .exc import NoApiProxyError as NoApiProxyError
 from .exc import PayloadTooLargeError as PayloadTooLargeError
 from .exc import PermanentTaskFailure as PermanentTaskFailure
+from .exc import QueueUnavailableError as QueueUnavailableError
 from .exc import RetryTaskException as RetryTaskException
 from .exc import TaskError as TaskError
 from .exc import TaskOptionError as TaskOptionError
@@ -61,6 +62,7 @@ __all__ = [
     "TaskOptionError",
     "GroupHandle",
     "PayloadTooLargeError",
+    "QueueUnavailableError",
     "PermanentTaskFailure",
     "RetryTaskException",
     "TaskError",

@@ -255,7 +255,12 @@ class _Run(Scope):
         elif "HTTP_X_APPENGINE_TASKNAME" not in environ or "HTTP_X_APPENGINE_QUEUENAME" not in environ:
             return self.refuse(HTTPStatus.FORBIDDEN, "no X-AppEngine-TaskName/QueueName headers")
         elif environ.get("REMOTE_ADDR") != TASKQUEUE_SOURCE and os.environ.get("GAE_ENV") == "standard":
-            return self.refuse(HTTPStatus.FORBIDDEN, f"source address {environ.get('REMOTE_ADDR')} is not the queue")
+            # wrap_wsgi_app copies X-AppEngine-User-IP into REMOTE_ADDR; without bundled services
+            # nothing does, and the header (which App Engine sets on every request) is the source.
+            if environ.get("HTTP_X_APPENGINE_USER_IP") != TASKQUEUE_SOURCE:
+                return self.refuse(
+                    HTTPStatus.FORBIDDEN, f"source address {environ.get('REMOTE_ADDR')} is not the queue"
+                )
         length = environ.get("CONTENT_LENGTH")
         if not length or len(length) > MAX_LENGTH_DIGITS or not (length.isascii() and length.isdigit()):
             return self.refuse(HTTPStatus.BAD_REQUEST, "missing or invalid Content-Length")

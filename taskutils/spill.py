@@ -32,7 +32,13 @@ from google.appengine.ext import ndb
 
 from .backends.current import store as current_store
 from .codec import MAX_PAYLOAD, MAX_TRANSACTIONAL_PAYLOAD, POINTER, SIGNED, SIGNED_PREFIX
-from .exc import CorruptPayloadError, PayloadError, PayloadTooLargeError, SpilledPayloadMissingError
+from .exc import (
+    CorruptPayloadError,
+    PayloadError,
+    PayloadTooLargeError,
+    QueueUnavailableError,
+    SpilledPayloadMissingError,
+)
 
 log = logging.getLogger("taskutils.spill")
 
@@ -304,6 +310,7 @@ NOT_ADDED: tuple[type[BaseException], ...] = (
     taskqueue.InvalidTagError,
     taskqueue.InvalidDispatchDeadlineError,
     taskqueue.QueuePausedError,
+    QueueUnavailableError,  # the cloud backend could not reach Cloud Tasks at all
 )
 
 

@@ -10,10 +10,12 @@ Outside CI a machine without an emulator skips; under ``CI=true`` that is a fail
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -26,10 +28,9 @@ import webtest
 from google.appengine.api import taskqueue
 
 import taskutils
-from taskutils import cloudtasks
+from taskutils import QueueUnavailableError, cloudtasks, hooks
 from taskutils.backends import cloud_outbox, cloud_requests
 from taskutils.backends.cloud import CloudQueue
-from taskutils.exc import QueueUnavailableError
 
 import tasklib
 from apps.serving import free_port
@@ -222,6 +223,27 @@ def test_without_a_target_the_task_option_target_routes_the_app_engine_task_to_t
     assert (routing.service, routing.version) == ("worker", "v2")
 
 
+def test_on_app_engine_without_a_target_option_a_task_runs_on_the_version_that_added_it(cloud, monkeypatch):
+    monkeypatch.setenv("GAE_SERVICE", "api")
+    monkeypatch.setenv("GAE_VERSION", "20261207t0500")
+
+    tasklib.record(1)
+
+    [in_queue] = listed(cloud)
+    routing = in_queue.app_engine_http_request.app_engine_routing
+    assert (routing.service, routing.version) == ("api", "20261207t0500")
+
+
+def test_building_tasks_on_the_cloud_backend_logs_no_warning_about_http_host(cloud, monkeypatch, caplog):
+    monkeypatch.delenv("HTTP_HOST", raising=False)
+    caplog.set_level(logging.WARNING)
+
+    tasklib.record(1)
+
+    assert [r.getMessage() for r in caplog.records if "HTTP_HOST" in r.getMessage()] == []
+    assert len(listed(cloud)) == 1
+
+
 def test_a_named_task_is_added_once_and_a_second_add_raises_the_usual_task_already_exists_error(cloud):
     named = taskutils.task(tasklib.plain, name="nightly-2026-12-07")
 
@@ -264,6 +286,22 @@ def test_map_adds_every_item_though_the_emulator_has_no_batch_create(cloud):
     assert sorted(args[0] for args, _ in tasklib.ran) == list(range(7))
 
 
+def test_an_enqueue_hook_hears_of_every_task_added_to_cloud_tasks(cloud):
+    events: list[hooks.TaskEvent] = []
+    hooks.on_enqueue.connect(events.append)
+    try:
+        added = taskutils.task(tasklib.plain, queue="other")(1)
+        tasklib.record.map(range(3))
+    finally:
+        hooks.on_enqueue.disconnect(events.append)
+
+    assert [(e.queue, e.function, e.count) for e in events] == [
+        ("other", "tasklib/plain", 1),
+        ("default", "tasklib/record", 3),
+    ]
+    assert events[0].task_name == added.name
+
+
 def test_retry_options_become_the_tasks_own_retry_config():
     options = taskqueue.TaskRetryOptions(task_retry_limit=2, min_backoff_seconds=1.5, task_age_limit=3600)
     built = taskqueue.Task(payload=b"x", url="/_ah/task/a", retry_options=options)
@@ -271,8 +309,8 @@ def test_retry_options_become_the_tasks_own_retry_config():
     request = cloud_requests.build(built, "projects/p/locations/l/queues/default")
 
     assert request.retry_config.max_attempts == 3
-    assert request.retry_config.min_backoff.total_seconds() == 1.5
-    assert request.retry_config.max_retry_duration.total_seconds() == 3600
+    assert request.retry_config.min_backoff.ToTimedelta().total_seconds() == 1.5
+    assert request.retry_config.max_retry_duration.ToTimedelta().total_seconds() == 3600
 
 
 def test_an_unreachable_cloud_tasks_endpoint_fails_at_the_call_with_a_clear_error(cloud, monkeypatch):
@@ -290,6 +328,21 @@ def test_a_missing_project_fails_at_the_call_with_a_clear_error(cloud, monkeypat
     with pytest.raises(ValueError, match="needs a project"):
         tasklib.record(1)
     assert listed(cloud) == []
+
+
+def test_without_the_cloud_extra_a_call_says_what_to_install(monkeypatch):
+    taskutils.configure(backend="cloud", project=PROJECT, location=LOCATION)
+    import google.cloud
+
+    monkeypatch.setitem(sys.modules, "google.cloud.tasks_v2", None)  # as if google-cloud-tasks were missing
+    monkeypatch.delattr(google.cloud, "tasks_v2", raising=False)
+    cloud_requests._messages.cache_clear()
+    try:
+        with pytest.raises(ImportError, match=r"taskutils-gae\[cloud\]"):
+            tasklib.record(1)
+    finally:
+        cloud_requests._messages.cache_clear()
+        taskutils.configure(backend="appengine", project=None, location=None)
 
 
 def test_a_queue_unknown_to_cloud_tasks_raises_at_the_call(cloud):
@@ -326,6 +379,21 @@ def test_a_transactional_task_is_sent_once_its_cloud_ndb_transaction_commits(clo
     assert staged(datastore) == 0
     run_in_handler(in_queue)
     assert tasklib.ran == [("plain", 1, 0)]
+
+
+def test_a_transactional_map_sends_every_item_once_the_transaction_commits(cloud, datastore):
+    from google.cloud import ndb
+
+    transactional = taskutils.task(tasklib.record, transactional=True)
+    with datastore.context():
+        ndb.transaction(lambda: transactional.map(range(7)))  # two batches: 5, then 2
+
+    in_queue = listed(cloud)
+    assert len({t.name for t in in_queue}) == 7
+    assert staged(datastore) == 0
+    for task in in_queue:
+        run_in_handler(task)
+    assert sorted(args[0] for args, _ in tasklib.ran) == list(range(7))
 
 
 def test_a_rolled_back_transaction_stages_nothing_and_sends_nothing(cloud, datastore):
@@ -403,6 +471,21 @@ def test_the_outbox_sweep_sends_tasks_staged_over_a_minute_ago_and_leaves_younge
     stage_a_lost_send(datastore, monkeypatch, minutes_ago=0.5)
 
     assert cloud_outbox.send_lost() == 1
+
+    assert len(listed(cloud)) == 1
+    assert staged(datastore) == 1
+
+
+def test_a_lost_task_cloud_tasks_refuses_stays_staged_and_does_not_hold_up_the_others(cloud, datastore, monkeypatch):
+    from google.cloud import ndb
+
+    to_no_queue = taskutils.task(tasklib.plain, transactional=True, queue="no-such")
+    with datastore.context():
+        ndb.transaction(lambda: to_no_queue(1))  # its send after commit is refused: the queue does not exist
+    stage_a_lost_send(datastore, monkeypatch, minutes_ago=0)
+    assert staged(datastore) == 2
+
+    assert cloud_outbox.send_lost(older_than=datetime.timedelta(0)) == 1
 
     assert len(listed(cloud)) == 1
     assert staged(datastore) == 1

@@ -118,6 +118,24 @@ def test_in_production_a_request_from_another_source_address_is_refused(client, 
     assert not canary.fired()
 
 
+@pytest.mark.parametrize("user_ip", [TASKQUEUE_SOURCE, "10.0.0.7"])
+def test_in_production_without_wrap_wsgi_app_the_source_is_app_engines_user_ip_header(client, canary, user_ip):
+    # App Engine without bundled services: REMOTE_ADDR is the front end's, and nothing copies
+    # X-AppEngine-User-IP (set by App Engine on every request) into it.
+    taskutils.configure(secret_keys=[KEY])
+
+    with mock.patch.dict(os.environ, PROD):
+        status = post(
+            client,
+            RECORD,
+            canary.body(keys=[KEY]),
+            headers={**TASK_HEADERS, "X-AppEngine-User-IP": user_ip},
+            remote="169.254.1.1",
+        )
+
+    assert (status, canary.fired()) == ((200, True) if user_ip == TASKQUEUE_SOURCE else (403, False))
+
+
 def test_an_unsigned_body_is_refused_while_keys_are_set(client, canary, signed):
     assert post(client, RECORD, canary.body(keys=[])) == 403
     assert not canary.fired()

@@ -14,6 +14,7 @@ import re
 
 from google.appengine.api import taskqueue
 
+from ..config import settings
 from ..hooks import on_enqueue
 from . import cloud_requests
 from .appengine import announce
@@ -27,6 +28,27 @@ _QUEUE_NAME = re.compile(r"[a-zA-Z0-9-]{1,100}")
 # Endpoints ("" for Google's, else the emulator's host:port) that answered BatchCreateTasks with
 # UNIMPLEMENTED: this process adds tasks there one by one from then on.
 _no_batch_endpoints: set[str] = set()
+
+
+class _NoHostWarning(logging.Filter):
+    """Drops the taskqueue SDK's warning that HTTP_HOST is not set, made for every task built on the cloud backend.
+
+    The SDK reads HTTP_HOST to route a task to the version that added it; off App Engine's
+    bundled services nothing sets it, and the cloud backend routes from ``GAE_VERSION``.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name == "root"
+            and isinstance(record.msg, str)
+            and record.msg.startswith(_SDK_HOST_WARNING)
+            and settings.backend == "cloud"
+        )
+
+
+_SDK_HOST_WARNING = "The HTTP_HOST environment variable was not set"
+if not any(isinstance(f, _NoHostWarning) for f in logging.getLogger().filters):
+    logging.getLogger().addFilter(_NoHostWarning())
 
 
 class CloudQueue:
@@ -70,8 +92,9 @@ class CloudQueue:
 
         On an error some tasks may have been added: their ``was_enqueued`` says which.
         """
-        if len(tasks) > (MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else MAX_TASKS_PER_ADD):
-            raise taskqueue.TooManyTasksError(f"no more than {MAX_TASKS_PER_ADD} tasks can be added in one call")
+        limit = MAX_TRANSACTIONAL_TASKS_PER_ADD if transactional else MAX_TASKS_PER_ADD
+        if len(tasks) > limit:
+            raise taskqueue.TooManyTasksError(f"no more than {limit} tasks can be added in one call")
         if transactional or len(tasks) < 2:
             return [self.add_task(t, transactional) for t in tasks]
         parent = cloud_requests.queue_path(self.name)
@@ -94,7 +117,7 @@ def _batch_create(parent: str, tasks: list[taskqueue.Task], requests: list[objec
     from google.cloud import tasks_v2
 
     client = cloud_requests.client()
-    batch = [tasks_v2.CreateTaskRequest(parent=parent, task=r) for r in requests]
+    batch = [tasks_v2.CreateTaskRequest(parent=parent, task=tasks_v2.Task.wrap(r)) for r in requests]
     try:
         response = client.batch_create_tasks(parent=parent, requests=batch).result()
     except api.MethodNotImplemented as e:

@@ -63,7 +63,7 @@ def stage(task: taskqueue.Task, queue_name: str, parent: str) -> Any:
     request = cloud_requests.build(task, parent)
     if not request.name:  # the name makes a second send of this task a no-op
         request.name = f"{parent}/tasks/outbox-{staged_id}"
-    entity = Outbox(id=staged_id, queue=parent, request=type(request).serialize(request))
+    entity = Outbox(id=staged_id, queue=parent, request=cloud_requests.serialize(request))
     entity.put()  # a complete key: buffered into the commit, nothing sent yet
     context.call_on_commit(functools.partial(_send_after_commit, context, entity.key, parent, request))
     task._Task__name = request.name.rpartition("/")[2]  # the SDK's private attribute, as its Cloud Tasks path sets it
@@ -110,26 +110,36 @@ def _outside_transaction(context: Any) -> Iterator[None]:
 
 
 def send_lost(older_than: datetime.timedelta = LOST_AFTER) -> int:
-    """Send the staged tasks written more than older_than ago (their send was lost); return how many were staged.
+    """Send the staged tasks written more than older_than ago (their send was lost); return how many were sent.
 
     A task whose send did go through gets ALREADY_EXISTS (its name) and counts as sent.
-    Works with or without a Cloud NDB context open in the caller.
+    A task Cloud Tasks refuses (its queue deleted, say) is logged and kept for the next
+    sweep, without holding up the others; an unreachable Cloud Tasks stops the sweep with
+    QueueUnavailableError. Works with or without a Cloud NDB context open in the caller.
     """
-    swept = 0
+    sent: list[ndb.Key] = []
+    swept = refused = 0
     with _ndb_context():
         before = _utcnow() - older_than
-        while True:
-            staged = Outbox.query(Outbox.created < before).fetch(_PAGE)
-            if not staged:
-                return swept
-            from google.cloud import tasks_v2
-
-            for entity in staged:
-                request = tasks_v2.Task.deserialize(entity.request)
+        for entity in Outbox.query(Outbox.created < before).iter():
+            request = cloud_requests.deserialize(entity.request)
+            try:
                 added = _send(entity.queue, request)
-                log.info("sent a lost transactional task %s (%s)", request.name, "added" if added else "already there")
-            ndb.delete_multi([e.key for e in staged])
-            swept += len(staged)
+            except taskqueue.Error as e:
+                refused += 1
+                log.warning("a lost transactional task %s was refused again, kept: %s", request.name, e)
+                continue
+            log.info("sent a lost transactional task %s (%s)", request.name, "added" if added else "already there")
+            sent.append(entity.key)
+            if len(sent) == _PAGE:
+                ndb.delete_multi(sent)
+                swept, sent = swept + len(sent), []
+        if sent:
+            ndb.delete_multi(sent)
+            swept += len(sent)
+    if refused:
+        log.warning("%d lost transactional task(s) could not be sent: they stay staged for the next sweep", refused)
+    return swept
 
 
 def _utcnow() -> datetime.datetime:

@@ -9,10 +9,12 @@ errors become the taskqueue SDK's, so code catching ``TaskAlreadyExistsError`` k
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
+import types
 from typing import Any
 
 from google.appengine.api import taskqueue
@@ -64,50 +66,73 @@ def queue_path(queue_name: str) -> str:
     return f"projects/{cloud.resolved_project()}/locations/{cloud.resolved_location()}/queues/{queue_name}"
 
 
-def build(task: taskqueue.Task, parent: str) -> Any:
-    """The ``tasks_v2.Task`` that carries task into the queue at parent (its full name)."""
-    from google.cloud import tasks_v2
+@functools.cache
+def _messages() -> Any:
+    """tasks_v2's protobuf classes, without proto-plus' wrappers (a request is built on every task added)."""
+    try:
+        from google.cloud import tasks_v2
+    except ImportError as e:
+        raise ImportError(
+            f'the cloud backend needs google-cloud-tasks ({e}): pip install "taskutils-gae[cloud]"'
+        ) from e
     from google.protobuf import duration_pb2, timestamp_pb2
 
+    return types.SimpleNamespace(
+        Task=tasks_v2.Task.pb(),
+        HttpRequest=tasks_v2.HttpRequest.pb(),
+        AppEngineHttpRequest=tasks_v2.AppEngineHttpRequest.pb(),
+        AppEngineRouting=tasks_v2.AppEngineRouting.pb(),
+        OidcToken=tasks_v2.OidcToken.pb(),
+        RetryConfig=tasks_v2.RetryConfig.pb(),
+        CreateTaskRequest=tasks_v2.CreateTaskRequest.pb(),
+        Duration=duration_pb2.Duration,
+        Timestamp=timestamp_pb2.Timestamp,
+        methods={name: int(value) for name, value in tasks_v2.HttpMethod.__members__.items()},
+    )
+
+
+def build(task: taskqueue.Task, parent: str) -> Any:
+    """The Cloud Tasks task (a ``tasks_v2.Task`` protobuf) that carries task into the queue at parent."""
+    pb = _messages()
     body = task.payload or b""
     if isinstance(body, str):
         body = body.encode("utf-8")
     headers = {k: v for k, v in task.headers.items() if not k.lower().startswith(_SKIPPED_HEADERS)}
-    method = getattr(tasks_v2.HttpMethod, task.method, tasks_v2.HttpMethod.POST)
+    method = pb.methods.get(task.method, pb.methods["POST"])
     cloud = settings.cloud
     fields: dict[str, Any] = {}
     if cloud.target:
-        request = tasks_v2.HttpRequest(url=cloud.target + task.url, http_method=method, headers=headers, body=body)
+        request = pb.HttpRequest(url=cloud.target + task.url, http_method=method, headers=headers, body=body)
         if cloud.service_account:
-            request.oidc_token = tasks_v2.OidcToken(
-                service_account_email=cloud.service_account, audience=cloud.resolved_audience() or ""
+            request.oidc_token.CopyFrom(
+                pb.OidcToken(service_account_email=cloud.service_account, audience=cloud.resolved_audience() or "")
             )
         fields["http_request"] = request
     else:
-        request = tasks_v2.AppEngineHttpRequest(relative_uri=task.url, http_method=method, headers=headers, body=body)
+        request = pb.AppEngineHttpRequest(relative_uri=task.url, http_method=method, headers=headers, body=body)
         if isinstance(task.target, str) and task.target:  # not the SDK's default/unknown version markers
-            request.app_engine_routing = _routing(task.target)
+            request.app_engine_routing.CopyFrom(_routing(task.target))
+        elif os.environ.get("GAE_VERSION"):  # as App Engine's queues do: run on the version that added it
+            routing = request.app_engine_routing
+            routing.service, routing.version = os.environ.get("GAE_SERVICE", "default"), os.environ["GAE_VERSION"]
         fields["app_engine_http_request"] = request
     if task.name:
         fields["name"] = f"{parent}/tasks/{task.name}"
     eta = task.eta_posix
     if eta > time.time():
-        fields["schedule_time"] = timestamp_pb2.Timestamp(seconds=int(eta), nanos=int((eta % 1) * 1e9))
+        fields["schedule_time"] = pb.Timestamp(seconds=int(eta), nanos=int((eta % 1) * 1e9))
     if task.dispatch_deadline_usec:
-        fields["dispatch_deadline"] = duration_pb2.Duration(
-            seconds=task.dispatch_deadline_usec // 1_000_000, nanos=task.dispatch_deadline_usec % 1_000_000 * 1000
-        )
+        usec = task.dispatch_deadline_usec
+        fields["dispatch_deadline"] = pb.Duration(seconds=usec // 1_000_000, nanos=usec % 1_000_000 * 1000)
     if task.retry_options is not None:
         fields["retry_config"] = _retry_config(task.retry_options)
-    return tasks_v2.Task(**fields)
+    return pb.Task(**fields)
 
 
 def _routing(target: str) -> Any:
     """App Engine routing for a taskqueue target: "service", "version.service" or "instance.version.service"."""
-    from google.cloud import tasks_v2
-
     parts = target.partition(":")[0].replace("-dot-", ".").split(".")[-3:]
-    routing = tasks_v2.AppEngineRouting(service=parts[-1])
+    routing = _messages().AppEngineRouting(service=parts[-1])
     if len(parts) > 1:
         routing.version = parts[-2]
     if len(parts) > 2:
@@ -117,21 +142,20 @@ def _routing(target: str) -> Any:
 
 def _retry_config(options: taskqueue.TaskRetryOptions) -> Any:
     """The task-level RetryConfig for taskqueue retry options (it overrides the queue's)."""
-    from google.cloud import tasks_v2
-    from google.protobuf import duration_pb2
+    pb = _messages()
 
     def duration(seconds: float) -> Any:
-        return duration_pb2.Duration(seconds=int(seconds), nanos=int(round((seconds % 1) * 1e9)))
+        return pb.Duration(seconds=int(seconds), nanos=int(round((seconds % 1) * 1e9)))
 
-    config = tasks_v2.RetryConfig()
+    config = pb.RetryConfig()
     if options.task_retry_limit is not None:
         config.max_attempts = options.task_retry_limit + 1
     if options.task_age_limit is not None:
-        config.max_retry_duration = duration(options.task_age_limit)
+        config.max_retry_duration.CopyFrom(duration(options.task_age_limit))
     if options.min_backoff_seconds is not None:
-        config.min_backoff = duration(options.min_backoff_seconds)
+        config.min_backoff.CopyFrom(duration(options.min_backoff_seconds))
     if options.max_backoff_seconds is not None:
-        config.max_backoff = duration(options.max_backoff_seconds)
+        config.max_backoff.CopyFrom(duration(options.max_backoff_seconds))
     if options.max_doublings is not None:
         config.max_doublings = options.max_doublings
     if endpoint() and not _retry_warned:
@@ -140,10 +164,20 @@ def _retry_config(options: taskqueue.TaskRetryOptions) -> Any:
     return config
 
 
+def serialize(request: Any) -> bytes:
+    """A built task's bytes, to stage it (``cloud_outbox``)."""
+    return bytes(request.SerializeToString())
+
+
+def deserialize(data: bytes) -> Any:
+    """The built task staged as data."""
+    return _messages().Task.FromString(data)
+
+
 def create(parent: str, request: Any) -> str:
     """Create one task; its full name. Cloud Tasks' errors raised as the taskqueue SDK's."""
     try:
-        return str(client().create_task(parent=parent, task=request).name)
+        return str(client().create_task(request=_messages().CreateTaskRequest(parent=parent, task=request)).name)
     except Exception as e:
         raise translate(e) from e
 
@@ -161,9 +195,11 @@ def translate(error: Exception) -> Exception:
     from google.api_core import exceptions as api
 
     detail = str(error)
-    if isinstance(error, (api.ServiceUnavailable, api.DeadlineExceeded, api.RetryError)):
+    if isinstance(error, api.ServiceUnavailable):  # refused before the task was taken: nothing added
         where = f"the Cloud Tasks emulator at {endpoint()}" if endpoint() else "Cloud Tasks"
         return QueueUnavailableError(f"cannot reach {where} to add a task: {detail}")
+    if isinstance(error, (api.DeadlineExceeded, api.RetryError)):  # the task may have been added
+        return taskqueue.TransientError(detail)
     if isinstance(error, api.AlreadyExists):
         return taskqueue.TaskAlreadyExistsError(detail)
     if isinstance(error, api.NotFound):

@@ -15,6 +15,7 @@ import binascii
 import email.utils
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -110,7 +111,6 @@ class Certs:
         self.refetch_interval = refetch_interval
         self.keys: dict[str, rsa.RSAPublicKey] = {}
         self.expires = 0.0  # time.monotonic() after which the keys are fetched again
-        self.fetched = False
         self._last_try = -refetch_interval  # monotonic time of the last forced or failed fetch
         self._error: str | None = None
         self._lock = threading.Lock()
@@ -147,10 +147,10 @@ class Certs:
                 self.keys, ttl = self._fetch()
             except CertsUnavailableError as e:
                 self._error, self._last_try = str(e.__cause__ or e), now
-                self.keys, self.expires = {}, 0.0
+                if now >= self.expires:  # keys still fresh keep verifying: a made-up kid cannot void them
+                    self.keys, self.expires = {}, 0.0
                 raise
             self._error = None
-            self.fetched = True
             self.expires = time.monotonic() + ttl
 
     def _fetch(self) -> tuple[dict[str, rsa.RSAPublicKey], float]:
@@ -239,7 +239,7 @@ class OidcTrust:
         if not isinstance(payload, dict):
             raise UntrustedRequestError("malformed token: its payload is not an object")
         exp, iat = payload.get("exp"), payload.get("iat")
-        if not isinstance(exp, (int, float)) or not isinstance(iat, (int, float)):
+        if not isinstance(exp, (int, float)) or not isinstance(iat, (int, float)) or not math.isfinite(exp + iat):
             raise UntrustedRequestError("token has no numeric exp and iat")
         return Claims(
             kid,
@@ -258,7 +258,7 @@ class OidcTrust:
             raise UntrustedRequestError(f"token expired {now - claims.exp:.0f} s ago")
         if claims.iat - CLOCK_SKEW > now:
             raise UntrustedRequestError(f"token issued {claims.iat - now:.0f} s in the future")
-        if claims.iss not in ISSUERS:
+        if not isinstance(claims.iss, str) or claims.iss not in ISSUERS:
             raise UntrustedRequestError(f"token issuer {str(claims.iss)[:100]!r} is not Google's")
         audience = cloud.resolved_audience()
         if audience is None or claims.aud != audience:
