@@ -34,10 +34,16 @@ def sweep(older_than: datetime.timedelta | float) -> int:
     let a failing task retry): a task still running after that finds its
     payload gone and is dropped with an error in the log.
     """
-    from . import mapquery_store, results_store, spill  # Datastore's modules load on first use, not with taskutils
+    from . import results_store, spill  # Datastore's modules load on first use, not with taskutils
+    from .config import settings
 
     before = _cutoff(older_than)
-    return spill.sweep(before) + results_store.sweep(before) + mapquery_store.sweep(before)
+    deleted = spill.sweep(before) + results_store.sweep(before)
+    if settings.backend == "appengine":  # map_query runs there only
+        from . import mapquery_store
+
+        deleted += mapquery_store.sweep(before)
+    return deleted
 
 
 def sweep_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
