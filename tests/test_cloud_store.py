@@ -81,7 +81,7 @@ def datastore_emulator() -> Iterator[str]:
 def cloud(datastore_emulator: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ndb.Client]:
     """The cloud backend's store on a cleared emulator; a Cloud NDB client to look at it."""
     monkeypatch.setenv("DATASTORE_EMULATOR_HOST", datastore_emulator)
-    monkeypatch.delenv("DATASTORE_PROJECT_ID", raising=False)  # it would turn the testbed's bundled Datastore to Cloud's
+    monkeypatch.delenv("DATASTORE_PROJECT_ID", raising=False)  # it turns the testbed's bundled Datastore to Cloud's
     _get(f"http://{datastore_emulator}/reset", data=b"")
     cloud_store.reset_client()
     taskutils.configure(backend="cloud", project=PROJECT)
@@ -150,12 +150,13 @@ def unique_job(x: int) -> None:
 # -- payloads, handles, groups, controls, task code -----------------------------------------
 
 
-def test_a_300_kb_argument_spills_to_cloud_datastore_arrives_byte_exact_and_is_deleted_after(
-    task_testbed, cloud, signed
+@pytest.mark.parametrize("size", [300_000, 4_500_000])
+def test_a_big_argument_spills_to_cloud_datastore_arrives_byte_exact_and_is_deleted_after(
+    task_testbed, cloud, signed, size
 ):
-    blob = os.urandom(300_000)
+    blob = os.urandom(size)
     tasklib.record(blob)
-    assert count(cloud, CHUNK_KIND) == 1  # in the emulator, not in bundled Datastore
+    assert count(cloud, CHUNK_KIND) == -(-size // 1_000_000)  # in the emulator, not in bundled Datastore
 
     task_testbed.drain()
 
@@ -198,6 +199,12 @@ def test_unique_admits_one_of_two_calls_with_its_state_in_cloud_datastore(task_t
     task_testbed.drain()
 
     assert tasklib.ran == [("unique", 1)]
+
+
+def test_map_query_on_the_cloud_backend_fails_at_the_call_and_adds_nothing(task_testbed, cloud):
+    with cloud.context(), pytest.raises(taskutils.BackendError, match="appengine backend only"):
+        taskutils.map_query(print, CloudNote.query())
+    assert task_testbed.tasks() == []
 
 
 # -- the port itself ------------------------------------------------------------------------
