@@ -1,4 +1,6 @@
 import logging
+import os
+import pathlib
 
 import pytest
 
@@ -6,6 +8,11 @@ import taskutils
 from taskutils.config import DEFAULT_ROUTE
 
 import tasklib
+
+# One Cloud Tasks emulator venv for the tests and the cloud_task_testbed fixture (built on first use).
+os.environ.setdefault(
+    "TASKUTILS_EMULATOR_VENV", str(pathlib.Path(__file__).resolve().parents[1] / ".cache" / "cloudtasks-emulator-venv")
+)
 
 pytest_plugins = ["pytester"]  # test_plugin.py runs user projects on a fresh pytest
 
