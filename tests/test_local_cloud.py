@@ -66,6 +66,26 @@ def test_with_storage_the_datastore_emulator_keeps_entities_across_a_restart(tmp
         second.stop()
 
 
+def test_with_storage_entities_survive_serve_being_killed(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    first = _serve(tmp_path / "first.log", "--storage", str(storage))
+    try:
+        _write_note(first, "kept", "through a kill -9")
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+        # The emulator's watcher stops it, and it writes its data as it stops.
+        marker = storage / "cloud-datastore" / "WEB-INF" / "appengine-generated" / "local_db.bin"
+        first.wait_for(marker.exists, "the Datastore emulator wrote its data", timeout=30)
+    finally:
+        first.stop()
+
+    second = _serve(tmp_path / "second.log", "--storage", str(storage))
+    try:
+        assert second.get("/notes/kept") == {"text": "through a kill -9", "writes": 1}
+    finally:
+        second.stop()
+
+
 def test_without_storage_a_restart_starts_from_an_empty_datastore(tmp_path: Path) -> None:
     first = _serve(tmp_path / "first.log")
     try:
