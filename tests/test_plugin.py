@@ -190,3 +190,17 @@ def test_the_readmes_testing_example_passes_with_python_m_pytest_from_the_apps_f
     result = run(pytester)  # python -m pytest, in the folder of main.py, as the README says
 
     result.assert_outcomes(passed=1)
+
+
+def test_the_cloud_fixture_example_of_the_docs_passes_in_a_users_project(pytester, monkeypatch):
+    for name in APP_ENGINE_VARIABLES + ("DATASTORE_EMULATOR_HOST", "CLOUD_TASKS_EMULATOR_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    docs = (repo / "docs" / "cloud.md").read_text(encoding="utf-8")
+    test_code = docs.split("```python\n# tests/test_main.py\n", 1)[1].split("```", 1)[0]
+    pytester.makepyfile(main=(repo / "examples" / "appengine-py3" / "main.py").read_text(encoding="utf-8"))
+    pytester.makepyfile(test_main=test_code)
+
+    result = run(pytester)
+
+    result.assert_outcomes(passed=1)
