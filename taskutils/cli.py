@@ -196,9 +196,6 @@ def serve(args: argparse.Namespace) -> int:
     if args.storage is not None and args.datastore_path is not None:
         print("taskutils serve: give --storage or --datastore-path, not both", file=sys.stderr)
         return 2
-    if args.reload and backend == "cloud":
-        print("taskutils serve: --reload does not work on the cloud backend yet", file=sys.stderr)
-        return 2
     if args.reload:
         from .local import reload
 
@@ -210,6 +207,8 @@ def serve(args: argparse.Namespace) -> int:
             storage_dir=args.storage,
             grace=args.grace,
             exit_with_parent=args.exit_with_parent,
+            backend=backend,
+            queue_yaml=args.queue_yaml,
         )
     server = LocalServer(
         args.app,

@@ -7,6 +7,7 @@ Datastore emulator; the app is the App Engine example (``examples/appengine-py3`
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -115,3 +116,31 @@ def test_serve_uses_the_datastore_emulator_the_environment_names_and_leaves_it_r
         with ndb.Client(project=PROJECT).context():
             note = Note.get_by_id("shared")
         assert note is not None and note.text == "in the user's emulator"
+
+
+def test_with_reload_the_emulators_outlive_each_restart_of_the_app(tmp_path: Path) -> None:
+    folder = tmp_path / "app"
+    shutil.copytree(EXAMPLE, folder)
+    env = {
+        "TASKUTILS_EMULATOR_VENV": str(EMULATOR_VENV),
+        "PYTHONPATH": "",
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "DATASTORE_EMULATOR_HOST": "",
+        "CLOUD_TASKS_EMULATOR_HOST": "",
+    }
+    server = ServeProcess("main:app", tmp_path / "serve.log", "--backend", "cloud", "--reload", env=env, cwd=folder)
+    try:
+        server.wait_ready("/notes/none", timeout=120)
+        _write_note(server, "before", "the restart")
+
+        with open(folder / "main.py", "a") as f:
+            f.write("\n# edited\n")
+        server.wait_for(lambda: "changed: restarting the app" in server.log(), "the app restarted", timeout=60)
+        server.wait_ready("/notes/none", timeout=120)
+        _write_note(server, "after", "the restart")
+
+        assert server.get("/notes/before") == {"text": "the restart", "writes": 1}
+        assert server.log().count("Datastore emulator pid") == 1  # started once, by the supervisor
+        assert server.interrupt(signal.SIGINT, timeout=60) == 0
+    finally:
+        server.stop()

@@ -25,8 +25,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from . import storage
+
+if TYPE_CHECKING:
+    from .cloud import CloudEmulators
 
 log = logging.getLogger("taskutils.local.reload")
 
@@ -196,17 +200,58 @@ def supervise(
     storage_dir: str | None,
     grace: float,
     exit_with_parent: bool,
+    backend: str = "appengine",
+    queue_yaml: str | None = None,
 ) -> int:
     """Run ``serve`` (argv, the command line after ``python -m taskutils``) under a :class:`Supervisor`.
 
     A port of 0 is chosen once, so every restart serves the same one; without
     ``storage_dir`` a temporary folder keeps the queued tasks between restarts and
-    is removed at the end.
+    is removed at the end. On the cloud backend the supervisor runs the emulators
+    for every child (they find them through the environment), so queued tasks and
+    entities outlive each restart.
     """
     temporary = storage_dir is None
     folder = storage_dir or tempfile.mkdtemp(prefix="taskutils-serve-")
     if port == 0:
         port = free_port(host)
+    emulators = _start_cloud(host, port, folder, queue_yaml) if backend == "cloud" else None
+    try:
+        return _supervise(argv, spec, port=port, folder=folder, grace=grace, exit_with_parent=exit_with_parent)
+    finally:
+        if emulators is not None:
+            emulators.stop()
+        if temporary:
+            left = storage.queued_in(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            if left:
+                log.warning(
+                    "removed the temporary storage %s: %d queued task(s) dropped (--storage DIR keeps them)",
+                    folder,
+                    left,
+                )
+
+
+def _start_cloud(host: str, port: int, folder: str, queue_yaml: str | None) -> CloudEmulators:
+    """The emulators every child uses, named in this process's environment, which the children inherit."""
+    from .cloud import DEFAULT_LOCATION, CloudEmulators, queue_names_in
+    from .server import CLOUD_DATASTORE_DIR, DEFAULT_PROJECT
+
+    emulators = CloudEmulators(
+        os.environ.get("GOOGLE_CLOUD_PROJECT") or DEFAULT_PROJECT,
+        os.environ.get("LOCATION_ID") or DEFAULT_LOCATION,
+        host=host if host not in ("", "0.0.0.0", "::") else "127.0.0.1",
+        target_port=port,
+        queues=queue_names_in(queue_yaml),
+        any_queue=queue_yaml is None,
+        data_dir=os.path.join(folder, CLOUD_DATASTORE_DIR),
+    ).start()
+    os.environ.update(emulators.environment())
+    log.info("cloud backend: %s, kept across restarts", emulators.describe())
+    return emulators
+
+
+def _supervise(argv: Sequence[str], spec: str, *, port: int, folder: str, grace: float, exit_with_parent: bool) -> int:
     supervisor = Supervisor(
         child_command(argv, port, folder),
         app_folder(spec),
@@ -219,12 +264,3 @@ def supervise(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if temporary:
-            left = storage.queued_in(folder)
-            shutil.rmtree(folder, ignore_errors=True)
-            if left:
-                log.warning(
-                    "removed the temporary storage %s: %d queued task(s) dropped (--storage DIR keeps them)",
-                    folder,
-                    left,
-                )
