@@ -208,6 +208,16 @@ if _new_queues in ("running", "paused"):
                     self.pause_queue(queue)
         return _create_in_known_queue(self, queue, task)
     _emulator.QueueState.create_task = create_task_anywhere
+# For tests: a queue deleted and made again forgets the task names it saw, as the fresh queues
+# of a new testbed do (Cloud Tasks keeps them, and a deleted queue's name for days).
+if os.environ.get("TASKUTILS_EMULATOR_DELETE_FORGETS") == "1":
+    _delete_queue = _emulator.QueueState.delete_queue
+    def delete_queue(self, name):
+        with _seen_lock:
+            for task_name in [t for t in _seen if t.startswith(name + "/tasks/")]:
+                del _seen[task_name]
+        return _delete_queue(self, name)
+    _emulator.QueueState.delete_queue = delete_queue
 sys.argv = ["gcloud-tasks-emulator", "start"] + sys.argv[3:]
 from gcloud_tasks_emulator.__main__ import main
 main()
@@ -225,7 +235,8 @@ class EmulatorProcess:
     ``max_retries=None`` retries failed tasks forever. ``new_queues`` ``"running"`` (or
     ``"paused"``) makes the queue a task names when it does not exist yet, as the local
     server accepts every queue name without a queue.yaml; None refuses such a task as Cloud
-    Tasks does. The venv is built from
+    Tasks does. ``delete_forgets`` makes a deleted queue forget the task names it saw (for
+    tests that want fresh queues). The venv is built from
     ``base_python`` (default: :func:`base_interpreter`); gcloud-tasks-emulator
     0.6.2 runs on Python 3.10-3.13.
     """
@@ -246,6 +257,7 @@ class EmulatorProcess:
         package: str = EMULATOR_PACKAGE,
         base_python: str | None = None,
         new_queues: str | None = None,
+        delete_forgets: bool = False,
     ) -> None:
         self.venv_dir = os.fspath(venv_dir)
         self.host, self.port = host, port
@@ -260,6 +272,7 @@ class EmulatorProcess:
         if new_queues not in (None, "running", "paused"):
             raise ValueError(f"new_queues must be None, 'running' or 'paused', got {new_queues!r}")
         self.new_queues = new_queues
+        self.delete_forgets = delete_forgets
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -349,7 +362,11 @@ class EmulatorProcess:
             args += ["--default-queue", queue]
         if self.max_retries is not None:
             args += ["--max-retries", str(self.max_retries)]
-        env = {**os.environ, "TASKUTILS_EMULATOR_NEW_QUEUES": self.new_queues or ""}
+        env = {
+            **os.environ,
+            "TASKUTILS_EMULATOR_NEW_QUEUES": self.new_queues or "",
+            "TASKUTILS_EMULATOR_DELETE_FORGETS": "1" if self.delete_forgets else "",
+        }
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env

@@ -274,8 +274,12 @@ class CloudTaskTestbed:
         self.deactivate()
 
     def reset(self) -> None:
-        """Empty the queues and, when the emulator was started for the tests, the Datastore."""
-        self.purge()
+        """Fresh queues and, when the emulators were started for the tests, an empty Datastore.
+
+        The queues are deleted and made again: their tasks are gone, and so are the task names
+        they remembered, as a new ``task_testbed`` starts with fresh queues.
+        """
+        self.emulators.renew_queues()
         if self.emulators.datastore is not None:
             self.emulators.datastore.reset()
 

@@ -305,3 +305,26 @@ def test_the_cloud_drain_posts_the_headers_cloud_tasks_sends_an_app_engine_task(
     assert attempts == [
         ("/_ah/task/tasklib/report", "reports", True, "0", "AppEngine-Google; (+http://code.google.com/appengine)")
     ]
+
+
+def test_a_task_name_is_refused_a_second_time_within_a_test(testbed):
+    from google.appengine.api.taskqueue import TaskAlreadyExistsError
+
+    tasklib.record.options(name="only-once")(1)
+
+    with pytest.raises(TaskAlreadyExistsError):
+        tasklib.record.options(name="only-once")(2)
+
+
+def test_the_next_cloud_test_may_use_a_task_name_again_as_with_fresh_queues(cloud_task_testbed, cloud_emulators):
+    from taskutils.testing import CloudTaskTestbed
+
+    tasklib.record.options(name="every-test-adds-me")(1)
+    cloud_task_testbed.drain()
+
+    cloud_task_testbed.deactivate()
+    with CloudTaskTestbed(cloud_emulators) as next_test:
+        tasklib.record.options(name="every-test-adds-me")(2)
+        assert next_test.drain() == 1
+    cloud_task_testbed.activate()
+    assert [args for args, _ in tasklib.ran[-2:]] == [(1,), (2,)]

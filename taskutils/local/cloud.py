@@ -115,6 +115,7 @@ class CloudEmulators:
                     project=self.project,
                     location=self.location,
                     new_queues=("paused" if paused_queues else "running") if self.any_queue else None,
+                    delete_forgets=self.paused,  # the fixture's fresh queues for each test
                 )
                 self.tasks.ensure_venv()
             if not self.datastore_host:
@@ -151,6 +152,13 @@ class CloudEmulators:
         """The short names of every queue of the project and location in the Cloud Tasks emulator."""
         parent = f"projects/{self.project}/locations/{self.location}"
         return [queue.name.rsplit("/", 1)[-1] for queue in self.client.list_queues(parent=parent)]
+
+    def renew_queues(self) -> None:
+        """Delete every queue and make the configured ones again: no task, and (in an emulator started
+        here for tests) no task name remembered."""
+        for name in self.queue_names():
+            self.client.delete_queue(name=self.queue_path(name))
+        self.create_queues(list(self.queues))
 
     def create_queues(self, names: Iterable[str]) -> None:
         """Create the queues (the emulator keeps a queue that exists), paused when ``paused``."""
