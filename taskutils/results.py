@@ -48,9 +48,10 @@ Design (what each step costs in Datastore, and why it is safe to deliver twice):
 - ``sweep`` keeps a source that succeeded until its callbacks finished, since they read
   its result; and it remembers its cutoff, so that an issued id with no record that was
   due before it answers None.
-- All of it goes through the low-level ``google.appengine.api.datastore`` API, whose
-  transactions cost a fraction of ndb's in CPU; entities are listed in
-  ``taskutils.results_store``.
+- All of it goes through the store of the backend in use (``taskutils.backends.store``):
+  on App Engine the low-level ``google.appengine.api.datastore`` API, whose transactions
+  cost a fraction of ndb's in CPU; on the cloud backend Cloud Datastore. Entities are
+  listed in ``taskutils.results_store``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from google.appengine.api import datastore, taskqueue
+from google.appengine.api import taskqueue
 
 from . import codec, results_ids
 from . import results_store as store
@@ -228,9 +229,7 @@ class TaskHandle:
     @classmethod
     def recent(cls, limit: int = 50) -> list[TaskHandle]:
         """The handles recorded last, newest first (a group's children are under their group)."""
-        query = datastore.Query(store.HANDLE_KIND, keys_only=True)
-        query.Order(("created", datastore.Query.DESCENDING))
-        return [cls(key.name(), store.Ref(key.name())) for key in query.Get(limit)]
+        return [cls(key.name(), store.Ref(key.name())) for key in store.recent(store.HANDLE_KIND, limit, keys_only=True)]
 
 
 def _status_of(handle_id: str) -> str:
@@ -390,9 +389,7 @@ class GroupHandle:
     @classmethod
     def recent(cls, limit: int = 50) -> list[GroupHandle]:
         """The groups submitted last, newest first."""
-        query = datastore.Query(store.GROUP_KIND)
-        query.Order(("created", datastore.Query.DESCENDING))
-        return [cls(g.key().name(), g["total"], g["leaves"]) for g in query.Get(limit)]
+        return [cls(g.key().name(), g["total"], g["leaves"]) for g in store.recent(store.GROUP_KIND, limit)]
 
 
 def _due(function: TaskFunction[Any, Any]) -> float:
@@ -463,6 +460,4 @@ def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any], head: 
 
 def _put_group(group: store.Entity, transactional: bool) -> None:
     """Write the group entity: in the caller's ndb transaction when transactional, else outside any."""
-    from .spill import connection_for
-
-    connection_for(transactional).put([group])
+    store.put(group, transactional=transactional)

@@ -379,7 +379,7 @@ def complete_node(group_id: str, level: int, index: int, leaves: int, fan: int, 
     def txn() -> None:
         node = store.get(key)
         if node is None:
-            node = store.Entity(store.NODE_KIND, name=key.name(), unindexed_properties=("done",))
+            node = store.new_entity(key, ("done",))
             node["done"] = []
         done = list(node["done"] or [])
         if index in done:

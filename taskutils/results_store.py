@@ -1,8 +1,9 @@
 """Where task handles live in Datastore: the entities, their signed records, and a group's shape.
 
-See ``taskutils.results`` for the design. Everything goes through the low-level
+See ``taskutils.results`` for the design. Everything goes through the store of the
+backend in use (``taskutils.backends.store``): on App Engine the low-level
 ``google.appengine.api.datastore`` API (ndb's tasklets cost several times more per
-transaction). Kinds, all root entities:
+transaction), on the cloud backend Cloud Datastore. Kinds, all root entities:
 
 - ``_TaskutilsHandle`` (key name: the handle id): one submitted run or one ``then``
   callback. ``status``, ``created`` and ``finished`` are indexed; ``state`` holds the record.
@@ -34,11 +35,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from google.appengine.api import datastore, datastore_errors, datastore_types
-from google.appengine.api.datastore import Entity
-from google.appengine.api.datastore_types import Key
-
 from . import codec, results_ids
+from .backends.current import store as current_store
 from .config import get_keyring
 from .exc import ResultError
 
@@ -68,7 +66,8 @@ MAX_TRACE = 8_000  # bytes of traceback kept (its end)
 MAX_LINE = 500  # bytes of ``Type: message`` kept
 LEAF_BUDGET = 900_000  # bytes of a leaf's sealed records, under Datastore's 1 MiB entity limit
 
-_TXN = datastore.CreateTransactionOptions(xg=True, retries=5)
+Entity = Any  # a dict with key(): datastore.Entity on App Engine, CloudEntity on the cloud backend
+Key = Any
 
 
 def now() -> datetime.datetime:
@@ -92,46 +91,54 @@ def is_group(source_id: str) -> bool:
 
 def transaction(fn: Any, *args: Any) -> Any:
     """Run fn(*args) in a cross-group transaction, retried on contention."""
-    return datastore.RunInTransactionOptions(_TXN, fn, *args)
+    return current_store().transaction(fn, *args, retries=5)
 
 
 def get(key: Key) -> Entity | None:
-    try:
-        return datastore.Get(key)
-    except datastore_errors.EntityNotFoundError:
-        return None
+    return current_store().get([key])[0]
 
 
 def get_many(keys: list[Key]) -> list[Entity | None]:
-    found: list[Entity | None] = []
-    for start in range(0, len(keys), 1000):
-        found += datastore.Get(keys[start : start + 1000])
-    return found
+    return current_store().get(keys)
 
 
-def put(entities: Entity | list[Entity]) -> None:
-    datastore.Put(entities)
+def put(entities: Entity | list[Entity], *, transactional: bool | None = None) -> None:
+    current_store().put(entities if isinstance(entities, list) else [entities], transactional=transactional)
+
+
+def delete(keys: list[Key]) -> None:
+    current_store().delete(keys)
 
 
 def handle_key(handle_id: str) -> Key:
-    return Key.from_path(HANDLE_KIND, handle_id)
+    return current_store().key(HANDLE_KIND, handle_id)
 
 
 def group_key(group_id: str) -> Key:
-    return Key.from_path(GROUP_KIND, group_id)
+    return current_store().key(GROUP_KIND, group_id)
 
 
 def leaf_key(group_id: str, leaf: int) -> Key:
-    return Key.from_path(LEAF_KIND, f"{group_id}.{leaf}")
+    return current_store().key(LEAF_KIND, f"{group_id}.{leaf}")
 
 
 def node_key(group_id: str, level: int, index: int) -> Key:
-    return Key.from_path(NODE_KIND, f"{group_id}.{level}.{index}")
+    return current_store().key(NODE_KIND, f"{group_id}.{level}.{index}")
+
+
+def new_entity(key: Key, unindexed: tuple[str, ...]) -> Entity:
+    return current_store().entity(key, unindexed)
+
+
+def recent(kind: str, limit: int, *, keys_only: bool = False) -> list[Any]:
+    """The entities (or keys) of kind created last, newest first."""
+    return list(current_store().query(kind, newest_first="created", keys_only=keys_only, limit=limit))
 
 
 def chunk_keys(owner_id: str, count: int) -> list[Key]:
-    parent = Key.from_path(RESULT_KIND, owner_id)
-    return [Key.from_path(CHUNK_KIND, n + 1, parent=parent) for n in range(count)]
+    key = current_store().key
+    parent = key(RESULT_KIND, owner_id)
+    return [key(CHUNK_KIND, n + 1, parent=parent) for n in range(count)]
 
 
 # -- the shape of a group ---------------------------------------------------------
@@ -162,9 +169,9 @@ def new_record() -> dict[str, Any]:
     return {"s": PENDING, "a": 0, "p": None, "cb": []}
 
 
-def seal(where: str, obj: object) -> datastore_types.Blob:
-    """Pickle obj and frame it for ``where`` (signed when keys are configured)."""
-    return datastore_types.Blob(codec.frame("/_taskutils/" + where, codec.dumps(obj), 0, get_keyring()))
+def seal(where: str, obj: object) -> Any:
+    """Pickle obj and frame it for ``where`` (signed when keys are configured), as a blob value."""
+    return current_store().blob(codec.frame("/_taskutils/" + where, codec.dumps(obj), 0, get_keyring()))
 
 
 def unseal(where: str, blob: bytes) -> Any:
@@ -198,9 +205,10 @@ def keep_result(record: dict[str, Any], owner_id: str, data: bytes, inline: int)
     pieces = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)]
     record["R"] = (len(pieces), hashlib.sha256(data).hexdigest())
     chunks = []
+    store = current_store()
     for key, piece in zip(chunk_keys(owner_id, len(pieces)), pieces, strict=True):
-        chunk = Entity(CHUNK_KIND, parent=key.parent(), id=key.id())
-        chunk["data"] = datastore_types.Blob(piece)
+        chunk = store.entity(key, ("data",))
+        chunk["data"] = store.blob(piece)
         chunks.append(chunk)
     return chunks
 
@@ -265,7 +273,7 @@ def record_error(record: dict[str, Any], error: BaseException, trace: str) -> No
 
 
 def new_handle_entity(handle_id: str) -> Entity:
-    entity = Entity(HANDLE_KIND, name=handle_id, unindexed_properties=("state",))
+    entity = current_store().entity(handle_key(handle_id), ("state",))
     entity["created"] = now()  # "finished" is set once final: an unfinished one is in no sweep's index
     return entity
 
@@ -298,7 +306,7 @@ def write_leaf(entity: Entity | None, group_id: str, leaf: int, records: dict[in
     their pickled exceptions, are left out: results, statuses and error lines stay.
     """
     if entity is None:
-        entity = Entity(LEAF_KIND, name=f"{group_id}.{leaf}", unindexed_properties=("state", "cancelled"))
+        entity = current_store().entity(leaf_key(group_id, leaf), ("state", "cancelled"))
         entity["cancelled"] = False
     where = f"leaf/{group_id}.{leaf}"
     state = seal(where, records)
@@ -313,7 +321,7 @@ def write_leaf(entity: Entity | None, group_id: str, leaf: int, records: dict[in
 
 
 def new_group_entity(group_id: str, total: int, leaves: int, queue: str) -> Entity:
-    entity = Entity(GROUP_KIND, name=group_id, unindexed_properties=("state", "total", "leaves", "fan", "queue"))
+    entity = current_store().entity(group_key(group_id), ("state", "total", "leaves", "fan", "queue"))
     entity.update({"created": now(), "total": total, "leaves": leaves, "fan": FAN, "queue": queue})
     entity["status"] = SUCCEEDED if total == 0 else PENDING
     return write_group(entity, {"done": [], "failed": None, "cb": []})
@@ -412,31 +420,26 @@ def sweep(older_than: datetime.timedelta | datetime.datetime) -> int:
             cutoff = cutoff.astimezone(datetime.timezone.utc).replace(tzinfo=None)
     else:
         cutoff = now() - older_than
-    from google.appengine.api import namespace_manager
-    from google.appengine.ext.ndb import metadata
-
-    deleted, current = 0, namespace_manager.get_namespace()
-    try:
-        for namespace in sorted({"", *metadata.get_namespaces()}):  # "": its sweep marker, even while it is empty
-            namespace_manager.set_namespace(namespace)  # the keys made below are in it
+    store, deleted = current_store(), 0
+    for namespace in sorted({"", *store.namespaces()}):  # "": its sweep marker, even while it is empty
+        with store.in_namespace(namespace):  # the keys made below are in it
             deleted += _sweep_namespace(cutoff)
-    finally:
-        namespace_manager.set_namespace(current)
     return deleted
 
 
 def _sweep_namespace(cutoff: datetime.datetime) -> int:
     deleted = 0
-    for entity in datastore.Query(HANDLE_KIND, {"finished <": cutoff}).Run(batch_size=500):
+    store = current_store()
+    for entity in store.query(HANDLE_KIND, where=("finished", "<", cutoff), batch_size=500):
         doomed = [entity.key()]
         record = read_handle(entity, entity.key().name()) or {}
         if record.get("s") == SUCCEEDED and not _callbacks_done(record.get("cb", ())):
             continue  # a callback still has to read its result
         if "R" in record:
             doomed += chunk_keys(entity.key().name(), record["R"][0])
-        datastore.Delete(doomed)
+        store.delete(doomed)
         deleted += 1
-    for group in datastore.Query(GROUP_KIND, {"finished <": cutoff}).Run(batch_size=50):
+    for group in store.query(GROUP_KIND, where=("finished", "<", cutoff), batch_size=50):
         deleted += _delete_group(group)
     _mark_swept(cutoff)
     return deleted
@@ -456,7 +459,7 @@ def _mark_swept(cutoff: datetime.datetime) -> None:
         marker = get(swept_key())
         if marker is not None and marker["cutoff"] >= posix:
             return
-        marker = Entity(SWEPT_KIND, name="last", unindexed_properties=("cutoff",))
+        marker = current_store().entity(swept_key(), ("cutoff",))
         marker["cutoff"] = posix
         put(marker)
 
@@ -464,7 +467,7 @@ def _mark_swept(cutoff: datetime.datetime) -> None:
 
 
 def swept_key() -> Key:
-    return Key.from_path(SWEPT_KIND, "last")
+    return current_store().key(SWEPT_KIND, "last")
 
 
 def may_be_pending(handle_id: str, marker: Entity | None) -> bool:
@@ -503,5 +506,5 @@ def _delete_group(group: Entity) -> int:
         doomed += [node_key(gid, level, n) for n in range(size)]
     doomed.append(group.key())
     for start in range(0, len(doomed), 500):
-        datastore.Delete(doomed[start : start + 500])
+        current_store().delete(doomed[start : start + 500])
     return 1

@@ -9,9 +9,9 @@ swap the data under a signed pointer. Unsigned, nothing is authenticated (a
 forged request needs no spill), so no digest is made: hashing costs as much as
 the rest of the call.
 
-The entities are written, read and deleted with Datastore's low-level API
-(``google.appengine.api.datastore``): ndb's tasklets cost more than the payload.
-Every chunk records when its task is first due, so that ``taskutils.sweep`` can
+The entities are written, read and deleted through the store of the backend in use
+(``taskutils.backends.store``): on App Engine, Datastore's low-level API, as ndb's
+tasklets cost more than the payload; on the cloud backend, Cloud Datastore. Every chunk records when its task is first due, so that ``taskutils.sweep`` can
 find payloads whose task can no longer run.
 """
 
@@ -27,11 +27,10 @@ import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from google.appengine.api import datastore, datastore_errors, datastore_types, taskqueue
-from google.appengine.datastore import datastore_rpc
+from google.appengine.api import datastore_errors, taskqueue
 from google.appengine.ext import ndb
-from google.appengine.ext.ndb import metadata
 
+from .backends.current import store as current_store
 from .codec import MAX_PAYLOAD, MAX_TRANSACTIONAL_PAYLOAD, POINTER, SIGNED, SIGNED_PREFIX
 from .exc import (
     CorruptPayloadError,
@@ -53,7 +52,7 @@ SWEEP_BATCH = 500  # keys per Delete call, Datastore's limit
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
 # Bytes spilled so far in each running transaction, to keep the sum under Datastore's limit.
-_spilled_in: weakref.WeakKeyDictionary[ndb.Context, int] = weakref.WeakKeyDictionary()
+_spilled_in: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
 
 
 class TaskPayloadChunk(ndb.Model):
@@ -74,26 +73,9 @@ class TaskPayloadChunk(ndb.Model):
         return f"TaskPayloadChunk(key={self._key!r}, {len(self.data or b'')} bytes)"
 
 
-def connection_for(transactional: bool) -> datastore_rpc.BaseConnection:
-    """The connection to use: the caller's ndb transaction's when transactional, else one outside any.
-
-    Inside ``ndb.transactional`` the low-level API's current connection is that
-    transaction's, but with ndb's adapter; a sibling with the low-level adapter
-    and the same transaction handle writes into the same transaction.
-    """
-    current = datastore._GetConnection()
-    if not isinstance(current, datastore_rpc.TransactionalConnection):
-        return current
-    version = current._api_version
-    if transactional:
-        return datastore_rpc.TransactionalConnection(
-            adapter=datastore._adapter, config=current.config, transaction=current.transaction, _api_version=version
-        )
-    return datastore_rpc.Connection(adapter=datastore._adapter, config=current.config, _api_version=version)
-
-
-def _chunk_keys(group: datastore_types.Key, count: int) -> list[datastore_types.Key]:
-    return [datastore_types.Key.from_path(CHUNK_KIND, i + 1, parent=group) for i in range(count)]
+def _chunk_keys(group: Any, count: int) -> list[Any]:
+    key = current_store().key
+    return [key(CHUNK_KIND, i + 1, parent=group) for i in range(count)]
 
 
 def _utc(when: datetime.datetime) -> datetime.datetime:
@@ -116,35 +98,25 @@ def _retry_limit(task_kwargs: Mapping[str, Any]) -> int | None:
     return int(options.task_retry_limit)
 
 
-def _write(
-    data: bytes, parent: ndb.Key | None, task_kwargs: Mapping[str, Any], transactional: bool, digest: bool
-) -> bytes:
+def _write(data: bytes, parent: Any, task_kwargs: Mapping[str, Any], transactional: bool, digest: bool) -> bytes:
     """Put the chunks; if a Put outside a transaction fails, delete every chunk it may have written, then raise."""
-    group = datastore_types.Key.from_path(
-        GROUP_KIND, uuid.uuid4().hex, parent=None if parent is None else parent.to_old_key()
-    )
+    store = current_store()
+    group = store.key(GROUP_KIND, uuid.uuid4().hex, parent=None if parent is None else store.adopt_key(parent))
     pieces = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)] or [b""]
     due = _due(task_kwargs)
     entities = []
     for i, piece in enumerate(pieces):
-        entity = datastore.Entity(CHUNK_KIND, parent=group, id=i + 1)
-        entity["data"] = datastore_types.Blob(piece)
+        entity = store.entity(store.key(CHUNK_KIND, i + 1, parent=group), unindexed=("data",))
+        entity["data"] = store.blob(piece)
         entity["due"] = due
         entities.append(entity)
-    connection = connection_for(transactional)
-    rpc = None
     try:
-        rpc = connection.async_put(None, entities)  # one RPC per chunk, all in flight at once
-        rpc.get_result()
+        store.put(entities, transactional=transactional)  # one RPC per chunk, all in flight at once
     except BaseException:
         if not transactional:  # in a transaction, the error rolls it back, and the chunks with it
-            try:
-                if rpc is not None:
-                    rpc.wait()  # get_result raises at the first failed RPC: let the others land first
-            finally:
-                _delete_keys(connection, group, [e.key() for e in entities])
+            _delete_keys(group, [e.key() for e in entities], False)
         raise
-    pointer: dict[str, Any] = {"g": str(group), "n": len(pieces)}
+    pointer: dict[str, Any] = {"g": store.key_to_str(group), "n": len(pieces)}
     if digest:
         pointer["d"] = hashlib.sha256(data).hexdigest()
     limit = _retry_limit(task_kwargs)
@@ -158,14 +130,14 @@ def store(
     data: bytes,
     *,
     transactional: bool = False,
-    parent: ndb.Key | None = None,
+    parent: Any = None,
     task_kwargs: Mapping[str, Any] | None = None,
     digest: bool = True,
 ) -> bytes:
     """Write data to Datastore and return the pointer a task carries instead.
 
-    With transactional=True the entities are written in the caller's ndb
-    transaction, so they exist only if it commits; otherwise they are written
+    With transactional=True the entities are written in the caller's ndb (or, on
+    the cloud backend, Cloud NDB) transaction, so they exist only if it commits; otherwise they are written
     at once, even when called inside a transaction. A write that fails leaves
     nothing behind. ``task_kwargs`` (countdown, eta, retry_options) tell when
     the task is first due and whether it can say which attempt is its last.
@@ -174,11 +146,11 @@ def store(
     task_kwargs = task_kwargs or {}
     if not transactional:
         return _write(data, None, task_kwargs, False, digest)  # codec.dumps_call has held data to MAX_PAYLOAD
-    if not ndb.in_transaction():
+    context = current_store().transaction_scope()
+    if context is None:
         raise taskqueue.BadTransactionStateError(
             f"task {task_name}: transactional=True needs a running ndb transaction"
         )
-    context = ndb.get_context()
     earlier = _spilled_in.get(context, 0)
     if earlier + len(data) > MAX_TRANSACTIONAL_PAYLOAD:
         also = f" on top of {earlier} bytes spilled earlier in it" if earlier else ""
@@ -204,7 +176,7 @@ def _parse(pointer: bytes, *, signed: bool = False) -> dict[str, Any]:
     """The pointer's fields; a signed one must hold a digest, and a digest must be well formed."""
     try:
         fields = json.loads(pointer)
-        group, count, digest = datastore_types.Key(fields["g"]), fields["n"], fields.get("d")
+        group, count, digest = current_store().key_from_str(fields["g"]), fields["n"], fields.get("d")
     except Exception as e:
         raise CorruptPayloadError(f"bad spill pointer: {type(e).__name__}: {e}") from e
     if group.kind() != GROUP_KIND or type(count) is not int or not 0 < count <= MAX_CHUNKS:
@@ -226,7 +198,7 @@ def load(pointer: bytes, *, signed: bool = True) -> bytes:
     """
     fields = _parse(pointer, signed=signed)
     group, count = fields["g"], fields["n"]
-    entities = connection_for(False).async_get(None, _chunk_keys(group, count)).get_result()
+    entities = current_store().get(_chunk_keys(group, count), transactional=False)
     missing = [i + 1 for i, e in enumerate(entities) if e is None]
     if missing:
         raise SpilledPayloadMissingError(
@@ -251,9 +223,9 @@ def last_attempt(pointer: bytes, retry_count: int) -> bool:
     return type(limit) is int and retry_count >= limit
 
 
-def _delete_keys(connection: datastore_rpc.BaseConnection, group: datastore_types.Key, keys: list[Any]) -> bool:
+def _delete_keys(group: Any, keys: list[Any], transactional: bool) -> bool:
     try:
-        connection.async_delete(None, keys).get_result()
+        current_store().delete(keys, transactional=transactional)
     except Exception:
         log.error(
             "could not delete spilled payload %s: its %d entities are left behind for taskutils.sweep",
@@ -275,7 +247,7 @@ def delete(pointer: bytes, *, transactional: bool = False) -> None:
         fields = _parse(pointer)
     except CorruptPayloadError:
         return
-    _delete_keys(connection_for(transactional), fields["g"], _chunk_keys(fields["g"], fields["n"]))
+    _delete_keys(fields["g"], _chunk_keys(fields["g"], fields["n"]), transactional)
 
 
 def discard(body: bytes, *, transactional: bool = False) -> None:
@@ -288,12 +260,14 @@ def discard(body: bytes, *, transactional: bool = False) -> None:
         delete(body[SIGNED_PREFIX if body[0] & SIGNED else 1 :], transactional=transactional)
 
 
-def _orphans(before: datetime.datetime) -> Iterator[list[datastore_types.Key]]:
+def _orphans(before: datetime.datetime) -> Iterator[list[Any]]:
     """Keys of chunks whose task was due before then, in batches, namespace by namespace."""
-    for namespace in metadata.get_namespaces():
-        query = datastore.Query(CHUNK_KIND, {"due <": before}, keys_only=True, namespace=namespace)
-        batch: list[datastore_types.Key] = []
-        for key in query.Run(batch_size=SWEEP_BATCH):
+    store = current_store()
+    for namespace in store.namespaces():
+        with store.in_namespace(namespace):
+            found = store.query(CHUNK_KIND, where=("due", "<", before), keys_only=True, batch_size=SWEEP_BATCH)
+        batch: list[Any] = []
+        for key in found:
             batch.append(key)
             if len(batch) == SWEEP_BATCH:
                 yield batch
@@ -304,11 +278,11 @@ def _orphans(before: datetime.datetime) -> Iterator[list[datastore_types.Key]]:
 
 def sweep(before: datetime.datetime) -> int:
     """Delete spilled payloads whose task was first due before then (naive UTC); return how many."""
-    connection = connection_for(False)
+    store = current_store()
     deleted = 0
     last_group = None
     for keys in _orphans(before):
-        connection.async_delete(None, keys).get_result()
+        store.delete(keys, transactional=False)
         for key in keys:  # a payload's chunks share one due time, so they come one after another
             group = key.parent()
             if group != last_group:

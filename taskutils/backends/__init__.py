@@ -1,10 +1,17 @@
-"""Where tasks go: the ports (``base``) and their implementations (App Engine's bundled services, the cloud)."""
+"""Where tasks go and where records live: the ports (``base``) and their implementations.
+
+``queue`` and ``store`` give those of the backend in use (``settings.backend``): App Engine's
+bundled services, or the cloud backend (Cloud Datastore through Cloud NDB).
+"""
 
 from __future__ import annotations
 
 from ..config import settings
 from .appengine import AppEngineQueue
-from .base import Queue
+from .base import Queue, Store
+from .current import store as store
+
+__all__ = ["Queue", "Store", "queue", "store"]
 
 _cloud_queues: dict[str, Queue] = {}
 

@@ -75,7 +75,7 @@ def run_controlled(
         name, limit, lease, readable = found["l"]
         try:
             acquired = store.transaction(_acquire, name, limit, lease, readable, holder, info.task_name)
-        except store.Contended:  # too many runs of the key at once for Datastore: try again later
+        except store.contended():  # too many runs of the key at once for Datastore: try again later
             acquired = False
         if not acquired:
             found.pop("s", None)  # its rate slot is spent: it takes a new one when it comes back
@@ -254,7 +254,7 @@ def _take_rate_token(environ: dict[str, Any], info: TaskInfo, body: bytes, found
         del found["s"]  # the queue brought it more than a token late: it takes a new one, so starts never bunch up
     try:
         slot = store.transaction(_reserve, name, int(n), float(period))
-    except store.Contended:
+    except store.contended():
         _put_back(environ, info, body, found, "its rate key is contended")
     if slot is not None:
         found["s"] = slot

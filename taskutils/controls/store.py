@@ -8,8 +8,9 @@ Kinds, all root entities named after a key (``taskutils.controls.keys``):
 - ``_TaskutilsRate``: a ``rate`` key's token bucket (its theoretical arrival time).
 - ``_TaskutilsPeriodic``: a periodic job's last slot added.
 
-Everything goes through the low-level ``google.appengine.api.datastore`` API, in
-cross-group transactions; ``state`` properties are JSON, unindexed.
+Everything goes through the store of the backend in use (``taskutils.backends.store``:
+bundled Datastore's low-level API on App Engine, Cloud Datastore on the cloud backend),
+in cross-group transactions; ``state`` properties are JSON, unindexed.
 """
 
 from __future__ import annotations
@@ -20,11 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from google.appengine.api import datastore, datastore_errors, datastore_types
-from google.appengine.api.datastore import Entity
-from google.appengine.datastore import datastore_rpc
-
 from .. import codec
+from ..backends.current import store as current_store
 from ..config import get_keyring
 
 T = TypeVar("T")
@@ -35,28 +33,30 @@ LEASE_KIND = "_TaskutilsLease"
 RATE_KIND = "_TaskutilsRate"
 PERIODIC_KIND = "_TaskutilsPeriodic"
 
-Contended = datastore_errors.TransactionFailedError  # a transaction that kept colliding with others
+RETRIES = 10
 
-_TXN = datastore.CreateTransactionOptions(xg=True, retries=10)
+
+def contended() -> tuple[type[BaseException], ...]:
+    """What the store in use raises when a transaction kept colliding with others (``except store.contended()``)."""
+    return current_store().Contended
 
 
 class State:
-    """One entity's state as a dict, read and written inside a transaction."""
+    """One entity's state as a dict, read and written inside a transaction.
 
-    def __init__(self, kind: str, name: str, connection: datastore_rpc.BaseConnection | None = None) -> None:
-        self.key = datastore_types.Key.from_path(kind, name)
-        self._connection = connection
-        self.entity: Entity | None = None
+    ``joined``: read and write in the caller's transaction (``in_callers_transaction``),
+    else in the one running (the store's own, from ``transaction``).
+    """
+
+    def __init__(self, kind: str, name: str, joined: bool | None = None) -> None:
+        self._store = current_store()
+        self.key = self._store.key(kind, name)
+        self._transactional = True if joined else None
+        self.entity: Any = None
         self.state: dict[str, Any] = {}
 
     def read(self) -> dict[str, Any]:
-        if self._connection is not None:
-            found = self._connection.get([self.key])[0]
-        else:
-            try:
-                found = datastore.Get(self.key)
-            except datastore_errors.EntityNotFoundError:
-                found = None
+        found = self._store.get([self.key], transactional=self._transactional)[0]
         self.entity = found
         self.state = json.loads(found["state"]) if found is not None else {}
         return self.state
@@ -66,56 +66,34 @@ class State:
         return self.entity is not None
 
     def write(self, readable: str | None = None) -> None:
-        entity = Entity(self.key.kind(), name=self.key.name())
-        entity["state"] = datastore_types.Text(json.dumps(self.state, separators=(",", ":")))
+        entity = self._store.entity(self.key, ("state", "key"))
+        entity["state"] = self._store.text(json.dumps(self.state, separators=(",", ":")))
         entity["updated"] = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
         previous = self.entity.get("key") if self.entity is not None else None
         if readable is not None or previous is not None:
-            entity["key"] = datastore_types.Text(readable if readable is not None else previous)
-        if self._connection is not None:
-            self._connection.put([entity])
-        else:
-            datastore.Put(entity)
+            entity["key"] = self._store.text(readable if readable is not None else previous)
+        self._store.put([entity], transactional=self._transactional)
         self.entity = entity
 
     def delete(self) -> None:
         if self.entity is None:
             return
-        if self._connection is not None:
-            self._connection.delete([self.key])
-        else:
-            datastore.Delete(self.key)
+        self._store.delete([self.key], transactional=self._transactional)
         self.entity = None
 
 
 def transaction(fn: Callable[..., T], *args: Any) -> T:
     """fn(*args) in a transaction of its own (even inside the caller's ndb transaction), retried on contention."""
-    current = datastore._GetConnection()
-    if not isinstance(current, datastore_rpc.TransactionalConnection):
-        return datastore.RunInTransactionOptions(_TXN, fn, *args)  # type: ignore[no-any-return]
-    # Inside ndb.transactional: set the caller's transaction aside for the time of ours.
-    outside = datastore_rpc.Connection(
-        adapter=datastore._adapter, config=current.config, _api_version=current._api_version
-    )
-    datastore._SetConnection(outside)
-    try:
-        return datastore.RunInTransactionOptions(_TXN, fn, *args)  # type: ignore[no-any-return]
-    finally:
-        datastore._SetConnection(current)
+    return current_store().transaction(fn, *args, retries=RETRIES)
 
 
-def in_callers_transaction(fn: Callable[[datastore_rpc.BaseConnection], T]) -> T:
-    """fn(connection) with the caller's ndb transaction's connection: its writes commit or roll back with it."""
-    current = datastore._GetConnection()
-    if not isinstance(current, datastore_rpc.TransactionalConnection):
+def in_callers_transaction(fn: Callable[[bool], T]) -> T:
+    """fn(True) in the caller's ndb (or Cloud NDB) transaction: States made with joined=True commit or roll back with it."""
+    if not current_store().in_transaction():
+        from google.appengine.api import datastore_errors
+
         raise datastore_errors.BadRequestError("transactional=True with unique= or debounce= needs a transaction")
-    connection = datastore_rpc.TransactionalConnection(
-        adapter=datastore._adapter,
-        config=current.config,
-        transaction=current.transaction,
-        _api_version=current._api_version,
-    )
-    return fn(connection)
+    return fn(True)
 
 
 def seal(where: str, obj: object) -> str:
@@ -135,5 +113,5 @@ def now() -> float:
 
 def all_of(kind: str, limit: int = 200) -> list[tuple[str, str | None, dict[str, Any]]]:
     """(key name, readable key, state) of the entities of a kind, for the console."""
-    query = datastore.Query(kind)
-    return [(e.key().name(), e.get("key"), json.loads(e["state"])) for e in query.Get(limit)]
+    found = current_store().query(kind, limit=limit)
+    return [(e.key().name(), e.get("key"), json.loads(e["state"])) for e in found]

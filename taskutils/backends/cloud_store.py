@@ -1,0 +1,287 @@
+"""The cloud backend's store: Cloud Datastore (Firestore in Datastore mode) through Cloud NDB.
+
+``CloudStore`` implements ``taskutils.backends.base.Store`` with Cloud NDB's public
+API, so that a write can join the caller's ``google.cloud.ndb`` transaction and the
+store's own transactions are Cloud NDB transactions (a task added in one is staged in
+it). Each kind is an ``ndb.Expando`` made here, its properties unindexed unless the
+entity says otherwise; entities go in and out as dicts (``CloudEntity``), keys as
+``CloudKey`` (App Engine's ``kind()``, ``name()``, ``id()``, ``parent()``).
+
+Cloud NDB needs a client context: a call with none active opens one for its time,
+with a client made once per process for ``settings.cloud.resolved_project()`` (the
+client honours ``DATASTORE_EMULATOR_HOST``). Datetimes are naive UTC, as bundled
+Datastore gives them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, TypeVar
+
+from google.api_core import exceptions as core_exceptions
+from google.cloud import ndb
+from google.cloud.ndb import metadata
+
+from ..config import settings
+
+T = TypeVar("T")
+
+_client: ndb.Client | None = None
+_client_lock = threading.Lock()
+_namespace: contextvars.ContextVar[str | None] = contextvars.ContextVar("taskutils_cloud_namespace", default=None)
+_models: dict[str, type[ndb.Expando]] = {}
+
+
+def client() -> ndb.Client:
+    """The Cloud NDB client taskutils opens contexts with, made once per process."""
+    global _client
+    if _client is None:
+        with _client_lock:
+            if _client is None:
+                _client = ndb.Client(project=settings.cloud.resolved_project())
+    return _client
+
+
+def reset_client() -> None:
+    """Forget the client, so that the next call makes one for the project (and emulator) configured then."""
+    global _client
+    _client = None
+
+
+def context() -> AbstractContextManager[Any]:
+    """The caller's Cloud NDB context when one is active, else a new one for the time of the ``with``."""
+    if ndb.get_context(raise_context_error=False) is not None:
+        return nullcontext()
+    return client().context(cache_policy=False, global_cache_policy=False)
+
+
+class CloudKey:
+    """A Cloud NDB key seen through App Engine's low-level Key (``kind()``, ``name()``, ``id()``, ``parent()``)."""
+
+    __slots__ = ("ndb_key",)
+
+    def __init__(self, ndb_key: ndb.Key) -> None:
+        self.ndb_key = ndb_key
+
+    def kind(self) -> str:
+        return str(self.ndb_key.kind())
+
+    def name(self) -> str | None:
+        return self.ndb_key.string_id()  # type: ignore[no-any-return]
+
+    def id(self) -> int | None:
+        return self.ndb_key.integer_id()  # type: ignore[no-any-return]
+
+    def parent(self) -> CloudKey | None:
+        parent = self.ndb_key.parent()
+        return None if parent is None else CloudKey(parent)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CloudKey) and other.ndb_key == self.ndb_key
+
+    def __hash__(self) -> int:
+        return hash(self.ndb_key)
+
+    def __repr__(self) -> str:
+        return f"CloudKey({self.ndb_key!r})"
+
+
+class CloudEntity(dict[str, Any]):
+    """An entity as a dict of its properties, with its key and the properties left out of indexes."""
+
+    def __init__(self, key: CloudKey, unindexed: tuple[str, ...] | frozenset[str] = ()) -> None:
+        super().__init__()
+        self._key = key
+        self.unindexed = frozenset(unindexed)
+
+    def key(self) -> CloudKey:
+        return self._key
+
+
+def _model(kind: str) -> type[ndb.Expando]:
+    """The Expando class of kind: no cache, unindexed by default; "key" readable as a stored name."""
+    model = _models.get(kind)
+    if model is None:
+        model = type(
+            "TaskutilsRecord" + kind.lstrip("_"),
+            (ndb.Expando,),
+            {
+                "_get_kind": classmethod(lambda cls, kind=kind: kind),
+                "_use_cache": False,
+                "_use_global_cache": False,
+                "_default_indexed": False,
+                "stored_key_": ndb.GenericProperty("key", indexed=False),  # "key" is the model's own attribute
+            },
+        )
+        _models[kind] = model
+    return model
+
+
+def _to_model(entity: CloudEntity) -> ndb.Expando:
+    key = entity.key().ndb_key
+    model = _model(key.kind())(key=key)
+    model._clone_properties()
+    for name, value in entity.items():
+        prop = ndb.GenericProperty(
+            name, indexed=name not in entity.unindexed, repeated=isinstance(value, (list, tuple))
+        )
+        prop._code_name = name
+        model._properties[name] = prop
+        prop._set_value(model, list(value) if isinstance(value, tuple) else value)
+    return model
+
+
+def _naive(value: Any) -> Any:
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(datetime.timezone.utc)
+        return datetime.datetime(
+            value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond
+        )
+    return value
+
+
+def _from_model(model: ndb.Expando | None) -> CloudEntity | None:
+    if model is None:
+        return None
+    entity = CloudEntity(CloudKey(model.key))
+    for name, prop in model._properties.items():
+        if name.strip():
+            entity[name] = _naive(prop._get_value(model))
+    return entity
+
+
+def _scoped(fn: Callable[..., T], transactional: bool | None) -> Callable[..., T]:
+    """fn, run in the transaction running (None), the caller's (True, required) or none (False)."""
+    if transactional is False:
+        return ndb.non_transactional()(fn)  # type: ignore[no-any-return]
+    if transactional and not ndb.in_transaction():
+        raise ndb.exceptions.BadRequestError("a transactional write needs a running Cloud NDB transaction")
+    return fn
+
+
+class CloudStore:
+    """Cloud Datastore through Cloud NDB; keys are ``CloudKey``, entities ``CloudEntity``."""
+
+    Contended: tuple[type[BaseException], ...] = (core_exceptions.RetryError, core_exceptions.Aborted)
+
+    def key(self, kind: str, name_or_id: str | int, parent: CloudKey | None = None) -> CloudKey:
+        if parent is not None:
+            return CloudKey(ndb.Key(kind, name_or_id, parent=parent.ndb_key))
+        return CloudKey(ndb.Key(kind, name_or_id, project=self._project(), namespace=self._current_namespace()))
+
+    def _project(self) -> str:
+        context = ndb.get_context(raise_context_error=False)
+        return context.client.project if context is not None else client().project  # type: ignore[no-any-return]
+
+    def _current_namespace(self) -> str | None:
+        namespace = _namespace.get()
+        if namespace is not None:
+            return namespace
+        context = ndb.get_context(raise_context_error=False)
+        return context.get_namespace() if context is not None else None
+
+    def adopt_key(self, key: Any) -> CloudKey:
+        """The store's key for a ``google.cloud.ndb.Key`` (a task's ``parent``)."""
+        return key if isinstance(key, CloudKey) else CloudKey(key)
+
+    def key_to_str(self, key: CloudKey) -> str:
+        return key.ndb_key.urlsafe().decode("ascii")  # type: ignore[no-any-return]
+
+    def key_from_str(self, text: str) -> CloudKey:
+        return CloudKey(ndb.Key(urlsafe=text.encode("ascii")))
+
+    def entity(self, key: CloudKey, unindexed: tuple[str, ...] = ()) -> CloudEntity:
+        return CloudEntity(key, unindexed)
+
+    def blob(self, data: bytes) -> bytes:
+        return bytes(data)
+
+    def text(self, value: str) -> str:
+        return value
+
+    def get(self, keys: list[Any], *, transactional: bool | None = None) -> list[Any]:
+        if not keys:
+            return []
+        for key in keys:
+            _model(key.kind())
+
+        def read() -> list[Any]:
+            return [_from_model(m) for m in ndb.get_multi([k.ndb_key for k in keys], use_cache=False)]
+
+        with context():
+            return _scoped(read, transactional)()
+
+    def put(self, entities: list[Any], *, transactional: bool | None = None) -> None:
+        if not entities:
+            return
+        models = [_to_model(e) for e in entities]
+
+        def write() -> None:
+            ndb.put_multi(models, use_cache=False)
+
+        with context():
+            _scoped(write, transactional)()
+
+    def delete(self, keys: list[Any], *, transactional: bool | None = None) -> None:
+        if not keys:
+            return
+
+        def remove() -> None:
+            ndb.delete_multi([k.ndb_key for k in keys], use_cache=False)
+
+        with context():
+            _scoped(remove, transactional)()
+
+    def transaction(self, fn: Callable[..., T], *args: Any, retries: int = 5) -> T:
+        def run() -> T:
+            return ndb.transaction(lambda: fn(*args), retries=retries, xg=True)  # type: ignore[no-any-return]
+
+        with context():
+            return ndb.non_transactional()(run)()  # type: ignore[no-any-return]
+
+    def in_transaction(self) -> bool:
+        return ndb.get_context(raise_context_error=False) is not None and bool(ndb.in_transaction())
+
+    def transaction_scope(self) -> object | None:
+        """The caller's running transaction (its Cloud NDB context), None outside one."""
+        return ndb.get_context() if self.in_transaction() else None
+
+    def query(
+        self,
+        kind: str,
+        *,
+        where: tuple[str, str, Any] | None = None,
+        newest_first: str | None = None,
+        keys_only: bool = False,
+        limit: int | None = None,
+        batch_size: int = 500,
+    ) -> Iterator[Any]:
+        _model(kind)
+        with context():
+            query = ndb.Query(
+                kind=kind,
+                namespace=self._current_namespace() or "",
+                filters=None if where is None else ndb.FilterNode(*where),
+                orders=None if newest_first is None else [-ndb.GenericProperty(newest_first)],
+            )
+            found = list(query.iter(keys_only=keys_only, limit=limit, batch_size=batch_size, use_cache=False))
+        if keys_only:
+            return iter([CloudKey(k) for k in found])
+        return iter([_from_model(m) for m in found])
+
+    def namespaces(self) -> list[str]:
+        with context():
+            return [n or "" for n in metadata.get_namespaces()]
+
+    @contextmanager
+    def in_namespace(self, namespace: str) -> Iterator[None]:
+        token = _namespace.set(namespace)
+        try:
+            yield
+        finally:
+            _namespace.reset(token)
