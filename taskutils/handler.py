@@ -269,7 +269,12 @@ class _Run(Scope):
             return self.refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes")
         self.outcome = _OK
         self.body = _read_body(environ, size)
-        return self.run(self.body)
+        if settings.backend != "cloud":
+            return self.run(self.body)
+        from .backends.cloud_store import context  # task code uses google.cloud.ndb as a request would
+
+        with context():
+            return self.run(self.body)
 
     def verify_token(self) -> HTTPStatus | None:
         """An HTTP task's OIDC token (``taskutils.backends.oidc``): None when it proves an allowed

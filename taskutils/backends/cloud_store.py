@@ -56,7 +56,7 @@ def context() -> AbstractContextManager[Any]:
     """The caller's Cloud NDB context when one is active, else a new one for the time of the ``with``."""
     if ndb.get_context(raise_context_error=False) is not None:
         return nullcontext()
-    return client().context(cache_policy=False, global_cache_policy=False)
+    return client().context()  # taskutils' own kinds skip its caches: their models say so
 
 
 class CloudKey:
@@ -150,8 +150,9 @@ def _from_model(model: ndb.Expando | None) -> CloudEntity | None:
         return None
     entity = CloudEntity(CloudKey(model.key))
     for name, prop in model._properties.items():
-        if name.strip():
-            entity[name] = _naive(prop._get_value(model))
+        value = prop._get_value(model)
+        if value is not None or name != "key":  # every kind declares "key": absent, it reads None
+            entity[name] = _naive(value)
     return entity
 
 
@@ -172,11 +173,20 @@ class CloudStore:
     def key(self, kind: str, name_or_id: str | int, parent: CloudKey | None = None) -> CloudKey:
         if parent is not None:
             return CloudKey(ndb.Key(kind, name_or_id, parent=parent.ndb_key))
-        return CloudKey(ndb.Key(kind, name_or_id, project=self._project(), namespace=self._current_namespace()))
+        found = self._client()
+        return CloudKey(
+            ndb.Key(
+                kind,
+                name_or_id,
+                project=found.project,
+                database=found.database,
+                namespace=self._current_namespace(),
+            )
+        )
 
-    def _project(self) -> str:
+    def _client(self) -> ndb.Client:
         context = ndb.get_context(raise_context_error=False)
-        return context.client.project if context is not None else client().project  # type: ignore[no-any-return]
+        return context.client if context is not None else client()
 
     def _current_namespace(self) -> str | None:
         namespace = _namespace.get()
@@ -193,7 +203,7 @@ class CloudStore:
         return key.ndb_key.urlsafe().decode("ascii")  # type: ignore[no-any-return]
 
     def key_from_str(self, text: str) -> CloudKey:
-        return CloudKey(ndb.Key(urlsafe=text.encode("ascii")))
+        return CloudKey(ndb.Key(urlsafe=text.encode("ascii"), database=self._client().database))
 
     def entity(self, key: CloudKey, unindexed: tuple[str, ...] = ()) -> CloudEntity:
         return CloudEntity(key, unindexed)
@@ -269,7 +279,7 @@ class CloudStore:
                 filters=None if where is None else ndb.FilterNode(*where),
                 orders=None if newest_first is None else [-ndb.GenericProperty(newest_first)],
             )
-            found = list(query.iter(keys_only=keys_only, limit=limit, batch_size=batch_size, use_cache=False))
+            found = list(query.iter(keys_only=keys_only, limit=limit, use_cache=False))  # ndb sizes its batches
         if keys_only:
             return iter([CloudKey(k) for k in found])
         return iter([_from_model(m) for m in found])
