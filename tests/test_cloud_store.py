@@ -223,6 +223,22 @@ def test_a_transactional_write_commits_and_rolls_back_with_the_callers_cloud_ndb
     assert found[0]["blob"] == b"\x00" * 2000
 
 
+def test_an_entity_read_and_written_back_keeps_its_big_values_unindexed(cloud):
+    store = backends.store()
+    entity = store.entity(store.key("_TaskutilsTest", "big"), ("state",))
+    entity["state"], entity["status"] = store.blob(b"\x01" * 5000), "pending"
+    store.put([entity])
+
+    found = store.get([entity.key()])[0]
+    found["status"] = "succeeded"
+    store.put([found])
+
+    assert store.get([entity.key()])[0] == {"state": b"\x01" * 5000, "status": "succeeded"}
+    assert [k.name() for k in store.query("_TaskutilsTest", where=("status", "=", "succeeded"), keys_only=True)] == [
+        "big"
+    ]
+
+
 def test_the_stores_own_transaction_commits_even_when_the_callers_rolls_back(cloud):
     store = backends.store()
 

@@ -3,8 +3,9 @@
 ``CloudStore`` implements ``taskutils.backends.base.Store`` with Cloud NDB's public
 API, so that a write can join the caller's ``google.cloud.ndb`` transaction and the
 store's own transactions are Cloud NDB transactions (a task added in one is staged in
-it). Each kind is an ``ndb.Expando`` made here, its properties unindexed unless the
-entity says otherwise; entities go in and out as dicts (``CloudEntity``), keys as
+it). Each kind is an ``ndb.Expando`` made here, its properties indexed unless the
+entity says otherwise (or the value cannot be: bytes, long text); an entity read back
+keeps the unindexed properties its kind was last made with in this process; entities go in and out as dicts (``CloudEntity``), keys as
 ``CloudKey`` (App Engine's ``kind()``, ``name()``, ``id()``, ``parent()``).
 
 Cloud NDB needs a client context: a call with none active opens one for its time,
@@ -34,6 +35,8 @@ _client: ndb.Client | None = None
 _client_lock = threading.Lock()
 _namespace: contextvars.ContextVar[str | None] = contextvars.ContextVar("taskutils_cloud_namespace", default=None)
 _models: dict[str, type[ndb.Expando]] = {}
+_unindexed: dict[str, frozenset[str]] = {}  # by kind: what entity() was told, for entities read back
+MAX_INDEXED = 1500  # bytes of an indexed text value
 
 
 def client() -> ndb.Client:
@@ -121,13 +124,22 @@ def _model(kind: str) -> type[ndb.Expando]:
     return model
 
 
+def _indexable(value: Any) -> bool:
+    """False for a value Datastore cannot index: bytes, or text over 1,500 bytes."""
+    if isinstance(value, bytes):
+        return False
+    return not isinstance(value, str) or len(value) <= MAX_INDEXED // 4 or len(value.encode()) <= MAX_INDEXED
+
+
 def _to_model(entity: CloudEntity) -> ndb.Expando:
     key = entity.key().ndb_key
     model = _model(key.kind())(key=key)
     model._clone_properties()
     for name, value in entity.items():
         prop = ndb.GenericProperty(
-            name, indexed=name not in entity.unindexed, repeated=isinstance(value, (list, tuple))
+            name,
+            indexed=name not in entity.unindexed and _indexable(value),
+            repeated=isinstance(value, (list, tuple)),
         )
         prop._code_name = name
         model._properties[name] = prop
@@ -148,7 +160,8 @@ def _naive(value: Any) -> Any:
 def _from_model(model: ndb.Expando | None) -> CloudEntity | None:
     if model is None:
         return None
-    entity = CloudEntity(CloudKey(model.key))
+    key = CloudKey(model.key)
+    entity = CloudEntity(key, _unindexed.get(key.kind(), ()))  # Cloud NDB does not say which were indexed
     for name, prop in model._properties.items():
         value = prop._get_value(model)
         if value is not None or name != "key":  # every kind declares "key": absent, it reads None
@@ -206,7 +219,10 @@ class CloudStore:
         return CloudKey(ndb.Key(urlsafe=text.encode("ascii"), database=self._client().database))
 
     def entity(self, key: CloudKey, unindexed: tuple[str, ...] = ()) -> CloudEntity:
-        return CloudEntity(key, unindexed)
+        found = CloudEntity(key, unindexed)
+        if _unindexed.get(key.kind()) != found.unindexed:
+            _unindexed[key.kind()] = found.unindexed
+        return found
 
     def blob(self, data: bytes) -> bytes:
         return bytes(data)

@@ -19,3 +19,10 @@ def store() -> Store:
 
         found = _stores["cloud"] = CloudStore()
     return found
+
+
+def install(backend: str, replacement: Store) -> Store | None:
+    """Make replacement the store of backend (to wrap it: a bench counting its calls); return the one it replaces."""
+    previous = _stores.get(backend)
+    _stores[backend] = replacement
+    return previous
