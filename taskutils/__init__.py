@@ -6,6 +6,7 @@ from .config import configure as configure
 from .config import get_taskroute as get_taskroute
 from .config import set_taskroute as set_taskroute
 from .defer import defer as defer
+from .exc import BackendError as BackendError
 from .exc import MapQueryError as MapQueryError
 from .exc import NoApiProxyError as NoApiProxyError
 from .exc import PayloadTooLargeError as PayloadTooLargeError
@@ -56,6 +57,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "BackendError",
     "CloudLoggingFormatter",
     "MapQueryError",
     "NoApiProxyError",

@@ -79,6 +79,10 @@ class MapQueryError(PermanentTaskFailure):
     """Raised by a ``map_query`` group's results when its function failed for good on an entity (named by key)."""
 
 
+class BackendError(TaskError, NotImplementedError):
+    """Raised when a feature is called on a backend that does not have it (``map_query`` off bundled Datastore)."""
+
+
 class ControlKeyError(TaskError, TypeError):
     """Raised when a controlled call's key cannot be made: an argument with no stable key, or not a string."""
 

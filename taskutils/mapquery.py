@@ -37,7 +37,8 @@ from typing import Any
 from . import codec
 from . import mapquery_store as ds
 from . import results_store as store
-from .exc import MapQueryError, PermanentTaskFailure, RetryTaskException, UnpicklableArgumentError
+from .config import settings
+from .exc import BackendError, MapQueryError, PermanentTaskFailure, RetryTaskException, UnpicklableArgumentError
 from .results import GroupHandle
 from .results_ids import new_group_id
 from .results_run import cancel_group, enqueue
@@ -127,6 +128,12 @@ def map_query(
     """
     if not callable(fn):
         raise TypeError(f"map_query() needs a callable, not {type(fn).__name__}")
+    if settings.backend != "appengine":
+        raise BackendError(
+            f"map_query() shards a bundled ndb query and runs on the appengine backend only, not on "
+            f"{settings.backend!r}: walk a Cloud NDB query in pages from a task of your own (fetch_page and "
+            "a cursor), re-adding the task with the next cursor"
+        )
     for name, value, low, high in (("shards", shards, 1, 1000), ("page_size", page_size, 1, MAX_PAGE_SIZE)):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ValueError(f"map_query(): {name} must be an int from {low} to {high}, got {value!r}")

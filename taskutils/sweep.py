@@ -38,7 +38,7 @@ def sweep(older_than: datetime.timedelta | float) -> int:
     let a failing task retry): a task still running after that finds its
     payload gone and is dropped with an error in the log.
     """
-    from . import mapquery_store, results_store, spill  # Datastore's modules load on first use, not with taskutils
+    from . import results_store, spill  # Datastore's modules load on first use, not with taskutils
 
     before = _cutoff(older_than)
     sent = 0
@@ -46,7 +46,12 @@ def sweep(older_than: datetime.timedelta | float) -> int:
         from .backends import cloud_outbox
 
         sent = cloud_outbox.send_lost()
-    return sent + spill.sweep(before) + results_store.sweep(before) + mapquery_store.sweep(before)
+    deleted = spill.sweep(before) + results_store.sweep(before)
+    if settings.backend == "appengine":  # map_query runs there only
+        from . import mapquery_store
+
+        deleted += mapquery_store.sweep(before)
+    return sent + deleted
 
 
 def sweep_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

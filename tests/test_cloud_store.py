@@ -200,6 +200,12 @@ def test_unique_admits_one_of_two_calls_with_its_state_in_cloud_datastore(task_t
     assert tasklib.ran == [("unique", 1)]
 
 
+def test_map_query_on_the_cloud_backend_fails_at_the_call_and_adds_nothing(task_testbed, cloud):
+    with cloud.context(), pytest.raises(taskutils.BackendError, match="appengine backend only"):
+        taskutils.map_query(print, CloudNote.query())
+    assert task_testbed.tasks() == []
+
+
 # -- the port itself ------------------------------------------------------------------------
 
 
