@@ -229,7 +229,8 @@ class TaskHandle:
     @classmethod
     def recent(cls, limit: int = 50) -> list[TaskHandle]:
         """The handles recorded last, newest first (a group's children are under their group)."""
-        return [cls(key.name(), store.Ref(key.name())) for key in store.recent(store.HANDLE_KIND, limit, keys_only=True)]
+        keys = store.recent(store.HANDLE_KIND, limit, keys_only=True)
+        return [cls(key.name(), store.Ref(key.name())) for key in keys]
 
 
 def _status_of(handle_id: str) -> str:

@@ -11,8 +11,9 @@ the rest of the call.
 
 The entities are written, read and deleted through the store of the backend in use
 (``taskutils.backends.store``): on App Engine, Datastore's low-level API, as ndb's
-tasklets cost more than the payload; on the cloud backend, Cloud Datastore. Every chunk records when its task is first due, so that ``taskutils.sweep`` can
-find payloads whose task can no longer run.
+tasklets cost more than the payload; on the cloud backend, Cloud Datastore. Every
+chunk records when its task is first due, so that ``taskutils.sweep`` can find
+payloads whose task can no longer run.
 """
 
 from __future__ import annotations

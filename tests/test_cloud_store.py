@@ -81,7 +81,7 @@ def datastore_emulator() -> Iterator[str]:
 def cloud(datastore_emulator: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ndb.Client]:
     """The cloud backend's store on a cleared emulator; a Cloud NDB client to look at it."""
     monkeypatch.setenv("DATASTORE_EMULATOR_HOST", datastore_emulator)
-    monkeypatch.delenv("DATASTORE_PROJECT_ID", raising=False)  # it would turn the testbed's bundled Datastore to Cloud's
+    monkeypatch.delenv("DATASTORE_PROJECT_ID", raising=False)  # it turns the testbed's bundled Datastore to Cloud's
     _get(f"http://{datastore_emulator}/reset", data=b"")
     cloud_store.reset_client()
     taskutils.configure(backend="cloud", project=PROJECT)

@@ -5,8 +5,9 @@ API, so that a write can join the caller's ``google.cloud.ndb`` transaction and 
 store's own transactions are Cloud NDB transactions (a task added in one is staged in
 it). Each kind is an ``ndb.Expando`` made here, its properties indexed unless the
 entity says otherwise (or the value cannot be: bytes, long text); an entity read back
-keeps the unindexed properties its kind was last made with in this process; entities go in and out as dicts (``CloudEntity``), keys as
-``CloudKey`` (App Engine's ``kind()``, ``name()``, ``id()``, ``parent()``).
+keeps the unindexed properties its kind was last made with in this process. Entities
+go in and out as dicts (``CloudEntity``), keys as ``CloudKey`` (with App Engine's
+``kind()``, ``name()``, ``id()``, ``parent()``).
 
 Cloud NDB needs a client context: a call with none active opens one for its time,
 with a client made once per process for ``settings.cloud.resolved_project()`` (the

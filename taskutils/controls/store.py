@@ -71,7 +71,7 @@ class State:
         entity["updated"] = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
         previous = self.entity.get("key") if self.entity is not None else None
         if readable is not None or previous is not None:
-            entity["key"] = self._store.text(readable if readable is not None else previous)
+            entity["key"] = self._store.text(readable if readable is not None else str(previous))
         self._store.put([entity], transactional=self._transactional)
         self.entity = entity
 
@@ -88,7 +88,7 @@ def transaction(fn: Callable[..., T], *args: Any) -> T:
 
 
 def in_callers_transaction(fn: Callable[[bool], T]) -> T:
-    """fn(True) in the caller's ndb (or Cloud NDB) transaction: States made with joined=True commit or roll back with it."""
+    """fn(True) in the caller's ndb (or Cloud NDB) transaction: a State made joined commits or rolls back with it."""
     if not current_store().in_transaction():
         from google.appengine.api import datastore_errors
 
