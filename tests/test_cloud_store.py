@@ -150,12 +150,13 @@ def unique_job(x: int) -> None:
 # -- payloads, handles, groups, controls, task code -----------------------------------------
 
 
-def test_a_300_kb_argument_spills_to_cloud_datastore_arrives_byte_exact_and_is_deleted_after(
-    task_testbed, cloud, signed
+@pytest.mark.parametrize("size", [300_000, 4_500_000])
+def test_a_big_argument_spills_to_cloud_datastore_arrives_byte_exact_and_is_deleted_after(
+    task_testbed, cloud, signed, size
 ):
-    blob = os.urandom(300_000)
+    blob = os.urandom(size)
     tasklib.record(blob)
-    assert count(cloud, CHUNK_KIND) == 1  # in the emulator, not in bundled Datastore
+    assert count(cloud, CHUNK_KIND) == -(-size // 1_000_000)  # in the emulator, not in bundled Datastore
 
     task_testbed.drain()
 

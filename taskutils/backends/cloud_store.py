@@ -38,6 +38,9 @@ _namespace: contextvars.ContextVar[str | None] = contextvars.ContextVar("taskuti
 _models: dict[str, type[ndb.Expando]] = {}
 _unindexed: dict[str, frozenset[str]] = {}  # by kind: what entity() was told, for entities read back
 MAX_INDEXED = 1500  # bytes of an indexed text value
+# Bytes of entities written in one commit outside a transaction: Cloud Datastore takes 10 MiB,
+# its emulator's gRPC server 4 MiB.
+MAX_COMMIT = 3 * 1000 * 1000
 
 
 def client() -> ndb.Client:
@@ -170,6 +173,25 @@ def _from_model(model: ndb.Expando | None) -> CloudEntity | None:
     return entity
 
 
+def _size(entity: CloudEntity) -> int:
+    return sum(len(v) for v in entity.values() if isinstance(v, (bytes, str))) + 200
+
+
+def _commits(entities: list[CloudEntity], models: list[ndb.Expando]) -> Iterator[list[ndb.Expando]]:
+    """models in runs whose entities stay under a commit's 10 MiB (a spilled payload's megabyte chunks)."""
+    batch: list[ndb.Expando] = []
+    size = 0
+    for entity, model in zip(entities, models, strict=True):
+        grown = _size(entity)
+        if batch and size + grown > MAX_COMMIT:
+            yield batch
+            batch, size = [], 0
+        batch.append(model)
+        size += grown
+    if batch:
+        yield batch
+
+
 def _scoped(fn: Callable[..., T], transactional: bool | None) -> Callable[..., T]:
     """fn, run in the transaction running (None), the caller's (True, required) or none (False)."""
     if transactional is False:
@@ -249,7 +271,11 @@ class CloudStore:
         models = [_to_model(e) for e in entities]
 
         def write() -> None:
-            ndb.put_multi(models, use_cache=False)
+            if ndb.in_transaction():  # written by the transaction's commit, whose limit is the caller's to keep
+                ndb.put_multi(models, use_cache=False)
+                return
+            for batch in _commits(entities, models):  # Cloud NDB fills a commit by count, not by size
+                ndb.put_multi(batch, use_cache=False)
 
         with context():
             _scoped(write, transactional)()
