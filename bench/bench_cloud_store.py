@@ -1,12 +1,13 @@
 """Datastore operations per group child on the cloud store (Cloud Datastore), at 100 and 10,000 children.
 
 Run alone from the repository root: ``python bench/bench_cloud_store.py [--quick]``. It
-starts the Google Cloud CLI's Datastore emulator on a free loopback port, puts the
-cloud backend's store on it, and runs ``submit_map(...).then(...)`` through the
-testbed's taskqueue stub (a transactional add inside a Cloud NDB transaction is sent
-once the transaction commits). Operations are counted at the store port, one per
-call (a get, put or delete of many entities is one RPC; a transaction is a
-BeginTransaction and a Commit), as ``bench_results.py`` counts bundled Datastore's RPCs.
+starts the Google Cloud CLI's Datastore emulator and the Cloud Tasks emulator
+(``$TASKUTILS_EMULATOR_VENV``, as the tests use it) on free loopback ports, puts the
+cloud backend on them, and runs ``submit_map(...).then(...)``: the queue is paused, and
+each task is read back and posted to ``taskutils.app`` in process until none is left.
+Operations are counted at the store port, one per call (a get, put or delete of many
+entities is one RPC; a transaction is a BeginTransaction and a Commit), as
+``bench_results.py`` counts bundled Datastore's RPCs.
 """
 
 from __future__ import annotations
@@ -24,21 +25,24 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from google.cloud import ndb
+import webtest
 
 import taskutils
+from taskutils import cloudtasks
 from taskutils.backends import current
-from taskutils.backends.appengine import AppEngineQueue
 from taskutils.backends.base import Store
-from taskutils.testing import TaskTestbed
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import benchwork  # noqa: E402
 
-PROJECT = "taskutils-bench"
+PROJECT, LOCATION, QUEUE = "taskutils-bench", "us-central1", "default"
+REPO = Path(__file__).resolve().parents[1]
+EMULATOR_VENV = Path(os.environ.get("TASKUTILS_EMULATOR_VENV") or REPO / ".cache" / "cloudtasks-emulator-venv")
+FULL_VIEW = 2  # tasks_v2.Task.View.FULL: bodies included
 BIG, SMALL = 10_000, 100
 
 
@@ -96,26 +100,60 @@ def emulator() -> Iterator[str]:
         process.wait(20)
 
 
-def send_after_commit() -> None:
-    """Transactional adds in a Cloud NDB transaction reach the stub once it commits (the outbox's part)."""
-    add = AppEngineQueue.add
-
-    def add_after_commit(self: AppEngineQueue, added: Any, transactional: bool = False) -> Any:
-        context = ndb.get_context(raise_context_error=False)
-        if not transactional or context is None or not context.in_transaction():
-            return add(self, added, transactional)
-        context.call_on_commit(lambda: add(self, added, False))
-        return added
-
-    AppEngineQueue.add = add_after_commit  # type: ignore[method-assign]
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
-def per_child(bed: TaskTestbed, counting: CountingStore, n: int) -> tuple[float, collections.Counter[str]]:
+@contextmanager
+def tasks_emulator() -> Iterator[cloudtasks.EmulatorProcess]:
+    """The Cloud Tasks emulator with a paused default queue."""
+    emulator = cloudtasks.EmulatorProcess(
+        EMULATOR_VENV,
+        port=free_port(),
+        queues=(QUEUE,),
+        project=PROJECT,
+        location=LOCATION,
+        target_port=free_port(),
+        max_retries=0,
+    )
+    emulator.start()
+    try:
+        cloudtasks.emulator_client(emulator.address).pause_queue(name=emulator.queue_path(QUEUE))
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+def drain(emulator: cloudtasks.EmulatorProcess) -> None:
+    """Post every queued task to taskutils.app, and the tasks they add, until none is left."""
+    client, app = cloudtasks.emulator_client(emulator.address), webtest.TestApp(taskutils.app)
+    parent = emulator.queue_path(QUEUE)
+    while True:
+        waiting = list(client.list_tasks(request={"parent": parent, "response_view": FULL_VIEW}))
+        if not waiting:
+            return
+        client.purge_queue(name=parent)  # the emulator has no DeleteTask
+        for added in waiting:
+            request = added.app_engine_http_request
+            headers = {
+                **dict(request.headers),
+                "X-AppEngine-QueueName": QUEUE,
+                "X-AppEngine-TaskName": added.name.rsplit("/", 1)[1],
+                "X-AppEngine-TaskRetryCount": "0",
+            }
+            app.post(request.relative_uri, request.body, headers=headers)
+
+
+def per_child(
+    emulator: cloudtasks.EmulatorProcess, counting: CountingStore, n: int
+) -> tuple[float, collections.Counter[str]]:
     """Store operations per child (and by name) for a whole fan-in of n children."""
     group = benchwork.item_task.submit_map(range(n))
     group.then(summary)
     counting.calls.clear()
-    bed.drain()
+    drain(emulator)
     if group.status != "succeeded":
         raise RuntimeError(f"a group of {n} is {group.status}")
     calls = collections.Counter(counting.calls)
@@ -130,21 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     big = 1_000 if args.quick else BIG
     logging.disable(logging.CRITICAL)
-    with emulator() as host:
+    with emulator() as host, tasks_emulator() as tasks:
         os.environ["DATASTORE_EMULATOR_HOST"] = host
-        os.environ.pop("DATASTORE_PROJECT_ID", None)  # it would turn the testbed's bundled Datastore to Cloud's
-        taskutils.configure(backend="cloud", project=PROJECT, secret_keys=[])
+        os.environ["CLOUD_TASKS_EMULATOR_HOST"] = tasks.address
+        taskutils.configure(backend="cloud", project=PROJECT, location=LOCATION, secret_keys=[])
         counting = CountingStore(taskutils.backends.store())
         current.install("cloud", counting)  # type: ignore[arg-type]
-        send_after_commit()
-        bed = TaskTestbed().activate()
-        try:
-            rows: list[tuple[int, float, collections.Counter[str]]] = []
-            for n in (SMALL, big):
-                ops, calls = per_child(bed, counting, n)
-                rows.append((n, ops, calls))
-        finally:
-            bed.deactivate()
+        rows: list[tuple[int, float, collections.Counter[str]]] = []
+        for n in (SMALL, big):
+            ops, calls = per_child(tasks, counting, n)
+            rows.append((n, ops, calls))
     show: Callable[[collections.Counter[str], int], str] = lambda calls, n: ", ".join(  # noqa: E731
         f"{k} {v / n:.4g}" for k, v in sorted(calls.items())
     )

@@ -271,9 +271,9 @@ class _Run(Scope):
         self.body = _read_body(environ, size)
         if settings.backend != "cloud":
             return self.run(self.body)
-        from .backends.cloud_store import context  # task code uses google.cloud.ndb as a request would
+        from .backends.cloud_store import task_context  # task code uses google.cloud.ndb as a request would
 
-        with context():
+        with task_context():
             return self.run(self.body)
 
     def verify_token(self) -> HTTPStatus | None:

@@ -491,11 +491,6 @@ def test_a_lost_task_cloud_tasks_refuses_stays_staged_and_does_not_hold_up_the_o
     assert staged(datastore) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="sweep() then sweeps spilled payloads and handles on bundled Datastore, not yet on Cloud Datastore",
-)
 def test_sweep_on_the_cloud_backend_sends_transactional_tasks_whose_send_was_lost(cloud, datastore, monkeypatch):
     stage_a_lost_send(datastore, monkeypatch, minutes_ago=2)
 

@@ -1,7 +1,10 @@
 """The cloud store: taskutils' records in Cloud Datastore, against the Google Cloud CLI's Datastore emulator.
 
-Tasks are queued on the testbed's taskqueue stub and run through ``taskutils.testing``'s
-drain, with the store set to the cloud backend's: every record lives in the emulator.
+Tasks go to the real Cloud Tasks emulator (``gcloud-tasks-emulator``, in its own virtualenv
+at ``$TASKUTILS_EMULATOR_VENV``), whose queue is paused: ``drain`` reads each task back and
+posts it to ``taskutils.app`` in process, as Cloud Tasks would, until none is left. Every
+record lives in the Datastore emulator. Outside CI a machine without an emulator skips;
+under ``CI=true`` that is a failure.
 """
 
 from __future__ import annotations
@@ -9,34 +12,40 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import webtest
 from google.cloud import ndb
 
 import taskutils
-from taskutils import backends, task
+from taskutils import backends, cloudtasks, task
 from taskutils.backends import cloud_store
-from taskutils.backends.appengine import AppEngineQueue
 from taskutils.results_store import GROUP_KIND, HANDLE_KIND, LEAF_KIND
 from taskutils.spill import CHUNK_KIND
 
 import tasklib
+from apps.serving import free_port
 
-PROJECT = "taskutils-test"
+REPO = Path(__file__).resolve().parents[1]
+EMULATOR_VENV = Path(os.environ.get("TASKUTILS_EMULATOR_VENV") or REPO / ".cache" / "cloudtasks-emulator-venv")
+PROJECT, LOCATION, QUEUE = "taskutils-cloud-store", "us-central1", "default"
 START_TIMEOUT = 60.0
+FULL_VIEW = 2  # tasks_v2.Task.View.FULL: bodies included
+MAX_ROUNDS = 50
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _unavailable(what: str, error: BaseException | str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is needed in CI: {error}")
+    pytest.skip(f"{what} is not available here: {error}")
 
 
 def _get(url: str, data: bytes | None = None) -> bytes:
@@ -49,13 +58,13 @@ def datastore_emulator() -> Iterator[str]:
     """The Google Cloud CLI's Datastore emulator on a free loopback port, for the session: its host:port."""
     gcloud = shutil.which("gcloud")
     if gcloud is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the Google Cloud CLI (gcloud) is needed for the Datastore emulator")
-        pytest.skip("no Google Cloud CLI (gcloud) here for the Datastore emulator")
-    host = f"127.0.0.1:{_free_port()}"
+        _unavailable("the Google Cloud CLI (gcloud)", "not on PATH")
+    host = f"127.0.0.1:{free_port()}"
     command = [gcloud, "beta", "emulators", "datastore", "start", f"--host-port={host}"]
     command += ["--no-store-on-disk", "--consistency=1.0", f"--project={PROJECT}", "--quiet"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(  # type: ignore[misc]
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -65,7 +74,7 @@ def datastore_emulator() -> Iterator[str]:
             except (urllib.error.URLError, OSError):
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the Datastore emulator did not answer on {host} within {START_TIMEOUT:.0f} s")
+                _unavailable("the Datastore emulator", f"no answer on {host} within {START_TIMEOUT:.0f} s")
             time.sleep(0.2)
         yield host
     finally:
@@ -77,39 +86,78 @@ def datastore_emulator() -> Iterator[str]:
             process.wait(10)
 
 
+@pytest.fixture(scope="module")
+def tasks_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cloudtasks.EmulatorProcess]:
+    """The Cloud Tasks emulator with a paused default queue: what is added stays listed for ``drain``."""
+    emulator = cloudtasks.EmulatorProcess(
+        EMULATOR_VENV,
+        port=free_port(),
+        queues=(QUEUE,),
+        project=PROJECT,
+        location=LOCATION,
+        target_port=free_port(),  # nothing listens: the queue is paused anyway
+        max_retries=0,
+        log_path=str(tmp_path_factory.mktemp("cloud-store") / "emulator.log"),
+    )
+    try:
+        emulator.start()
+    except (OSError, subprocess.CalledProcessError) as e:
+        _unavailable("the Cloud Tasks emulator", e)
+    try:
+        cloudtasks.emulator_client(emulator.address).pause_queue(name=emulator.queue_path(QUEUE))
+        yield emulator
+    finally:
+        emulator.stop()
+
+
 @pytest.fixture
-def cloud(datastore_emulator: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ndb.Client]:
-    """The cloud backend's store on a cleared emulator; a Cloud NDB client to look at it."""
+def cloud(
+    datastore_emulator: str, tasks_emulator: cloudtasks.EmulatorProcess, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ndb.Client]:
+    """This process on the cloud backend, both emulators emptied; a Cloud NDB client to look at the records."""
     monkeypatch.setenv("DATASTORE_EMULATOR_HOST", datastore_emulator)
-    monkeypatch.delenv("DATASTORE_PROJECT_ID", raising=False)  # it turns the testbed's bundled Datastore to Cloud's
+    monkeypatch.setenv("DATASTORE_PROJECT_ID", PROJECT)  # bundled Datastore, were it touched, would fail loudly
+    monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", tasks_emulator.address)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", os.path.join(tempfile.gettempdir(), "no-such-file.json"))
     _get(f"http://{datastore_emulator}/reset", data=b"")
+    cloudtasks.emulator_client(tasks_emulator.address).purge_queue(name=tasks_emulator.queue_path(QUEUE))
     cloud_store.reset_client()
-    taskutils.configure(backend="cloud", project=PROJECT)
+    taskutils.configure(backend="cloud", project=PROJECT, location=LOCATION)
     try:
         yield ndb.Client(project=PROJECT)
     finally:
-        taskutils.configure(backend="appengine", project=None)
+        taskutils.configure(backend="appengine", project=None, location=None)
         cloud_store.reset_client()
 
 
-@pytest.fixture
-def sent_after_commit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A transactional add inside a Cloud NDB transaction reaches the testbed's queue once the transaction commits.
+def drain(tasks_emulator: cloudtasks.EmulatorProcess) -> int:
+    """Run the queued tasks, and the tasks they add, until none is left, as Cloud Tasks posts them; how many ran."""
+    client = cloudtasks.emulator_client(tasks_emulator.address)
+    ran = 0
+    for _ in range(MAX_ROUNDS):
+        waiting = list(
+            client.list_tasks(request={"parent": tasks_emulator.queue_path(QUEUE), "response_view": FULL_VIEW})
+        )
+        if not waiting:
+            return ran
+        client.purge_queue(name=tasks_emulator.queue_path(QUEUE))  # the emulator has no DeleteTask
+        for added in waiting:
+            request = added.app_engine_http_request
+            headers = {
+                **dict(request.headers),
+                "X-AppEngine-QueueName": QUEUE,
+                "X-AppEngine-TaskName": added.name.rsplit("/", 1)[1],
+                "X-AppEngine-TaskRetryCount": "0",
+            }
+            answer = webtest.TestApp(taskutils.app).post(request.relative_uri, request.body, headers=headers)
+            assert answer.status_int == 200, answer
+            ran += 1
+    raise AssertionError(f"tasks still queued after {MAX_ROUNDS} rounds")
 
-    The taskqueue SDK joins bundled Datastore's transactions only; this stands in for the
-    cloud queue's transactional outbox, so that callbacks and fan-in steps (added in the
-    store's transactions) run here.
-    """
-    add = AppEngineQueue.add
 
-    def add_after_commit(self: AppEngineQueue, added: Any, transactional: bool = False) -> Any:
-        context = ndb.get_context(raise_context_error=False)
-        if not transactional or context is None or not context.in_transaction():
-            return add(self, added, transactional)
-        context.call_on_commit(lambda: add(self, added, False))
-        return added
-
-    monkeypatch.setattr(AppEngineQueue, "add", add_after_commit)
+def queued(tasks_emulator: cloudtasks.EmulatorProcess) -> list[Any]:
+    client = cloudtasks.emulator_client(tasks_emulator.address)
+    return list(client.list_tasks(request={"parent": tasks_emulator.queue_path(QUEUE)}))
 
 
 def count(client: ndb.Client, kind: str) -> int:
@@ -152,59 +200,59 @@ def unique_job(x: int) -> None:
 
 @pytest.mark.parametrize("size", [300_000, 4_500_000])
 def test_a_big_argument_spills_to_cloud_datastore_arrives_byte_exact_and_is_deleted_after(
-    task_testbed, cloud, signed, size
+    tasks_emulator, cloud, signed, size
 ):
     blob = os.urandom(size)
     tasklib.record(blob)
     assert count(cloud, CHUNK_KIND) == -(-size // 1_000_000)  # in the emulator, not in bundled Datastore
 
-    task_testbed.drain()
+    drain(tasks_emulator)
 
     assert tasklib.ran == [((blob,), {})]
     assert count(cloud, CHUNK_KIND) == 0
 
 
-def test_a_handle_keeps_its_result_in_cloud_datastore(task_testbed, cloud, signed):
+def test_a_handle_keeps_its_result_in_cloud_datastore(tasks_emulator, cloud, signed):
     handle = square.submit(12)
-    task_testbed.drain()
+    drain(tasks_emulator)
 
     assert handle.result() == 144
     assert taskutils.TaskHandle.get(handle.id).status == "succeeded"
     assert count(cloud, HANDLE_KIND) == 1
 
 
-def test_submit_map_then_gets_every_result_in_item_order_once(task_testbed, cloud, signed, sent_after_commit):
+def test_submit_map_then_gets_every_result_in_item_order_once(tasks_emulator, cloud, signed):
     group = square.submit_map(range(30))
     summary = group.then(summarize)
-    task_testbed.drain()
+    drain(tasks_emulator)
 
     assert [r for r in tasklib.ran if r[0] == "summarize"] == [("summarize", [n * n for n in range(30)])]
     assert summary.result() == sum(n * n for n in range(30))
     assert count(cloud, GROUP_KIND) == 1 and count(cloud, LEAF_KIND) > 1
 
 
-def test_task_code_puts_a_cloud_ndb_model_and_it_is_there_once(task_testbed, cloud):
+def test_task_code_puts_a_cloud_ndb_model_and_it_is_there_once(tasks_emulator, cloud):
     write_note("hello")
-    task_testbed.drain()
+    drain(tasks_emulator)
 
     with cloud.context():
         notes = CloudNote.query().fetch()
     assert [n.text for n in notes] == ["hello"]
 
 
-def test_unique_admits_one_of_two_calls_with_its_state_in_cloud_datastore(task_testbed, cloud, sent_after_commit):
+def test_unique_admits_one_of_two_calls_with_its_state_in_cloud_datastore(tasks_emulator, cloud):
     unique_job(1)
     unique_job(1)
     assert count(cloud, "_TaskutilsUnique") == 1
-    task_testbed.drain()
+    drain(tasks_emulator)
 
     assert tasklib.ran == [("unique", 1)]
 
 
-def test_map_query_on_the_cloud_backend_fails_at_the_call_and_adds_nothing(task_testbed, cloud):
+def test_map_query_on_the_cloud_backend_fails_at_the_call_and_adds_nothing(tasks_emulator, cloud):
     with cloud.context(), pytest.raises(taskutils.BackendError, match="appengine backend only"):
         taskutils.map_query(print, CloudNote.query())
-    assert task_testbed.tasks() == []
+    assert queued(tasks_emulator) == []
 
 
 # -- the port itself ------------------------------------------------------------------------
@@ -264,9 +312,9 @@ def test_the_stores_own_transaction_commits_even_when_the_callers_rolls_back(clo
     assert store.get([store.key("_TaskutilsTest", "own")])[0] == {"n": 1}
 
 
-def test_sweep_deletes_a_finished_handle_and_an_orphaned_payload_from_cloud_datastore(task_testbed, cloud, signed):
+def test_sweep_deletes_a_finished_handle_and_an_orphaned_payload_from_cloud_datastore(tasks_emulator, cloud, signed):
     handle = square.submit(3)
-    task_testbed.drain()
+    drain(tasks_emulator)
     tasklib.record(os.urandom(200_000))  # never run: its payload is orphaned once due long enough
     assert (count(cloud, HANDLE_KIND), count(cloud, CHUNK_KIND)) == (1, 1)
 

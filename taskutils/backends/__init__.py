@@ -1,7 +1,7 @@
 """Where tasks go and where records live: the ports (``base``) and their implementations.
 
 ``queue`` and ``store`` give those of the backend in use (``settings.backend``): App Engine's
-bundled services, or the cloud backend (Cloud Tasks, and Cloud Datastore through Cloud NDB).
+bundled services, or the cloud backend (Cloud Datastore through Cloud NDB).
 """
 
 from __future__ import annotations

@@ -33,6 +33,19 @@ class Queue(Protocol):
         ...
 
 
+class Trust(Protocol):
+    """Decides, before a task request's body is read, that the queue sent it.
+
+    On App Engine the handler trusts the ``X-AppEngine-*`` headers App Engine strips
+    from outside requests (checked inline, on the hot path); off App Engine, with a
+    ``target``, ``backends.oidc.OidcTrust`` checks the OIDC token Cloud Tasks attaches.
+    """
+
+    def verify(self, environ: Mapping[str, Any]) -> str:
+        """Who sent the request when it is trusted; ``UntrustedRequestError`` saying why not, otherwise."""
+        ...
+
+
 class Store(Protocol):
     """Where taskutils keeps its records: Datastore, bundled or Cloud.
 
@@ -117,16 +130,4 @@ class Store(Protocol):
 
     def in_namespace(self, namespace: str) -> AbstractContextManager[None]:
         """Within it, keys are made and queries run in namespace."""
-
-
-class Trust(Protocol):
-    """Decides, before a task request's body is read, that the queue sent it.
-
-    On App Engine the handler trusts the ``X-AppEngine-*`` headers App Engine strips
-    from outside requests (checked inline, on the hot path); off App Engine, with a
-    ``target``, ``backends.oidc.OidcTrust`` checks the OIDC token Cloud Tasks attaches.
-    """
-
-    def verify(self, environ: Mapping[str, Any]) -> str:
-        """Who sent the request when it is trusted; ``UntrustedRequestError`` saying why not, otherwise."""
         ...

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import contextvars
 import datetime
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as core_exceptions
+from google.auth.exceptions import DefaultCredentialsError
 from google.cloud import ndb
 from google.cloud.ndb import metadata
 
@@ -32,7 +34,10 @@ from ..config import settings
 
 T = TypeVar("T")
 
+log = logging.getLogger("taskutils.cloud_store")
+
 _client: ndb.Client | None = None
+_warned: list[bool] = []
 _client_lock = threading.Lock()
 _namespace: contextvars.ContextVar[str | None] = contextvars.ContextVar("taskutils_cloud_namespace", default=None)
 _models: dict[str, type[ndb.Expando]] = {}
@@ -64,6 +69,21 @@ def context() -> AbstractContextManager[Any]:
     if ndb.get_context(raise_context_error=False) is not None:
         return nullcontext()
     return client().context()  # taskutils' own kinds skip its caches: their models say so
+
+
+def task_context() -> AbstractContextManager[Any]:
+    """What the handler runs a task in: ``context()``, or none where no credentials for Datastore are found.
+
+    A task that does not use Datastore still runs there (a test with only a Cloud Tasks
+    emulator); one that does gets the credentials error from its first Datastore call.
+    """
+    try:
+        return context()
+    except DefaultCredentialsError as e:
+        if not _warned:
+            _warned.append(True)
+            log.warning("tasks run without a Cloud NDB context: no credentials for Cloud Datastore (%s)", e)
+        return nullcontext()
 
 
 class CloudKey:
