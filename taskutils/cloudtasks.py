@@ -218,6 +218,32 @@ if os.environ.get("TASKUTILS_EMULATOR_DELETE_FORGETS") == "1":
                 del _seen[task_name]
         return _delete_queue(self, name)
     _emulator.QueueState.delete_queue = delete_queue
+# The emulator has no GetTask and no DeleteTask (UNIMPLEMENTED); Cloud Tasks has both, and the console
+# shows a task and deletes it with them.
+from google.api_core.exceptions import GoogleAPICallError as _CallError, NotFound as _NotFound
+from google.protobuf import empty_pb2 as _empty
+def _find_task(state, task_name):
+    for task in list(state._queue_tasks.get(task_name.rsplit("/", 2)[0], ())):
+        if task.name == task_name:
+            return task
+    raise _NotFound("Task not found: %s" % task_name)
+def GetTask(self, request, context):
+    try:
+        return _find_task(self._state, request.name)
+    except _CallError as err:
+        context.abort(err.grpc_status_code, err.message)
+def DeleteTask(self, request, context):
+    try:
+        task = _find_task(self._state, request.name)
+        waiting = self._state._queue_tasks[request.name.rsplit("/", 2)[0]]
+        for i, other in enumerate(waiting):
+            if other is task:
+                del waiting[i]
+                return _empty.Empty()
+        raise _NotFound("Task not found: %s" % request.name)
+    except _CallError as err:
+        context.abort(err.grpc_status_code, err.message)
+_emulator.Greeter.GetTask, _emulator.Greeter.DeleteTask = GetTask, DeleteTask
 sys.argv = ["gcloud-tasks-emulator", "start"] + sys.argv[3:]
 from gcloud_tasks_emulator.__main__ import main
 main()

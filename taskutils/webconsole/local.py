@@ -14,7 +14,10 @@ queue's page does it for every failed task of the queue at once.
 
 In Cloud Tasks mode the queue lives in Cloud Tasks (or its emulator), not here:
 the console says so, and records the runs this server answers through
-``taskutils.hooks``.
+``taskutils.hooks``. On the cloud backend (``configure(backend="cloud")``) the
+queue pages read Cloud Tasks itself (:mod:`.cloud_queues`): each queue's tasks
+with their decoded calls, and ``Run now`` (``RunTask``), ``Delete`` and ``Purge``
+act there; the handle and group pages read Cloud Datastore through the store port.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from urllib.parse import parse_qs, unquote, urlencode
 from .. import hooks
 from ..config import settings
 from ..local.dispatch import RunRecord
-from . import controls, decode, handles, queues
+from . import cloud_queues, controls, decode, handles, queues
 from .html import asset, duration, esc, page, path_part, status_badge, table, when
 from .runs import RunLog, started_at
 
@@ -53,6 +56,7 @@ _NOTICES = {
     "deleted": "Task {task} was deleted: it will not run.",
     "purged": "Queue {queue} was purged: its tasks will not run.",
     "gone": "Task {task} is no longer queued.",
+    "unsupported": "Task {task} was not deleted: this queue service cannot delete one task.",
     "unknown": "There is no queue {queue}.",
     "retried": "{count} failed tasks of queue {queue} will run again now.",
 }
@@ -123,8 +127,11 @@ class LocalConsole:
         self.server = server
         self.runs = RunLog(server)
         self._secret = secrets.token_bytes(32)
-        self._queue_yaml: str | None = getattr(server, "queue_yaml", None)
-        self.queue_service = queue_service()
+        # On the cloud backend the queues are Cloud Tasks' (or its emulator's), listed and steered there.
+        self.cloud = settings.backend == "cloud"
+        self.queues: Any = cloud_queues if self.cloud else queues
+        self._queue_yaml: str | None = None if self.cloud else getattr(server, "queue_yaml", None)
+        self.queue_service = cloud_queues.service() if self.cloud else queue_service()
         if self.queue_service is not None and self.runs.records is not None:
             _record_runs(self.runs.records)
 
@@ -258,7 +265,7 @@ class LocalConsole:
     def _act(self, parts: list[str], form: dict[str, str], base: str) -> Response:
         if len(parts) == 3 and parts[0] == "queues" and parts[2] == "retry-failed":
             queue = parts[1]
-            retried = [row.name for row in self._failed_tasks(queue) if queues.run_now(queue, row.name)]
+            retried = [row.name for row in self._failed_tasks(queue) if self.queues.run_now(queue, row.name)]
             log.info("console: retried %d failed tasks of queue %s", len(retried), queue)
             query = urlencode({"done": "retried", "queue": queue, "count": len(retried)})
             return _redirect(f"{base}/queues/{path_part(queue)}?{query}")
@@ -267,16 +274,20 @@ class LocalConsole:
             back = f"{base}/queues/{path_part(queue)}"
             if form.get("confirm") != "yes":
                 return _redirect(f"{back}/purge")
-            done = "purged" if queues.purge(queue) else "unknown"
+            done = "purged" if self.queues.purge(queue) else "unknown"
             log.info("console: purged queue %s", queue)
             return _redirect(f"{back}?{urlencode({'done': done, 'queue': queue})}")
         if len(parts) == 5 and parts[0] == "queues" and parts[2] == "tasks" and parts[4] in ("run", "retry", "delete"):
             queue, name, verb = parts[1], parts[3], parts[4]
             if verb == "delete":
-                ok = queues.delete(queue, name)
-                done = "deleted" if ok else "gone"
+                try:
+                    ok = self.queues.delete(queue, name)
+                    done = "deleted" if ok else "gone"
+                except NotImplementedError as e:
+                    log.warning("console: %s", e)
+                    ok, done = False, "unsupported"
             else:
-                ok = queues.run_now(queue, name)
+                ok = self.queues.run_now(queue, name)
                 done = verb if ok else "gone"
             log.info("console: %s task %s in queue %s -> %s", verb, name, queue, "done" if ok else "not queued")
             return _redirect(f"{base}/queues/{path_part(queue)}?{urlencode({'done': done, 'task': name})}")
@@ -287,9 +298,9 @@ class LocalConsole:
     def _queues_page(self, base: str, message: str) -> Response:
         rows = []
         failed = self._failed_recently()
-        for q in queues.queues(self._queue_yaml):
+        for q in self.queues.queues(self._queue_yaml):
             waiting, running, next_eta = self._backlog(q)
-            settings = [] if self._queue_yaml else ["App Engine's defaults (no queue.yaml):"]
+            settings = [] if self._queue_yaml or self.cloud else ["App Engine's defaults (no queue.yaml):"]
             settings += [f"rate {q.rate}", f"bucket size {q.bucket_size}"]
             if q.max_concurrent_requests is not None:
                 settings.append(f"max_concurrent_requests {q.max_concurrent_requests}")
@@ -313,7 +324,7 @@ class LocalConsole:
                 "Running",
                 "Failed recently",
                 "Next ETA",
-                "queue.yaml settings" if self._queue_yaml else "Settings",
+                "queue.yaml settings" if self._queue_yaml else "Cloud Tasks settings" if self.cloud else "Settings",
             ],
             rows,
             "No queue yet: queues appear once a task is added, or from queue.yaml.",
@@ -326,13 +337,13 @@ class LocalConsole:
         in_flight = self.runs.running_names(q.name)
         if not in_flight:
             return q.waiting, 0, q.next_eta
-        following = [t for t in queues.tasks(q.name, limit=len(in_flight) + 1) if t.name not in in_flight]
+        following = [t for t in self.queues.tasks(q.name, limit=len(in_flight) + 1) if t.name not in in_flight]
         return max(0, q.waiting - len(in_flight)), len(in_flight), following[0].eta if following else None
 
     def _failed_tasks(self, queue: str) -> list[queues.TaskRow]:
         """The queue's tasks whose last run failed (or that the queue has retried)."""
         failed = []
-        for row in queues.tasks(queue):
+        for row in self.queues.tasks(queue):
             last = self.runs.last(row.name)
             if (last is not None and not last.ok) or row.retry_count > 0:
                 failed.append(row)
@@ -359,6 +370,11 @@ class LocalConsole:
         """In Cloud Tasks mode: where the queues live, and what this console can still show."""
         if self.queue_service is None:
             return ""
+        if self.cloud:
+            return (
+                f'<p class="notice where">Tasks are queued in {esc(self.queue_service)}, which posts them to this '
+                "server: the queues and tasks below are read from there, and its buttons act there.</p>"
+            )
         return (
             f'<p class="notice where">Tasks are queued in {esc(self.queue_service)}, which posts them to this '
             "server: their queues live there, not here. This console shows the runs this server answered "
@@ -366,14 +382,14 @@ class LocalConsole:
         )
 
     def _queue_page(self, base: str, name: str, session: str, message: str) -> Response:
-        info = queues.queue(name, self._queue_yaml)
+        info = self.queues.queue(name, self._queue_yaml)
         if info is None:
             return Response("404 Not Found", self._page(base, f"Queue {name}", "<p>There is no such queue.</p>"))
         failed_rows = 0
         rows = []
         waiting, running, next_eta = self._backlog(info)
         in_flight = self.runs.running_names(name) if running else set()
-        for row in queues.tasks(name):
+        for row in self.queues.tasks(name):
             last = self.runs.last(row.name)
             failed = (last is not None and not last.ok) or row.retry_count > 0
             failed_rows += failed
@@ -392,7 +408,7 @@ class LocalConsole:
             f'<form method="get" action="{esc(base)}/queues/{esc(path_part(name))}/purge" class="inline">'
             '<button type="submit" class="danger">Purge</button></form>'
         )
-        defaults = "" if self._queue_yaml else " (App Engine's defaults: no queue.yaml)"
+        defaults = "" if self._queue_yaml or self.cloud else " (App Engine's defaults: no queue.yaml)"
         failed_recently = self._failed_recently().get(name, 0)
         summary = (
             f'<p class="summary">{waiting} waiting · {running} running'
@@ -418,7 +434,7 @@ class LocalConsole:
         return Response("200 OK", self._page(base, f"Queue {name}", body, "queues", message, refresh=True))
 
     def _purge_page(self, base: str, name: str, session: str) -> Response:
-        info = queues.queue(name, self._queue_yaml)
+        info = self.queues.queue(name, self._queue_yaml)
         if info is None:
             return Response("404 Not Found", self._page(base, f"Queue {name}", "<p>There is no such queue.</p>"))
         action = f"{base}/queues/{path_part(name)}/purge"
@@ -432,7 +448,7 @@ class LocalConsole:
         return Response("200 OK", self._page(base, f"Purge queue {name}?", body, "queues"))
 
     def _task_page(self, base: str, queue: str, name: str, session: str, message: str) -> Response:
-        row = queues.task(queue, name)
+        row = self.queues.task(queue, name)
         last = self.runs.last(name)
         runs = [r for r in self.runs.recent() if r.task_name == name]
         back = f'<p><a href="{esc(base)}/queues/{esc(path_part(queue))}">← queue {esc(queue)}</a></p>'
@@ -579,8 +595,8 @@ class LocalConsole:
 
     def _task_of_handle(self, base: str, handle_id: str) -> str | None:
         """A link to the queued task that runs handle_id, if one is queued here."""
-        for info in queues.queues(self._queue_yaml):
-            for row in queues.tasks(info.name):
+        for info in self.queues.queues(self._queue_yaml):
+            for row in self.queues.tasks(info.name):
                 if any(k.lower() == "x-taskutils-handle" and v == handle_id for k, v in row.headers):
                     return _task_link(base, info.name, row.name)
         return None
