@@ -168,6 +168,9 @@ def test_a_handles_page_shows_its_state_and_result_from_cloud_datastore(server: 
     assert submitted["then"] in page  # the callback that follows it
     listing = console.open("/handles")[1]
     assert submitted["id"] in listing
+    for no_such in ("missing", "g" * 1501, "a.b.c", "%00"):
+        assert console.open(f"/handles/run/{no_such}")[0] == 404, no_such
+        assert console.open(f"/handles/{no_such}")[0] == 404, no_such
 
 
 def test_the_cloud_queue_page_in_a_headless_browser_lists_the_task_and_deletes_it(
