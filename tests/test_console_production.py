@@ -149,3 +149,13 @@ def test_a_handle_page_shows_a_plain_result_and_never_runs_code_a_result_names(s
     assert "function localTimes" in page  # the browser's zone beside UTC, with JavaScript
     site.get("/?handle=nosuchhandle", headers=ADMIN, status=404)
     site.get(f"/?handle={'x' * 2000}", headers=ADMIN, status=404)
+
+
+def test_off_app_engine_on_the_cloud_backend_the_admin_header_lets_nobody_in(task_testbed, monkeypatch):
+    site = webtest.TestApp(wrap_wsgi_app(taskutils.console))
+    monkeypatch.delenv("GAE_ENV", raising=False)
+    monkeypatch.setattr(taskutils.config.settings, "backend", "cloud")
+
+    response = site.get("/", headers=ADMIN, status=403)
+
+    assert b"<table" not in response.body
