@@ -262,7 +262,8 @@ class EmulatorProcess:
     ``"paused"``) makes the queue a task names when it does not exist yet, as the local
     server accepts every queue name without a queue.yaml; None refuses such a task as Cloud
     Tasks does. ``delete_forgets`` makes a deleted queue forget the task names it saw (for
-    tests that want fresh queues). The venv is built from
+    tests that want fresh queues). It also answers ``GetTask`` and ``DeleteTask``, which
+    gcloud-tasks-emulator 0.6.2 lacks (the console shows and deletes one task with them). The venv is built from
     ``base_python`` (default: :func:`base_interpreter`); gcloud-tasks-emulator
     0.6.2 runs on Python 3.10-3.13.
     """

@@ -180,6 +180,8 @@ def task(queue_name: str, task_name: str) -> TaskRow | None:
         found = cloud_requests.client().get_task(request=request)
     except (exceptions.NotFound, exceptions.InvalidArgument):
         return None
+    except exceptions.MethodNotImplemented:  # an emulator without GetTask: look through the queue's list
+        return next((row for row in tasks(queue_name, MAX_COUNTED) if row.name == task_name), None)
     return _row(tasks_v2.Task.pb(found))
 
 
