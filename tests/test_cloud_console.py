@@ -153,6 +153,28 @@ def test_delete_removes_the_emulators_task_and_it_never_runs(server: ServeProces
     assert _ran(server, "deleted") == 0
 
 
+def test_a_failing_task_shows_its_retries_and_error_line_and_delete_stops_its_retries(server: ServeProcess) -> None:
+    name = _enqueue(server, "fail", "failing", queue="failing")
+    console = Session(server)
+    server.wait_for(lambda: _ran(server, "failing") >= 2, f"{name} to fail twice")
+
+    def shown() -> str:
+        table = _listed(console.open("/queues/failing")[1])
+        return table if "RuntimeError: boom failing" in table else ""
+
+    row = server.wait_for(shown, f"{name} with its error line")
+    retries = re.search(r'<span class="num retries">(\d+)</span>', row)
+    assert retries and int(retries.group(1)) >= 1, row
+    assert "500" in row and "Retry" in row and "Run now" not in row
+
+    console.press(f"/queues/failing/tasks/{name}/delete")
+
+    settled = _ran(server, "failing")
+    time.sleep(1.0)  # the emulator posts a failing task again about every 0.1 s
+    assert _ran(server, "failing") <= settled + 1  # one attempt may have been in flight
+    assert name not in _listed(console.open("/queues/failing")[1])
+
+
 def test_a_handles_page_shows_its_state_and_result_from_cloud_datastore(server: ServeProcess) -> None:
     submitted = server.post("/handle?key=shown")
     console = Session(server)
