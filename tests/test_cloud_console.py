@@ -153,6 +153,19 @@ def test_delete_removes_the_emulators_task_and_it_never_runs(server: ServeProces
     assert _ran(server, "deleted") == 0
 
 
+def test_purge_asks_first_then_empties_the_emulators_queue(server: ServeProcess) -> None:
+    names = [_enqueue(server, "record", f"purged-{i}", queue="purged", countdown=3600) for i in range(2)]
+    console = Session(server)
+    status, confirm = console.open("/queues/purged/purge")
+    assert status == 200 and "2 waiting tasks will be deleted" in confirm
+
+    after = console.press("/queues/purged/purge")
+
+    assert "Queue purged was purged" in after
+    assert all(name not in _listed(after) for name in names)
+    assert "No task waiting." in console.open("/queues/purged")[1]
+
+
 def test_a_failing_task_shows_its_retries_and_error_line_and_delete_stops_its_retries(server: ServeProcess) -> None:
     name = _enqueue(server, "fail", "failing", queue="failing")
     console = Session(server)

@@ -74,10 +74,11 @@ def _retry(config: Any) -> dict[str, str]:
     return found
 
 
-def _listed(parent: str, limit: int) -> list[Any]:
-    """Up to limit tasks of the queue at parent, as protobufs with their bodies; [] for an unknown queue."""
+def _listed(parent: str, limit: int, full: bool = True) -> list[Any]:
+    """Up to limit tasks of the queue at parent, as protobufs (with their bodies when full); [] for an unknown queue."""
     tasks_v2, exceptions = _api()
-    request = tasks_v2.ListTasksRequest(parent=parent, response_view=tasks_v2.Task.View.FULL, page_size=limit)
+    view = tasks_v2.Task.View.FULL if full else tasks_v2.Task.View.BASIC
+    request = tasks_v2.ListTasksRequest(parent=parent, response_view=view, page_size=limit)
     found: list[Any] = []
     try:
         for task in cloud_requests.client().list_tasks(request=request):
@@ -112,7 +113,7 @@ def queues(queue_yaml: str | None = None) -> list[QueueInfo]:
     tasks_v2, _ = _api()
     found = [tasks_v2.Queue.pb(q) for q in cloud_requests.client().list_queues(parent=_location())]
     found.sort(key=lambda q: _short(q.name))
-    return [_info(q, _listed(q.name, MAX_COUNTED)) for q in found]
+    return [_info(q, _listed(q.name, MAX_COUNTED, full=False)) for q in found]
 
 
 def queue(name: str, queue_yaml: str | None = None) -> QueueInfo | None:
@@ -123,7 +124,7 @@ def queue(name: str, queue_yaml: str | None = None) -> QueueInfo | None:
         found = tasks_v2.Queue.pb(cloud_requests.client().get_queue(name=path))
     except (exceptions.NotFound, exceptions.InvalidArgument):
         return None
-    return _info(found, _listed(path, MAX_COUNTED))
+    return _info(found, _listed(path, MAX_COUNTED, full=False))
 
 
 def _eta(task: Any) -> datetime.datetime:
