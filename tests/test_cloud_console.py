@@ -208,6 +208,18 @@ def test_a_handles_page_shows_its_state_and_result_from_cloud_datastore(server: 
         assert console.open(f"/handles/{no_such}")[0] == 404, no_such
 
 
+def test_a_groups_page_shows_its_children_and_progress_from_cloud_datastore(server: ServeProcess) -> None:
+    group = server.post("/group?key=grouped&n=3")["id"]
+    console = Session(server)
+
+    def finished() -> bool:
+        status, page = console.open(f"/handles/{group}")
+        return status == 200 and "succeeded" in page and "3/3" in page
+
+    server.wait_for(finished, "the group to finish", timeout=60)
+    assert all(f"{group}.{i}" in console.page for i in range(3))
+
+
 def test_the_cloud_queue_page_in_a_headless_browser_lists_the_task_and_deletes_it(
     server: ServeProcess, tmp_path: Path
 ) -> None:
