@@ -2,7 +2,8 @@
 
 - :mod:`.local`: the local console ``serve`` answers at ``/_ah/taskutils/``.
 - :mod:`.production`: ``taskutils.console``, read-only, for App Engine admins.
-- :mod:`.queues`, :mod:`.runs`, :mod:`.handles`, :mod:`.decode`: what the pages show.
+- :mod:`.queues` (the taskqueue stub's) or :mod:`.cloud_queues` (Cloud Tasks', on the cloud backend),
+  :mod:`.runs`, :mod:`.handles`, :mod:`.decode`: what the pages show.
 - :mod:`.inert`: reading a task's pickle without running any of its code.
 """
 
