@@ -27,7 +27,7 @@ from .naming import url_path_of as url_path_of
 from .options import TASK_KWARGS
 from .options import merge_options as merge_options
 from .options import validate_options as validate_options
-from .results_ids import HANDLE_HEADER, due, headers_for, new_handle_id, scope_for
+from .results_ids import HANDLE_HEADER, headers_for, new_handle_id, scope_for
 from .tracing import task_headers
 
 if TYPE_CHECKING:
@@ -626,7 +626,9 @@ def task(f: Callable[..., Any] | None = None, /, **options: Any) -> Any:
 class _ResultsLayer:
     """What taskutils.results, below this module, needs of it (``taskutils.results_port.TaskLayer``)."""
 
-    def task_function(self, func: Callable[..., Any], options: Mapping[str, Any] | None = None) -> TaskFunction[..., Any]:
+    def task_function(
+        self, func: Callable[..., Any], options: Mapping[str, Any] | None = None
+    ) -> TaskFunction[..., Any]:
         return func if isinstance(func, TaskFunction) else task(func, **(options or {}))
 
     def with_checked_options(self, func: Callable[..., Any], options: Mapping[str, Any]) -> TaskFunction[..., Any]:
