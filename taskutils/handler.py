@@ -379,7 +379,7 @@ class _Run(Scope):
         self, handle_id: str | None, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         if handle_id is not None:  # added by submit(): the run is recorded on its handle
-            from .results import run_handled
+            from .results_run import run_handled
 
             run_handled(handle_id, self.environ, func, args, kwargs)
         else:

@@ -56,30 +56,17 @@ Design (what each step costs in Datastore, and why it is safe to deliver twice):
 
 from __future__ import annotations
 
-import datetime
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
-
-from google.appengine.api import taskqueue
 
 from . import codec, results_ids
 from . import results_store as store
-from .backends.appengine import discard_spills, no_api_proxy
 from .exc import TaskCancelledError, TaskError, TaskRunError
-from .results_run import (
-    HANDLE_HEADER,
-    Callback,
-    cancel_group,
-    drop_callbacks,
-    end_group,
-    enqueue,
-    headers_for,
-    scope_for,
-)
+from .results_port import TaskLike
+from .results_run import Callback, cancel_group, drop_callbacks, end_group, enqueue
 from .results_run import run_handled as run_handled
 from .results_run import set_progress as set_progress
-from .task import TaskFunction
 
 __all__ = ["GroupHandle", "TaskHandle", "set_progress"]
 
@@ -393,72 +380,21 @@ class GroupHandle:
         return [cls(g.key().name(), g["total"], g["leaves"]) for g in store.recent(store.GROUP_KIND, limit)]
 
 
-def _due(function: TaskFunction[Any, Any]) -> float:
-    """When a task added now with function's options is due, as a Unix time."""
-    options, now = function.task_options, time.time()
-    eta = options.get("eta")
-    if eta is not None:
-        if eta.tzinfo is None:
-            eta = eta.replace(tzinfo=datetime.timezone.utc)
-        return max(now, eta.timestamp())
-    return now + float(options.get("countdown") or 0)
-
-
-def submit(function: TaskFunction[Any, Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> TaskHandle:
+def submit(function: TaskLike, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> TaskHandle:
     """Enqueue function(*args, **kwargs) as a call would, and return a handle on the run."""
-    handle_id = results_ids.new_handle_id(_due(function))
+    handle_id = results_ids.new_handle_id(results_ids.due(function.task_options))
     enqueue(function, args, kwargs, handle_id)
     return TaskHandle(handle_id, store.Ref(handle_id))
 
 
-def submit_map(function: TaskFunction[Any, Any], iterable: Iterable[Any], head: tuple[Any, ...] = ()) -> GroupHandle:
-    """One child per item, added in batches as ``map`` adds them; one group entity written.
+def start_group(options: Mapping[str, Any], total: int, transactional: bool) -> GroupHandle:
+    """Write the entity of a new group of total children of a task function with these options; its handle.
 
-    ``head`` goes before each item: the instance, for a method. Every item is pickled
-    before anything is written or added.
+    Written in the caller's transaction when transactional, else outside any. The
+    children's tasks are then added by ``TaskFunction.submit_map``.
     """
-    if "name" in function.task_options:
-        raise TypeError("submit_map() adds many tasks: a task function with name= can only add one")
-    items = list(iterable)
-    total, leaves = len(items), store.leaves_for(len(items))
-    group_id = results_ids.new_group_id(_due(function), total, leaves)
-    transactional, queue = function._transactional, function._queue
-    if transactional and total > queue.max_transactional_tasks_per_add:
-        raise taskqueue.TooManyTasksError(
-            f"submit_map(transactional=True) adds every child inside your transaction, and App Engine takes at "
-            f"most {queue.max_transactional_tasks_per_add} tasks in one transaction: {total} items given"
-        )
-    by_url = function._named_by_url()
-    function._check(function, (*head, None), {})  # one positional argument per child: it fits every item or none
-    pickled = function._pickle_items(items, by_url, head)
-    group = store.new_group_entity(group_id, total, leaves, function.task_options.get("queue", "default"))
-    _put_group(group, transactional)
-    base = headers_for(function, group_id)
-    size = queue.max_transactional_tasks_per_add if transactional else queue.max_tasks_per_add
-    batch: list[taskqueue.Task] = []
-    sent: list[taskqueue.Task] = []
-    try:
-        for index, data in enumerate(pickled):
-            headers = {**base, HANDLE_HEADER: f"{group_id}.{index}"}
-            batch.append(function._task_of(data, by_url, headers, scope_for(headers)))
-            if len(batch) == size:
-                sent, batch = batch, []
-                queue.add_tasks(sent, transactional)
-        if batch:
-            sent, batch = batch, []
-            queue.add_tasks(sent, transactional)
-    except BaseException as e:
-        discard_spills(batch, transactional)
-        discard_spills(sent, transactional, e)
-        if not transactional:  # the children added so far are skipped when they arrive
-            cancel_group(group_id)
-        no_proxy = no_api_proxy(e) if isinstance(e, AssertionError) else None
-        if no_proxy is not None:
-            raise no_proxy from e
-        raise
-    return GroupHandle(group_id, total, leaves)
-
-
-def _put_group(group: store.Entity, transactional: bool) -> None:
-    """Write the group entity: in the caller's ndb transaction when transactional, else outside any."""
+    leaves = store.leaves_for(total)
+    group_id = results_ids.new_group_id(results_ids.due(options), total, leaves)
+    group = store.new_group_entity(group_id, total, leaves, options.get("queue", "default"))
     store.put(group, transactional=transactional)
+    return GroupHandle(group_id, total, leaves)

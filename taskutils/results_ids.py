@@ -21,17 +21,23 @@ rather than for its URL alone, so with keys the ``X-Taskutils-Handle`` and
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 import os
 import re
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .config import KeyRing, get_keyring
 from .exc import SignatureError
 
 HANDLE_KEY = "HTTP_X_TASKUTILS_HANDLE"  # the WSGI key of a submitted task's X-Taskutils-Handle header
 LIMIT_KEY = "HTTP_X_TASKUTILS_RETRY_LIMIT"  # its X-Taskutils-Retry-Limit, signed with it
+HANDLE_HEADER = "X-Taskutils-Handle"
+LIMIT_HEADER = "X-Taskutils-Retry-Limit"
 TAG_HEX = 16
 _DOMAIN = b"taskutils-handle-id\0"
 _DECIMAL = r"(?:0|[1-9][0-9]{0,9})"  # ASCII digits only: "٣" and "²" are not indexes
@@ -146,3 +152,28 @@ def checked_scope(path: str, handle_id: str, limit: str | None) -> str:
     if not issued(found):
         raise SignatureError(f"X-Taskutils-Handle {handle_id[:80]!r} is not an id this app issued")
     return path if found.legacy else f"handle {handle_id} {limit if limit is not None else '-'} {path}"
+
+
+def due(options: Mapping[str, Any]) -> float:
+    """When a task added now with these task options is due, as a Unix time (what a new id carries)."""
+    eta, now = options.get("eta"), time.time()
+    if eta is not None:
+        if eta.tzinfo is None:
+            eta = eta.replace(tzinfo=datetime.timezone.utc)
+        return max(now, eta.timestamp())
+    return now + float(options.get("countdown") or 0)
+
+
+def headers_for(options: Mapping[str, Any], handle_id: str) -> dict[str, str]:
+    """The headers a handle's task carries, for a task function with these options."""
+    headers = {HANDLE_HEADER: handle_id}
+    limit = getattr(options.get("retry_options"), "task_retry_limit", None)
+    if limit is not None:
+        headers[LIMIT_HEADER] = str(limit)
+    return headers
+
+
+def scope_for(headers: Mapping[str, str]) -> Callable[[str], str]:
+    """What a handle's task is signed for, given its headers and then its URL path."""
+    handle_id, limit = headers[HANDLE_HEADER], headers.get(LIMIT_HEADER)
+    return lambda path: scope(path, handle_id, limit)

@@ -1,13 +1,15 @@
 """Running a submitted task: its record before and after, its callbacks, and a group's fan-in.
 
-See ``taskutils.results`` for the design; ``run_handled`` is the handler's seam.
+See ``taskutils.results`` for the design; ``run_handled`` is the handler's seam. This module
+sits below ``taskutils.task``: the tasks it adds (callbacks, fan-in steps, cancelling) are
+made through ``taskutils.results_port``, and ``complete_node`` and ``cancel_callbacks`` are
+plain functions that run as tasks by their URL (the URLs of taskutils 0.2's task functions).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import inspect
 import logging
 import threading
@@ -19,18 +21,14 @@ from typing import Any
 
 from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPermanentTaskFailure
 
-from . import codec, results_ids
+from . import codec
 from . import results_store as store
-from .backends.appengine import discard_spills, no_api_proxy
 from .current import current_task
 from .exc import PermanentTaskFailure, ResultError
 from .results_ids import LIMIT_KEY
-from .task import BoundTaskFunction, TaskFunction, task
+from .results_port import TaskLike, tasks
 
 log = logging.getLogger("taskutils.results")
-
-HANDLE_HEADER = "X-Taskutils-Handle"
-LIMIT_HEADER = "X-Taskutils-Retry-Limit"
 
 PROGRESS_EVERY = 1.0  # set_progress writes at most once a second; the last value goes with the outcome
 
@@ -47,24 +45,16 @@ class Then:
 
     def __call__(self, headers: Any = None) -> Any:
         """``headers`` is the request's, when the callback was made with ``includeheaders=True``."""
-        from .results import GroupHandle, TaskHandle
-
+        layer = tasks()
         try:  # the source succeeded before this task was added: it is not there to read only if deleted
-            if store.is_group(self.source):
-                value = GroupHandle(self.source).results()
-            else:
-                value = TaskHandle(self.source).result()
+            value = layer.outcome(self.source)
         except (LookupError, TimeoutError) as e:
             raise ResultError(f"the source {self.source} of this callback has no result to read: {e}") from e
-        func = self.func
-        if isinstance(func, BoundTaskFunction):  # obj.method: run it on its instance, here
-            func = functools.partial(func.__func__.__wrapped__, func.__self__)
-        elif isinstance(func, TaskFunction):
-            func = func.__wrapped__
+        func = layer.runs(self.func)  # obj.method: run on its instance, here
         return func(value) if headers is None else func(value, headers=headers)
 
 
-def _portable(function: TaskFunction[Any, Any]) -> Any:
+def _portable(function: TaskLike) -> Any:
     """The task function when it pickles, else the callable it wraps (e.g. ``task(sum)``)."""
     try:
         codec.dumps(function)
@@ -79,12 +69,11 @@ class Callback:
 
     handle_id: str
     source: str
-    function: TaskFunction[Any, Any]
+    function: TaskLike
 
     @classmethod
     def make(cls, callback: Callable[[Any], Any], source: str) -> Callback:
-        function = callback if isinstance(callback, TaskFunction) else task(callback)
-        return cls(store.new_id(), source, function)
+        return cls(store.new_id(), source, tasks().task_function(callback))
 
     def sealed(self) -> tuple[str, bytes]:
         """The callback as its source's record keeps it; ValueError when it pickles too big to keep."""
@@ -101,7 +90,7 @@ class Callback:
     def unsealed(cls, sealed: tuple[str, bytes], source: str) -> Callback:
         handle_id, blob = sealed
         func, options = store.unseal(f"callback/{handle_id}", blob)
-        return cls(handle_id, source, func if isinstance(func, TaskFunction) else task(func, **options))
+        return cls(handle_id, source, tasks().task_function(func, options))
 
     def pending_entity(self, status: str = store.PENDING) -> store.Entity:
         """Its own handle, recorded pending (or cancelled, when its source can no longer succeed)."""
@@ -113,33 +102,14 @@ class Callback:
         options.pop("name", None)
         options.pop("parent", None)
         options["transactional"] = True
-        options.setdefault("logname", self.function._suffix[1:])
-        enqueue(TaskFunction(Then(self.source, _portable(self.function)), options), (), {}, self.handle_id)
+        options.setdefault("logname", self.function.url_path)
+        then = tasks().with_checked_options(Then(self.source, _portable(self.function)), options)
+        enqueue(then, (), {}, self.handle_id)
 
 
-def enqueue(function: TaskFunction[Any, Any], args: tuple[Any, ...], kwargs: Mapping[str, Any], handle_id: str) -> None:
+def enqueue(function: TaskLike, args: tuple[Any, ...], kwargs: Mapping[str, Any], handle_id: str) -> None:
     """Add function(*args, **kwargs) as a call would, its task carrying the handle's headers, signed with them."""
-    function._check(function, args, kwargs)
-    transactional = function._transactional
-    headers = headers_for(function, handle_id)
-    try:
-        built = function._build(args, kwargs, headers=headers, scope=scope_for(headers))
-        try:
-            function._queue.add_task(built, transactional)
-        except BaseException as e:
-            discard_spills([built], transactional, e)
-            raise
-    except AssertionError as e:
-        no_proxy = no_api_proxy(e)
-        if no_proxy is None:
-            raise
-        raise no_proxy from e
-
-
-def scope_for(headers: Mapping[str, str]) -> Callable[[str], str]:
-    """What a handle's task is signed for, given its headers and then its URL path."""
-    handle_id, limit = headers[HANDLE_HEADER], headers.get(LIMIT_HEADER)
-    return lambda path: results_ids.scope(path, handle_id, limit)
+    function.add_submitted(args, kwargs, handle_id)
 
 
 def fire(callbacks: Iterable[tuple[str, bytes]], source: str) -> None:
@@ -155,17 +125,16 @@ def drop_callbacks(callbacks: Iterable[tuple[str, bytes]]) -> None:
     """
     handle_ids = [handle_id for handle_id, _ in callbacks]
     if handle_ids:
-        cancel_callbacks.options(transactional=True)(handle_ids)
+        tasks().task_function(cancel_callbacks, {"transactional": True})(handle_ids)
 
 
-@task
 def cancel_callbacks(handle_ids: list[str]) -> None:
-    """Mark these callback handles cancelled where still pending; then theirs, in a task of their own."""
+    """A task: mark these callback handles cancelled where still pending; then theirs, in a task of their own."""
     after: list[str] = []
     for handle_id in handle_ids:
         after += store.transaction(_cancel_pending, handle_id)
     if after:
-        cancel_callbacks(after)
+        tasks().task_function(cancel_callbacks)(after)
 
 
 def _cancel_pending(handle_id: str) -> list[str]:
@@ -176,14 +145,6 @@ def _cancel_pending(handle_id: str) -> list[str]:
     record["s"] = store.CANCELLED
     store.put(store.write_handle(entity, handle_id, record))
     return [cb_id for cb_id, _ in record["cb"]]
-
-
-def headers_for(function: TaskFunction[Any, Any], handle_id: str) -> dict[str, str]:
-    headers = {HANDLE_HEADER: handle_id}
-    limit = getattr(function.task_options.get("retry_options"), "task_retry_limit", None)
-    if limit is not None:
-        headers[LIMIT_HEADER] = str(limit)
-    return headers
 
 
 # -- running ------------------------------------------------------------------------------
@@ -362,12 +323,12 @@ def end_group(group_id: str, index: int, status: str) -> list[store.Entity]:
 
 def advance(group_id: str, level: int, index: int, leaves: int, fan: int, queue: str) -> None:
     """Inside a transaction: add the task that records node (level, index) of a group's tree as complete."""
-    complete_node.options(queue=queue, transactional=True)(group_id, level, index, leaves, fan, queue)
+    step = tasks().task_function(complete_node, {"queue": queue, "transactional": True})
+    step(group_id, level, index, leaves, fan, queue)
 
 
-@task
 def complete_node(group_id: str, level: int, index: int, leaves: int, fan: int, queue: str) -> None:
-    """Node (level, index) of a group's tree is complete: record it one level up, once."""
+    """A task: node (level, index) of a group's tree is complete: record it one level up, once."""
     sizes = store.levels(leaves, fan)
     if level == len(sizes) - 1:
         store.transaction(_complete_group, group_id, index, sizes[-1])

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from google.appengine.api import taskqueue
 
-from . import codec
+from . import codec, results_port
 from .backends import queue
 from .backends.appengine import NO_API_ERRORS, discard_spills, no_api_proxy
 from .backends.base import Queue
@@ -27,6 +27,7 @@ from .naming import url_path_of as url_path_of
 from .options import TASK_KWARGS
 from .options import merge_options as merge_options
 from .options import validate_options as validate_options
+from .results_ids import HANDLE_HEADER, headers_for, new_handle_id, scope_for
 from .tracing import task_headers
 
 if TYPE_CHECKING:
@@ -441,24 +442,83 @@ class TaskFunction(Generic[P, R]):
             raise
         return added
 
+    def add_submitted(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], handle_id: str) -> None:
+        """Add this call's task as a call would, carrying the handle's headers, signed with them: results' seam."""
+        self._check(self, args, kwargs)
+        transactional = self._transactional
+        headers = headers_for(self._options, handle_id)
+        try:
+            built = self._build(args, kwargs, headers=headers, scope=scope_for(headers))
+            try:
+                self._queue.add_task(built, transactional)
+            except BaseException as e:
+                discard_spills([built], transactional, e)
+                raise
+        except NO_API_ERRORS as e:
+            no_proxy = no_api_proxy(e)
+            if no_proxy is None:
+                raise
+            raise no_proxy from e
+
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Enqueue as a call does and return a handle on the run: its status, result and callbacks."""
+        from .results import TaskHandle, submit  # with handles, Datastore's modules load: on first use
+
         if self._controls is not None:
             self._check(self, args, kwargs)
-            from .results import TaskHandle
-
             return TaskHandle(self._controlled(args, kwargs, submit=True)[1])  # type: ignore[arg-type]
-        from .results import submit
-
         return submit(self, args, kwargs)
 
     def submit_map(self, iterable: Iterable[Any]) -> GroupHandle:
         """One child per item, added in batches as map() adds them; return a handle on the group."""
         if self._controls is not None:
             raise TypeError("submit_map() cannot add tasks with control options: submit() each item")
-        from .results import submit_map
+        return self._submit_map(iterable, ())
 
-        return submit_map(self, iterable)
+    def _submit_map(self, iterable: Iterable[Any], head: tuple[Any, ...]) -> GroupHandle:
+        """One child per item, ``head`` before each item (the instance, for a method); one group entity written.
+
+        Every item is pickled before anything is written or added.
+        """
+        from .results import start_group
+
+        if "name" in self._options:
+            raise TypeError("submit_map() adds many tasks: a task function with name= can only add one")
+        items = list(iterable)
+        transactional, queue = self._transactional, self._queue
+        if transactional and len(items) > queue.max_transactional_tasks_per_add:
+            raise taskqueue.TooManyTasksError(
+                f"submit_map(transactional=True) adds every child inside your transaction, and App Engine takes at "
+                f"most {queue.max_transactional_tasks_per_add} tasks in one transaction: {len(items)} items given"
+            )
+        by_url = self._named_by_url()
+        self._check(self, (*head, None), {})  # one positional argument per child: it fits every item or none
+        pickled = self._pickle_items(items, by_url, head)
+        group = start_group(self._options, len(items), transactional)
+        base = headers_for(self._options, group.id)
+        size = queue.max_transactional_tasks_per_add if transactional else queue.max_tasks_per_add
+        batch: list[taskqueue.Task] = []
+        sent: list[taskqueue.Task] = []
+        try:
+            for index, data in enumerate(pickled):
+                headers = {**base, HANDLE_HEADER: f"{group.id}.{index}"}
+                batch.append(self._task_of(data, by_url, headers, scope_for(headers)))
+                if len(batch) == size:
+                    sent, batch = batch, []
+                    queue.add_tasks(sent, transactional)
+            if batch:
+                sent, batch = batch, []
+                queue.add_tasks(sent, transactional)
+        except BaseException as e:
+            discard_spills(batch, transactional)
+            discard_spills(sent, transactional, e)
+            if not transactional:  # the children added so far are skipped when they arrive
+                group.cancel()
+            no_proxy = no_api_proxy(e) if isinstance(e, AssertionError) else None
+            if no_proxy is not None:
+                raise no_proxy from e
+            raise
+        return group
 
 
 class _Handles:
@@ -468,14 +528,10 @@ class _Handles:
         self.function = function
 
     def new_id(self, due: float) -> str:
-        from .results_ids import new_handle_id
-
         return new_handle_id(due)
 
     def task(self, handle_id: str) -> tuple[Mapping[str, str], Callable[[str], str]]:
-        from .results import headers_for, scope_for
-
-        headers = headers_for(self.function, handle_id)
+        headers = headers_for(self.function.task_options, handle_id)
         return headers, scope_for(headers)
 
 
@@ -507,9 +563,7 @@ class BoundTaskFunction:
         return self.__func__.submit(self.__self__, *args, **kwargs)
 
     def submit_map(self, iterable: Iterable[Any]) -> GroupHandle:
-        from .results import submit_map
-
-        return submit_map(self.__func__, iterable, (self.__self__,))
+        return self.__func__._submit_map(iterable, (self.__self__,))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__func__, name)
@@ -567,3 +621,29 @@ def task(f: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         return TaskFunction(func, opts)
 
     return decorator if f is None else decorator(f)
+
+
+class _ResultsLayer:
+    """What taskutils.results, below this module, needs of it (``taskutils.results_port.TaskLayer``)."""
+
+    def task_function(
+        self, func: Callable[..., Any], options: Mapping[str, Any] | None = None
+    ) -> TaskFunction[..., Any]:
+        return func if isinstance(func, TaskFunction) else task(func, **(options or {}))
+
+    def with_checked_options(self, func: Callable[..., Any], options: Mapping[str, Any]) -> TaskFunction[..., Any]:
+        return TaskFunction(func, options)
+
+    def runs(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        if isinstance(func, BoundTaskFunction):
+            return functools.partial(func.__func__.__wrapped__, func.__self__)
+        return func.__wrapped__ if isinstance(func, TaskFunction) else func
+
+    def outcome(self, source: str) -> Any:
+        from .results import GroupHandle, TaskHandle
+        from .results_store import is_group
+
+        return GroupHandle(source).results() if is_group(source) else TaskHandle(source).result()
+
+
+results_port.plug(_ResultsLayer())

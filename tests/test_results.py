@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import pickle
 import threading
 import time
 from collections.abc import Iterator
@@ -376,6 +377,27 @@ def test_then_on_a_handle_that_already_succeeded_still_fires_once(task_testbed):
     task_testbed.drain()
 
     assert tasklib.ran == [("double", 4), ("note", 8)]
+
+
+def test_a_callback_task_queued_by_the_previous_release_still_runs_after_an_upgrade(task_testbed):
+    handle = double.submit(21)
+    task_testbed.drain()
+    # What a callback task in flight carries, pickled by taskutils 0.2: taskutils.results_run.Then.
+    old = (
+        b"\x80\x02ctaskutils.results_run\nThen\n)\x81}(Vsource\nV" + handle.id.encode() + b"\n"
+        b"Vfunc\nctest_results\nnote\nub."
+    )
+
+    pickle.loads(old)()
+
+    assert tasklib.ran == [("double", 21), ("note", 42)]
+
+
+def test_fan_in_steps_queued_by_the_previous_release_still_find_their_code_by_url():
+    from taskutils.naming import resolve
+
+    for qualname in ("complete_node", "cancel_callbacks"):  # 0.2 named these tasks by URL
+        assert callable(resolve("taskutils.results_run", qualname))
 
 
 def test_then_takes_a_plain_callable_or_a_task_function_with_its_own_options(task_testbed):

@@ -16,7 +16,6 @@ import contextlib
 import datetime
 import functools
 import logging
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -25,8 +24,7 @@ from google.appengine.api import taskqueue
 from google.cloud import ndb
 from google.cloud.ndb import context as ndb_context
 
-from ..config import settings
-from . import cloud_requests
+from . import cloud_requests, cloud_store
 
 log = logging.getLogger("taskutils.backends.cloud")
 
@@ -115,11 +113,11 @@ def send_lost(older_than: datetime.timedelta = LOST_AFTER) -> int:
     A task whose send did go through gets ALREADY_EXISTS (its name) and counts as sent.
     A task Cloud Tasks refuses (its queue deleted, say) is logged and kept for the next
     sweep, without holding up the others; an unreachable Cloud Tasks stops the sweep with
-    QueueUnavailableError. Works with or without a Cloud NDB context open in the caller.
+    QueueUnavailableError. Works with or without a Cloud NDB context open in the caller (the store's client opens one).
     """
     sent: list[ndb.Key] = []
     swept = refused = 0
-    with _ndb_context():
+    with cloud_store.context():
         before = _utcnow() - older_than
         for entity in Outbox.query(Outbox.created < before).iter():
             request = cloud_requests.deserialize(entity.request)
@@ -144,22 +142,3 @@ def send_lost(older_than: datetime.timedelta = LOST_AFTER) -> int:
 
 def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
-
-
-_client_lock = threading.Lock()
-_clients: dict[str, ndb.Client] = {}
-
-
-@contextlib.contextmanager
-def _ndb_context() -> Iterator[None]:
-    """The caller's Cloud NDB context, or one opened here for the configured project."""
-    if ndb_context.get_context(False) is not None:
-        yield
-        return
-    project = settings.cloud.resolved_project()
-    with _client_lock:
-        found = _clients.get(project)
-        if found is None:
-            found = _clients[project] = ndb.Client(project=project)
-    with found.context():
-        yield
