@@ -1,0 +1,231 @@
+"""``map_query`` on the cloud backend: a Cloud NDB query walked in shards, against the real emulators.
+
+The Datastore emulator of the Google Cloud CLI holds the entities and the checkpoints; the
+Cloud Tasks emulator (paused) holds the walkers, which ``drain`` posts to ``taskutils.app``
+in process, as Cloud Tasks would, re-posting a failed one as the queue's retry. The
+emulator fixtures are those of ``test_cloud_store``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import webtest
+from google.appengine.ext import ndb as bundled_ndb
+from google.cloud import ndb
+from test_cloud_store import (  # noqa: F401 (fixtures)
+    FULL_VIEW,
+    MAX_ROUNDS,
+    QUEUE,
+    cloud,
+    count,
+    datastore_emulator,
+    queued,
+    tasks_emulator,
+)
+
+import taskutils
+from taskutils import cloudtasks, mapquery
+from taskutils.mapquery_store import SHARD_KIND
+
+ENTITIES = 500
+
+
+class CloudAccount(ndb.Model):
+    active = ndb.BooleanProperty(default=True)
+    age = ndb.IntegerProperty(default=0)
+    touched = ndb.IntegerProperty(default=0)
+
+    @classmethod
+    def _get_kind(cls) -> str:
+        return "MapQueryCloudAccount"
+
+
+class BundledAccount(bundled_ndb.Model):
+    pass
+
+
+reports: list[list[int]] = []
+calls: dict[Any, int] = {}
+fail_once: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> Iterator[None]:
+    reports.clear()
+    calls.clear()
+    fail_once.clear()
+    yield
+
+
+def report(counts: list[int]) -> None:
+    reports.append(counts)
+
+
+def count_call(value: Any) -> None:
+    """Counts calls in memory: what a side effect outside Datastore sees."""
+    key = value if isinstance(value, ndb.Key) else value.key
+    calls[key] = calls.get(key, 0) + 1
+
+
+def touch(account: CloudAccount) -> None:
+    """A backfill on Cloud NDB that fails once on the entities in fail_once."""
+    if account.key.id() in fail_once:
+        fail_once.discard(account.key.id())
+        raise RuntimeError(f"flaky on {account.key.id()}")
+    account.touched += 1
+    account.put()
+
+
+def make_accounts(client: ndb.Client, n: int = ENTITIES) -> list[ndb.Key]:
+    with client.context():
+        return list(ndb.put_multi([CloudAccount(id=i + 1, active=(i % 3 != 0), age=i % 50) for i in range(n)]))
+
+
+def touched(client: ndb.Client) -> dict[int, int]:
+    with client.context():
+        return {a.key.id(): a.touched for a in CloudAccount.query().fetch(use_cache=False, use_global_cache=False)}
+
+
+def walkers(tasks_emulator: cloudtasks.EmulatorProcess) -> list[Any]:
+    """The tasks queued now, bodies included; the queue is emptied (the emulator has no DeleteTask)."""
+    client = cloudtasks.emulator_client(tasks_emulator.address)
+    found = list(client.list_tasks(request={"parent": tasks_emulator.queue_path(QUEUE), "response_view": FULL_VIEW}))
+    client.purge_queue(name=tasks_emulator.queue_path(QUEUE))
+    return found
+
+
+def post(added: Any, retry: int = 0) -> int:
+    """Deliver one task to ``taskutils.app`` as Cloud Tasks would; its status code."""
+    request = added.app_engine_http_request
+    headers = {
+        **dict(request.headers),
+        "X-AppEngine-QueueName": QUEUE,
+        "X-AppEngine-TaskName": added.name.rsplit("/", 1)[1],
+        "X-AppEngine-TaskRetryCount": str(retry),
+    }
+    answer = webtest.TestApp(taskutils.app).post(request.relative_uri, request.body, headers=headers, expect_errors=True)
+    return int(answer.status_int)
+
+
+def drain(tasks_emulator: cloudtasks.EmulatorProcess, retries: int = 0) -> int:
+    """Run the queued tasks and those they add until none is left; a failed one is re-posted up to retries times."""
+    ran = 0
+    failed: list[tuple[Any, int]] = []
+    for _ in range(MAX_ROUNDS):
+        due = [(t, 0) for t in walkers(tasks_emulator)] + failed
+        if not due:
+            return ran
+        failed = []
+        for added, retry in due:
+            status = post(added, retry)
+            ran += 1
+            if status != 200:
+                assert retry < retries, f"{added.name} answered {status} on delivery {retry + 1}"
+                failed.append((added, retry + 1))
+    raise AssertionError(f"tasks still queued after {MAX_ROUNDS} rounds")
+
+
+def test_every_entity_of_a_cloud_ndb_query_is_processed_once_across_shards(tasks_emulator, cloud):
+    keys = make_accounts(cloud)
+    with cloud.context():
+        g = taskutils.map_query(count_call, CloudAccount.query(), shards=4, page_size=50)
+    g.then(report)
+    drain(tasks_emulator)
+
+    assert set(calls) == set(keys) and set(calls.values()) == {1}
+    assert reports == [g.results()]
+    assert len(reports[0]) == 4 and sum(reports[0]) == ENTITIES
+    assert len([c for c in reports[0] if c]) >= 2, f"the kind is split on __scatter__: {reports[0]}"
+    assert (g.status, g.progress, g.processed) == ("succeeded", 1.0, ENTITIES)
+    assert g.counts()["entities"] == ENTITIES
+
+
+def test_progress_counts_entities_while_it_runs_and_a_resumed_shard_does_not_reprocess(tasks_emulator, cloud):
+    make_accounts(cloud)
+    with cloud.context():
+        g = taskutils.map_query(count_call, CloudAccount.query(), shards=1, page_size=50, time_budget=1e-9)
+    assert (g.status, g.processed) == ("pending", 0)
+
+    (first,) = walkers(tasks_emulator)
+    assert post(first) == 200  # one page, then it hands over to the next generation
+    assert (g.processed, g.status, g.progress) == (50, "running", 0.0)
+    assert post(first) == 200  # delivered again: its generation has handed over, it does nothing
+    assert len(calls) == 50
+
+    ran = drain(tasks_emulator)
+    assert ran >= ENTITIES // 50, "one walker per page"
+    assert len(calls) == ENTITIES and set(calls.values()) == {1}, "each generation went on from the cursor"
+    assert g.results() == [ENTITIES]
+    assert mapquery.MapQueryHandle.get(g.id).processed == ENTITIES  # type: ignore[union-attr]
+
+
+def test_a_retried_shard_goes_on_from_its_checkpoint_and_writes_each_entity_once(tasks_emulator, cloud):
+    make_accounts(cloud)
+    fail_once.update({7, 260, 499})
+    with cloud.context():
+        g = taskutils.map_query(touch, CloudAccount.query(), shards=3, page_size=40, transactional_pages=True)
+    drain(tasks_emulator, retries=2)
+
+    assert not fail_once, "each flaky entity failed once"
+    assert set(touched(cloud).values()) == {1}
+    assert sum(g.results()) == ENTITIES
+
+
+def test_a_filtered_query_processes_only_the_matching_entities(tasks_emulator, cloud):
+    make_accounts(cloud)
+    with cloud.context():
+        query = CloudAccount.query(CloudAccount.active == True)  # noqa: E712
+        g = taskutils.map_query(touch, query, shards=4, page_size=50)
+    drain(tasks_emulator)
+
+    by_id = touched(cloud)
+    assert {i for i, n in by_id.items() if n} == {i + 1 for i in range(ENTITIES) if i % 3 != 0}
+    assert set(by_id.values()) == {0, 1}
+    assert sum(g.results()) == len([i for i in range(ENTITIES) if i % 3 != 0])
+
+
+def test_an_inequality_filter_runs_as_one_shard_over_exactly_the_matching_entities(tasks_emulator, cloud):
+    make_accounts(cloud)
+    with cloud.context():
+        g = taskutils.map_query(touch, CloudAccount.query(CloudAccount.age >= 40), shards=4, page_size=30)
+    drain(tasks_emulator)
+
+    by_id = touched(cloud)
+    assert {i for i, n in by_id.items() if n} == {i + 1 for i in range(ENTITIES) if i % 50 >= 40}
+    assert g.results() == [100, 0, 0, 0]
+
+
+def test_keys_only_passes_cloud_ndb_keys(tasks_emulator, cloud):
+    keys = make_accounts(cloud, 120)
+    with cloud.context():
+        g = taskutils.map_query(count_call, CloudAccount.query(), shards=2, page_size=50, keys_only=True)
+    drain(tasks_emulator)
+
+    assert set(calls) == set(keys) and all(isinstance(k, ndb.Key) for k in calls)
+    assert sum(g.results()) == 120
+
+
+def test_a_sweep_deletes_the_checkpoints_of_a_finished_map_from_cloud_datastore(tasks_emulator, cloud):
+    make_accounts(cloud, 100)
+    with cloud.context():
+        g = taskutils.map_query(count_call, CloudAccount.query(), shards=4, page_size=50)
+    drain(tasks_emulator)
+    assert g.status == "succeeded"
+    kept = count(cloud, SHARD_KIND)
+    assert kept == 4
+
+    taskutils.sweep(datetime.timedelta(days=7))
+    assert count(cloud, SHARD_KIND) == kept, "checkpoints younger than the sweep's age are kept"
+
+    taskutils.sweep(datetime.timedelta(0))
+    assert count(cloud, SHARD_KIND) == 0
+
+
+def test_a_bundled_ndb_query_on_the_cloud_backend_is_refused_at_the_call_and_adds_nothing(tasks_emulator, cloud):
+    with pytest.raises(TypeError, match="google.cloud.ndb query"):
+        taskutils.map_query(count_call, BundledAccount.query())
+    assert queued(tasks_emulator) == [] and count(cloud, SHARD_KIND) == 0
