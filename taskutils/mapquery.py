@@ -33,8 +33,8 @@ import functools
 import logging
 import time
 import uuid
-from types import ModuleType
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from . import codec

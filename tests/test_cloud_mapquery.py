@@ -13,25 +13,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import test_cloud_store as emulators
 import webtest
 from google.appengine.ext import ndb as bundled_ndb
 from google.cloud import ndb
-from test_cloud_store import (  # noqa: F401 (fixtures)
-    FULL_VIEW,
-    MAX_ROUNDS,
-    QUEUE,
-    cloud,
-    count,
-    datastore_emulator,
-    queued,
-    tasks_emulator,
-)
 
 import taskutils
 from taskutils import cloudtasks, mapquery
 from taskutils.mapquery_store import SHARD_KIND
 
 ENTITIES = 500
+QUEUE, FULL_VIEW, MAX_ROUNDS = emulators.QUEUE, emulators.FULL_VIEW, emulators.MAX_ROUNDS
+count, queued = emulators.count, emulators.queued
+# The emulators' fixtures: one Datastore emulator for the session, a paused Cloud Tasks emulator per module.
+datastore_emulator, tasks_emulator, cloud = emulators.datastore_emulator, emulators.tasks_emulator, emulators.cloud
 
 
 class CloudAccount(ndb.Model):
@@ -107,8 +102,8 @@ def post(added: Any, retry: int = 0) -> int:
         "X-AppEngine-TaskName": added.name.rsplit("/", 1)[1],
         "X-AppEngine-TaskRetryCount": str(retry),
     }
-    answer = webtest.TestApp(taskutils.app).post(request.relative_uri, request.body, headers=headers, expect_errors=True)
-    return int(answer.status_int)
+    app = webtest.TestApp(taskutils.app)
+    return int(app.post(request.relative_uri, request.body, headers=headers, expect_errors=True).status_int)
 
 
 def drain(tasks_emulator: cloudtasks.EmulatorProcess, retries: int = 0) -> int:

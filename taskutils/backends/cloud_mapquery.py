@@ -203,7 +203,8 @@ def fetch(
             if items:
                 items[-1].cursor = after.cursor
             return items, bool(more and items)
-        it = restricted.iter(start_cursor=start, limit=limit + 1, produce_cursors=True, **options)  # no batch_size: ndb sizes its batches
+        # No batch_size: Cloud NDB sizes its batches itself (and refuses the option).
+        it = restricted.iter(start_cursor=start, limit=limit + 1, produce_cursors=True, **options)
         items = []
         for value in it:
             if len(items) == limit:
