@@ -20,6 +20,7 @@ from google.cloud import ndb
 
 import taskutils
 from taskutils import cloudtasks, mapquery
+from taskutils.exc import MapQueryError
 from taskutils.mapquery_store import SHARD_KIND
 
 ENTITIES = 500
@@ -214,6 +215,36 @@ def test_keys_only_passes_cloud_ndb_keys(tasks_emulator, cloud):
     assert set(calls) == set(keys)
     assert passed == [ndb.Key], "the function got keys, not entities"
     assert sum(g.results()) == 120
+
+
+def always_fails(account: CloudAccount) -> None:
+    if account.key.id() == 77:
+        raise ValueError("bad data")
+
+
+def test_a_function_that_keeps_failing_fails_its_group_naming_the_entity(tasks_emulator, cloud):
+    make_accounts(cloud, 200)
+    with cloud.context():
+        g = taskutils.map_query(always_fails, CloudAccount.query(), shards=2, page_size=20, attempts=2)
+    g.then(report)
+    drain(tasks_emulator, retries=1)
+
+    assert g.status == "failed"
+    with pytest.raises(MapQueryError, match=r"Key\('MapQueryCloudAccount', 77\).*ValueError: bad data"):
+        g.results()
+    assert reports == []
+
+
+def test_cancel_stops_every_shard(tasks_emulator, cloud):
+    make_accounts(cloud)
+    with cloud.context():
+        g = taskutils.map_query(touch, CloudAccount.query(), shards=4, page_size=20)
+    g.then(report)
+    assert g.cancel()
+    drain(tasks_emulator)
+
+    assert set(touched(cloud).values()) == {0}
+    assert g.status == "cancelled" and reports == []
 
 
 def test_a_sweep_deletes_the_checkpoints_of_a_finished_map_from_cloud_datastore(tasks_emulator, cloud):
