@@ -135,7 +135,8 @@ def map_query(
 ) -> MapQueryHandle:
     """Run fn(entity) (fn(key) with ``keys_only``) on every entity the query matches, in tasks.
 
-    The kind is cut into ``shards`` key ranges; each is walked ``page_size`` entities at a
+    query is a bundled ndb query on the appengine backend, a ``google.cloud.ndb`` one on the
+    cloud backend. The kind is cut into ``shards`` key ranges; each is walked ``page_size`` entities at a
     time by a task that hands over to a new one after ``time_budget`` seconds. Returns a
     ``GroupHandle`` whose children are the shards, each with the count it processed.
     With ``transactional_pages`` fn runs in the transaction that commits the checkpoint, so
