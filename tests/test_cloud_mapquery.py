@@ -267,3 +267,14 @@ def test_a_bundled_ndb_query_on_the_cloud_backend_is_refused_at_the_call_and_add
     with pytest.raises(TypeError, match="google.cloud.ndb query"):
         taskutils.map_query(count_call, BundledAccount.query())
     assert queued(tasks_emulator) == [] and count(cloud, SHARD_KIND) == 0
+
+
+def test_an_or_or_in_query_is_refused_at_the_call_and_adds_nothing(tasks_emulator, cloud):
+    with cloud.context():
+        for query in (
+            CloudAccount.query(CloudAccount.age.IN([1, 2])),
+            CloudAccount.query(CloudAccount.active == True, ndb.OR(CloudAccount.age == 1, CloudAccount.age == 2)),  # noqa: E712
+        ):
+            with pytest.raises(TypeError, match="OR or IN"):
+                taskutils.map_query(count_call, query)
+    assert queued(tasks_emulator) == [] and count(cloud, SHARD_KIND) == 0

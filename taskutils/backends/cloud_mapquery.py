@@ -118,7 +118,18 @@ def check_query(query: Any) -> str:
         )
     if not query.kind:
         raise TypeError("map_query() needs a query over one kind: a kindless query has no key ranges to split")
+    if _has_or(query.filters):
+        raise TypeError(
+            f"map_query() cannot walk {query.filters!r}: Cloud NDB runs an OR or IN filter as several queries, "
+            "which have no cursor to resume from; start one map per value, or map the kind and test in the function"
+        )
     return str(query.kind)
+
+
+def _has_or(node: Any) -> bool:
+    if isinstance(node, ndb.DisjunctionNode):
+        return True
+    return isinstance(node, ndb.ConjunctionNode) and any(_has_or(child) for child in node)
 
 
 def splittable(query: ndb.Query) -> bool:
