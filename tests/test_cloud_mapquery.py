@@ -55,6 +55,7 @@ def _clear() -> Iterator[None]:
     calls.clear()
     fail_once.clear()
     passed.clear()
+    redelivery.clear()
     yield
 
 
@@ -168,6 +169,31 @@ def test_progress_counts_entities_while_it_runs_and_a_resumed_shard_does_not_rep
     assert len(calls) == ENTITIES and set(calls.values()) == {1}, "each generation went on from the cursor"
     assert g.results() == [ENTITIES]
     assert mapquery.MapQueryHandle.get(g.id).processed == ENTITIES  # type: ignore[union-attr]
+
+
+redelivery: dict[str, Any] = {}
+
+
+def deliver_again(value: Any) -> None:
+    """Delivers the walker running this function a second time, once, from inside it."""
+    if "answer" not in redelivery:
+        redelivery["answer"] = post(redelivery["walker"])
+    count_call(value)
+
+
+def test_a_second_delivery_while_the_first_walks_is_refused_and_walks_nothing(tasks_emulator, cloud):
+    make_accounts(cloud, 50)
+    with cloud.context():
+        g = taskutils.map_query(deliver_again, CloudAccount.query(), shards=1, page_size=10)
+    (walker,) = walkers(tasks_emulator)
+    redelivery.update(walker=walker)
+    assert post(walker) == 200
+
+    assert not 200 <= redelivery["answer"] < 300, "the duplicate is told to retry later"
+    assert redelivery["answer"] not in (429, 503)
+    assert len(calls) == 50 and set(calls.values()) == {1}
+    drain(tasks_emulator)
+    assert g.results() == [50]
 
 
 def test_a_retried_shard_goes_on_from_its_checkpoint_and_writes_each_entity_once(tasks_emulator, cloud):
