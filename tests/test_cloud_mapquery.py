@@ -1,9 +1,9 @@
 """``map_query`` on the cloud backend: a Cloud NDB query walked in shards, against the real emulators.
 
-The Datastore emulator of the Google Cloud CLI holds the entities and the checkpoints; the
-Cloud Tasks emulator (paused) holds the walkers, which ``drain`` posts to ``taskutils.app``
-in process, as Cloud Tasks would, re-posting a failed one as the queue's retry. The
-emulator fixtures are those of ``test_cloud_store``.
+``cloud_task_testbed`` (the pytest plugin's fixture) runs the Google Cloud CLI's Datastore
+emulator, which holds the entities and the checkpoints, and the Cloud Tasks emulator
+(paused), which holds the walkers; ``drain`` posts them to ``taskutils.app`` in process, as
+Cloud Tasks would, posting a failed one again as the queue's retry.
 """
 
 from __future__ import annotations
@@ -13,21 +13,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import test_cloud_store as emulators
-import webtest
 from google.appengine.ext import ndb as bundled_ndb
 from google.cloud import ndb
 
 import taskutils
-from taskutils import cloudtasks, mapquery
+from taskutils import mapquery
 from taskutils.exc import MapQueryError
 from taskutils.mapquery_store import SHARD_KIND
+from taskutils.testing import CloudTaskTestbed
 
 ENTITIES = 500
-QUEUE, FULL_VIEW, MAX_ROUNDS = emulators.QUEUE, emulators.FULL_VIEW, emulators.MAX_ROUNDS
-count, queued = emulators.count, emulators.queued
-# The emulators' fixtures: one Datastore emulator for the session, a paused Cloud Tasks emulator per module.
-datastore_emulator, tasks_emulator, cloud = emulators.datastore_emulator, emulators.tasks_emulator, emulators.cloud
 
 
 class CloudAccount(ndb.Model):
@@ -88,61 +83,28 @@ def touch(account: CloudAccount) -> None:
     account.put()
 
 
-def make_accounts(client: ndb.Client, n: int = ENTITIES) -> list[ndb.Key]:
-    with client.context():
+def make_accounts(bed: CloudTaskTestbed, n: int = ENTITIES) -> list[ndb.Key]:
+    with bed.ndb_client().context():
         return list(ndb.put_multi([CloudAccount(id=i + 1, active=(i % 3 != 0), age=i % 50) for i in range(n)]))
 
 
-def touched(client: ndb.Client) -> dict[int, int]:
-    with client.context():
+def touched(bed: CloudTaskTestbed) -> dict[int, int]:
+    with bed.ndb_client().context():
         return {a.key.id(): a.touched for a in CloudAccount.query().fetch(use_cache=False, use_global_cache=False)}
 
 
-def walkers(tasks_emulator: cloudtasks.EmulatorProcess) -> list[Any]:
-    """The tasks queued now, bodies included; the queue is emptied (the emulator has no DeleteTask)."""
-    client = cloudtasks.emulator_client(tasks_emulator.address)
-    found = list(client.list_tasks(request={"parent": tasks_emulator.queue_path(QUEUE), "response_view": FULL_VIEW}))
-    client.purge_queue(name=tasks_emulator.queue_path(QUEUE))
-    return found
+def count(bed: CloudTaskTestbed, kind: str) -> int:
+    """How many entities of kind the Datastore emulator holds."""
+    with bed.ndb_client().context():
+        return len(ndb.Query(kind=kind).fetch(keys_only=True))
 
 
-def post(added: Any, retry: int = 0) -> int:
-    """Deliver one task to ``taskutils.app`` as Cloud Tasks would; its status code."""
-    request = added.app_engine_http_request
-    headers = {
-        **dict(request.headers),
-        "X-AppEngine-QueueName": QUEUE,
-        "X-AppEngine-TaskName": added.name.rsplit("/", 1)[1],
-        "X-AppEngine-TaskRetryCount": str(retry),
-    }
-    app = webtest.TestApp(taskutils.app)
-    return int(app.post(request.relative_uri, request.body, headers=headers, expect_errors=True).status_int)
-
-
-def drain(tasks_emulator: cloudtasks.EmulatorProcess, retries: int = 0) -> int:
-    """Run the queued tasks and those they add until none is left; a failed one is re-posted up to retries times."""
-    ran = 0
-    failed: list[tuple[Any, int]] = []
-    for _ in range(MAX_ROUNDS):
-        due = [(t, 0) for t in walkers(tasks_emulator)] + failed
-        if not due:
-            return ran
-        failed = []
-        for added, retry in due:
-            status = post(added, retry)
-            ran += 1
-            if status != 200:
-                assert retry < retries, f"{added.name} answered {status} on delivery {retry + 1}"
-                failed.append((added, retry + 1))
-    raise AssertionError(f"tasks still queued after {MAX_ROUNDS} rounds")
-
-
-def test_every_entity_of_a_cloud_ndb_query_is_processed_once_across_shards(tasks_emulator, cloud):
-    keys = make_accounts(cloud)
-    with cloud.context():
+def test_every_entity_of_a_cloud_ndb_query_is_processed_once_across_shards(cloud_task_testbed):
+    keys = make_accounts(cloud_task_testbed)
+    with cloud_task_testbed.ndb_client().context():
         g = taskutils.map_query(count_call, CloudAccount.query(), shards=4, page_size=50)
     g.then(report)
-    drain(tasks_emulator)
+    cloud_task_testbed.drain()
 
     assert set(calls) == set(keys) and set(calls.values()) == {1}
     assert reports == [g.results()]
@@ -152,19 +114,20 @@ def test_every_entity_of_a_cloud_ndb_query_is_processed_once_across_shards(tasks
     assert g.counts()["entities"] == ENTITIES
 
 
-def test_progress_counts_entities_while_it_runs_and_a_resumed_shard_does_not_reprocess(tasks_emulator, cloud):
-    make_accounts(cloud)
-    with cloud.context():
+def test_progress_counts_entities_while_it_runs_and_a_resumed_shard_does_not_reprocess(cloud_task_testbed):
+    make_accounts(cloud_task_testbed)
+    with cloud_task_testbed.ndb_client().context():
         g = taskutils.map_query(count_call, CloudAccount.query(), shards=1, page_size=50, time_budget=1e-9)
     assert (g.status, g.processed) == ("pending", 0)
 
-    (first,) = walkers(tasks_emulator)
-    assert post(first) == 200  # one page, then it hands over to the next generation
+    (first,) = cloud_task_testbed.tasks()
+    cloud_task_testbed.purge()
+    assert cloud_task_testbed.post(first)[0] == 200  # one page, then it hands over to the next generation
     assert (g.processed, g.status, g.progress) == (50, "running", 0.0)
-    assert post(first) == 200  # delivered again: its generation has handed over, it does nothing
+    assert cloud_task_testbed.post(first)[0] == 200  # delivered again: its generation has handed over: nothing
     assert len(calls) == 50
 
-    ran = drain(tasks_emulator)
+    ran = cloud_task_testbed.drain()
     assert ran >= ENTITIES // 50, "one walker per page"
     assert len(calls) == ENTITIES and set(calls.values()) == {1}, "each generation went on from the cursor"
     assert g.results() == [ENTITIES]
@@ -177,66 +140,67 @@ redelivery: dict[str, Any] = {}
 def deliver_again(value: Any) -> None:
     """Delivers the walker running this function a second time, once, from inside it."""
     if "answer" not in redelivery:
-        redelivery["answer"] = post(redelivery["walker"])
+        redelivery["answer"] = redelivery["testbed"].post(redelivery["walker"])[0]
     count_call(value)
 
 
-def test_a_second_delivery_while_the_first_walks_is_refused_and_walks_nothing(tasks_emulator, cloud):
-    make_accounts(cloud, 50)
-    with cloud.context():
+def test_a_second_delivery_while_the_first_walks_is_refused_and_walks_nothing(cloud_task_testbed):
+    make_accounts(cloud_task_testbed, 50)
+    with cloud_task_testbed.ndb_client().context():
         g = taskutils.map_query(deliver_again, CloudAccount.query(), shards=1, page_size=10)
-    (walker,) = walkers(tasks_emulator)
-    redelivery.update(walker=walker)
-    assert post(walker) == 200
+    (walker,) = cloud_task_testbed.tasks()
+    cloud_task_testbed.purge()
+    redelivery.update(testbed=cloud_task_testbed, walker=walker)
+    assert cloud_task_testbed.post(walker)[0] == 200
 
     assert not 200 <= redelivery["answer"] < 300, "the duplicate is told to retry later"
     assert redelivery["answer"] not in (429, 503)
     assert len(calls) == 50 and set(calls.values()) == {1}
-    drain(tasks_emulator)
+    cloud_task_testbed.drain()
     assert g.results() == [50]
 
 
-def test_a_retried_shard_goes_on_from_its_checkpoint_and_writes_each_entity_once(tasks_emulator, cloud):
-    make_accounts(cloud)
+def test_a_retried_shard_goes_on_from_its_checkpoint_and_writes_each_entity_once(cloud_task_testbed):
+    make_accounts(cloud_task_testbed)
     fail_once.update({7, 260, 499})
-    with cloud.context():
+    with cloud_task_testbed.ndb_client().context():
         g = taskutils.map_query(touch, CloudAccount.query(), shards=3, page_size=40, transactional_pages=True)
-    drain(tasks_emulator, retries=2)
+    cloud_task_testbed.drain(retries=2)
 
     assert not fail_once, "each flaky entity failed once"
-    assert set(touched(cloud).values()) == {1}
+    assert set(touched(cloud_task_testbed).values()) == {1}
     assert sum(g.results()) == ENTITIES
 
 
-def test_a_filtered_query_processes_only_the_matching_entities(tasks_emulator, cloud):
-    make_accounts(cloud)
-    with cloud.context():
+def test_a_filtered_query_processes_only_the_matching_entities(cloud_task_testbed):
+    make_accounts(cloud_task_testbed)
+    with cloud_task_testbed.ndb_client().context():
         query = CloudAccount.query(CloudAccount.active == True)  # noqa: E712
         g = taskutils.map_query(touch, query, shards=4, page_size=50)
-    drain(tasks_emulator)
+    cloud_task_testbed.drain()
 
-    by_id = touched(cloud)
+    by_id = touched(cloud_task_testbed)
     assert {i for i, n in by_id.items() if n} == {i + 1 for i in range(ENTITIES) if i % 3 != 0}
     assert set(by_id.values()) == {0, 1}
     assert sum(g.results()) == len([i for i in range(ENTITIES) if i % 3 != 0])
 
 
-def test_an_inequality_filter_runs_as_one_shard_over_exactly_the_matching_entities(tasks_emulator, cloud):
-    make_accounts(cloud)
-    with cloud.context():
+def test_an_inequality_filter_runs_as_one_shard_over_exactly_the_matching_entities(cloud_task_testbed):
+    make_accounts(cloud_task_testbed)
+    with cloud_task_testbed.ndb_client().context():
         g = taskutils.map_query(touch, CloudAccount.query(CloudAccount.age >= 40), shards=4, page_size=30)
-    drain(tasks_emulator)
+    cloud_task_testbed.drain()
 
-    by_id = touched(cloud)
+    by_id = touched(cloud_task_testbed)
     assert {i for i, n in by_id.items() if n} == {i + 1 for i in range(ENTITIES) if i % 50 >= 40}
     assert g.results() == [100, 0, 0, 0]
 
 
-def test_keys_only_passes_cloud_ndb_keys(tasks_emulator, cloud):
-    keys = make_accounts(cloud, 120)
-    with cloud.context():
+def test_keys_only_passes_cloud_ndb_keys(cloud_task_testbed):
+    keys = make_accounts(cloud_task_testbed, 120)
+    with cloud_task_testbed.ndb_client().context():
         g = taskutils.map_query(count_type, CloudAccount.query(), shards=2, page_size=50, keys_only=True)
-    drain(tasks_emulator)
+    cloud_task_testbed.drain()
 
     assert set(calls) == set(keys)
     assert passed == [ndb.Key], "the function got keys, not entities"
@@ -248,12 +212,12 @@ def always_fails(account: CloudAccount) -> None:
         raise ValueError("bad data")
 
 
-def test_a_function_that_keeps_failing_fails_its_group_naming_the_entity(tasks_emulator, cloud):
-    make_accounts(cloud, 200)
-    with cloud.context():
+def test_a_function_that_keeps_failing_fails_its_group_naming_the_entity(cloud_task_testbed):
+    make_accounts(cloud_task_testbed, 200)
+    with cloud_task_testbed.ndb_client().context():
         g = taskutils.map_query(always_fails, CloudAccount.query(), shards=2, page_size=20, attempts=2)
     g.then(report)
-    drain(tasks_emulator, retries=1)
+    cloud_task_testbed.drain(retries=1)
 
     assert g.status == "failed"
     with pytest.raises(MapQueryError, match=r"Key\('MapQueryCloudAccount', 77\).*ValueError: bad data"):
@@ -261,46 +225,46 @@ def test_a_function_that_keeps_failing_fails_its_group_naming_the_entity(tasks_e
     assert reports == []
 
 
-def test_cancel_stops_every_shard(tasks_emulator, cloud):
-    make_accounts(cloud)
-    with cloud.context():
+def test_cancel_stops_every_shard(cloud_task_testbed):
+    make_accounts(cloud_task_testbed)
+    with cloud_task_testbed.ndb_client().context():
         g = taskutils.map_query(touch, CloudAccount.query(), shards=4, page_size=20)
     g.then(report)
     assert g.cancel()
-    drain(tasks_emulator)
+    cloud_task_testbed.drain()
 
-    assert set(touched(cloud).values()) == {0}
+    assert set(touched(cloud_task_testbed).values()) == {0}
     assert g.status == "cancelled" and reports == []
 
 
-def test_a_sweep_deletes_the_checkpoints_of_a_finished_map_from_cloud_datastore(tasks_emulator, cloud):
-    make_accounts(cloud, 100)
-    with cloud.context():
+def test_a_sweep_deletes_the_checkpoints_of_a_finished_map_from_cloud_datastore(cloud_task_testbed):
+    make_accounts(cloud_task_testbed, 100)
+    with cloud_task_testbed.ndb_client().context():
         g = taskutils.map_query(count_call, CloudAccount.query(), shards=4, page_size=50)
-    drain(tasks_emulator)
+    cloud_task_testbed.drain()
     assert g.status == "succeeded"
-    kept = count(cloud, SHARD_KIND)
+    kept = count(cloud_task_testbed, SHARD_KIND)
     assert kept == 4
 
     taskutils.sweep(datetime.timedelta(days=7))
-    assert count(cloud, SHARD_KIND) == kept, "checkpoints younger than the sweep's age are kept"
+    assert count(cloud_task_testbed, SHARD_KIND) == kept, "checkpoints younger than the sweep's age are kept"
 
     taskutils.sweep(datetime.timedelta(0))
-    assert count(cloud, SHARD_KIND) == 0
+    assert count(cloud_task_testbed, SHARD_KIND) == 0
 
 
-def test_a_bundled_ndb_query_on_the_cloud_backend_is_refused_at_the_call_and_adds_nothing(tasks_emulator, cloud):
+def test_a_bundled_ndb_query_on_the_cloud_backend_is_refused_at_the_call_and_adds_nothing(cloud_task_testbed):
     with pytest.raises(TypeError, match="google.cloud.ndb query"):
         taskutils.map_query(count_call, BundledAccount.query())
-    assert queued(tasks_emulator) == [] and count(cloud, SHARD_KIND) == 0
+    assert cloud_task_testbed.tasks() == [] and count(cloud_task_testbed, SHARD_KIND) == 0
 
 
-def test_an_or_or_in_query_is_refused_at_the_call_and_adds_nothing(tasks_emulator, cloud):
-    with cloud.context():
+def test_an_or_or_in_query_is_refused_at_the_call_and_adds_nothing(cloud_task_testbed):
+    with cloud_task_testbed.ndb_client().context():
         for query in (
             CloudAccount.query(CloudAccount.age.IN([1, 2])),
             CloudAccount.query(CloudAccount.active == True, ndb.OR(CloudAccount.age == 1, CloudAccount.age == 2)),  # noqa: E712
         ):
             with pytest.raises(TypeError, match="OR or IN"):
                 taskutils.map_query(count_call, query)
-    assert queued(tasks_emulator) == [] and count(cloud, SHARD_KIND) == 0
+    assert cloud_task_testbed.tasks() == [] and count(cloud_task_testbed, SHARD_KIND) == 0
