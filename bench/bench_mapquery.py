@@ -138,6 +138,8 @@ def under_serve(n: int, page_size: int) -> list[tuple[str, float]]:
 
 def on_cloud(n: int, count: int, page_size: int) -> list[tuple[str, float]]:
     """The in-process rows on the cloud backend, against the Datastore and Cloud Tasks emulators."""
+    import bench_mapquery as this  # not __main__: the task and the model pickle by reference
+
     from taskutils.local.cloud import CloudEmulators
     from taskutils.testing import CloudTaskTestbed
 
@@ -146,10 +148,10 @@ def on_cloud(n: int, count: int, page_size: int) -> list[tuple[str, float]]:
     with CloudEmulators(project, target_port=9, paused=True, any_queue=True) as emulators:
         with CloudTaskTestbed(emulators) as bed, bed.ndb_client().context():
             for start in range(0, n, 500):
-                cloud_ndb.put_multi([CloudRow(id=i + 1, value=i) for i in range(start, min(n, start + 500))])
-            query = CloudRow.query()
+                cloud_ndb.put_multi([this.CloudRow(id=i + 1, value=i) for i in range(start, min(n, start + 500))])
+            query = this.CloudRow.query()
             sides: dict[str, Callable[[], Any]] = {
-                "cloud: cursor loop, 1 task": functools.partial(cloud_cursor_loop, page_size)
+                "cloud: cursor loop, 1 task": functools.partial(this.cloud_cursor_loop, page_size)
             }
             for shards in (1, 4):
                 sides[f"cloud: map_query shards={shards}"] = functools.partial(
