@@ -14,7 +14,10 @@ The drain runs tasks one after another, so the shards rows here show what shardi
 costs per entity, not how it speeds up: on App Engine (and under ``serve``) shards run
 side by side. ``--serve`` adds rows measured under ``serve --concurrency 8`` with a
 function that waits 2 ms per entity (I/O, as a real backfill does), where shards do run
-side by side.
+side by side. ``--cloud`` adds the same in-process rows on the cloud backend: a Cloud NDB
+kind in the Google Cloud CLI's Datastore emulator, the walkers queued in the Cloud Tasks
+emulator and drained by ``taskutils.testing.CloudTaskTestbed``, beside a ``fetch_page``
+loop over the same kind in one task.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from google.appengine.ext import ndb  # noqa: E402
+from google.cloud import ndb as cloud_ndb  # noqa: E402
 
 import taskutils  # noqa: E402
 from taskutils.testing import TaskTestbed  # noqa: E402
@@ -54,7 +58,23 @@ def cursor_loop(page_size: int) -> None:
             benchwork.visit(row)
 
 
-def rounds(sides: dict[str, Callable[[], Any]], bed: TaskTestbed, n: int, count: int) -> dict[str, float]:
+class CloudRow(cloud_ndb.Model):
+    """benchwork.Row's twin on the cloud backend."""
+
+    value = cloud_ndb.IntegerProperty()
+
+
+@taskutils.task
+def cloud_cursor_loop(page_size: int) -> None:
+    """cursor_loop over the Cloud NDB kind."""
+    cursor, more = None, True
+    while more:
+        page, cursor, more = CloudRow.query().fetch_page(page_size, start_cursor=cursor, use_cache=False)
+        for row in page:
+            benchwork.visit(row)
+
+
+def rounds(sides: dict[str, Callable[[], Any]], bed: Any, n: int, count: int) -> dict[str, float]:
     """Entities per second of each side: the median over alternating rounds."""
     seconds: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(count):
@@ -116,6 +136,35 @@ def under_serve(n: int, page_size: int) -> list[tuple[str, float]]:
     return out
 
 
+def on_cloud(n: int, count: int, page_size: int) -> list[tuple[str, float]]:
+    """The in-process rows on the cloud backend, against the Datastore and Cloud Tasks emulators."""
+    import bench_mapquery as this  # not __main__: the task and the model pickle by reference
+
+    from taskutils.local.cloud import CloudEmulators
+    from taskutils.testing import CloudTaskTestbed
+
+    logging.disable(logging.CRITICAL)
+    project = "taskutils-bench-mapquery"
+    with CloudEmulators(project, target_port=9, paused=True, any_queue=True) as emulators:
+        with CloudTaskTestbed(emulators) as bed, bed.ndb_client().context():
+            for start in range(0, n, 500):
+                cloud_ndb.put_multi([this.CloudRow(id=i + 1, value=i) for i in range(start, min(n, start + 500))])
+            query = this.CloudRow.query()
+            sides: dict[str, Callable[[], Any]] = {
+                "cloud: cursor loop, 1 task": functools.partial(this.cloud_cursor_loop, page_size)
+            }
+            for shards in (1, 4):
+                sides[f"cloud: map_query shards={shards}"] = functools.partial(
+                    taskutils.map_query, benchwork.visit, query, shards=shards, page_size=page_size
+                )
+            sides["cloud: map_query shards=4 transactional_pages"] = functools.partial(
+                taskutils.map_query, benchwork.visit, query, shards=4, page_size=page_size, transactional_pages=True
+            )
+            rates = rounds(sides, bed, n, count)
+    logging.disable(logging.NOTSET)
+    return list(rates.items())
+
+
 def table(rows: list[tuple[str, float]], base: float) -> str:
     lines = ["| side | entities/s | vs cursor loop |", "| --- | ---: | ---: |"]
     lines += [f"| {name} | {rate:,.0f} | {rate / base:.2f}x |" for name, rate in rows]
@@ -126,12 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer entities and rounds")
     parser.add_argument("--serve", action="store_true", help="also measure under serve --concurrency 8")
+    parser.add_argument("--cloud", action="store_true", help="also measure on the cloud backend, against emulators")
     args = parser.parse_args(argv)
     n, count = (1000, 2) if args.quick else (4000, 5)
     page_size = 100
     rows = in_process(n, count, page_size)
     print(f"in process, on the datastore stub, {n} entities, page_size={page_size}, median of {count} rounds:")
     print(table(rows, rows[0][1]))
+    if args.cloud:
+        clouded = on_cloud(n // 2, count, page_size)
+        print(f"\non the cloud backend, against the emulators, {n // 2} entities, median of {count} rounds:")
+        print(table(clouded, clouded[0][1]))
     if args.serve:
         served = under_serve(n // 2, 50)
         print(f"\nunder serve --concurrency 8, {n // 2} entities, 2 ms of waiting per entity:")

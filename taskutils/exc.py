@@ -80,7 +80,7 @@ class MapQueryError(PermanentTaskFailure):
 
 
 class BackendError(TaskError, NotImplementedError):
-    """Raised when a feature is called on a backend that does not have it (``map_query`` off bundled Datastore)."""
+    """Raised when a feature is called on a backend that does not have it."""
 
 
 class ControlKeyError(TaskError, TypeError):

@@ -3,8 +3,10 @@
 How it works (see docs/map_query.md for the user's view):
 
 - **Shards.** ``map_query`` cuts the kind into key ranges on the ``__scatter__`` property
-  (``taskutils.mapquery_store.split``), writes one checkpoint per shard and adds one walker
-  task per shard, five shards per transaction (a transaction adds at most five tasks). It
+  (``taskutils.mapquery_store.split`` for a bundled ndb query on the appengine backend,
+  ``taskutils.backends.cloud_mapquery.split`` for a Cloud NDB query on the cloud backend),
+  writes one checkpoint per shard and adds one walker task per shard, five shards per
+  transaction (a transaction adds at most five tasks). It
   returns a ``GroupHandle`` of ``shards`` children, written as ``submit_map`` writes one.
 - **Walking.** A walker reads its range in pages from the checkpoint's cursor, runs the
   function on each entity, and commits the cursor after the page (with
@@ -32,13 +34,14 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from . import codec
 from . import mapquery_store as ds
 from . import results_store as store
 from .config import settings
-from .exc import BackendError, MapQueryError, PermanentTaskFailure, RetryTaskException, UnpicklableArgumentError
+from .exc import MapQueryError, PermanentTaskFailure, RetryTaskException, UnpicklableArgumentError
 from .results import GroupHandle
 from .results_ids import new_group_id
 from .results_run import cancel_group, enqueue
@@ -75,12 +78,24 @@ class Job:
     leaves: int
 
 
+def _ds() -> ModuleType:
+    """Where map_query meets Datastore on the backend in use: bundled ndb, or Cloud NDB (``backend="cloud"``).
+
+    Both modules have the same functions and share ``Checkpoint`` and ``Item``.
+    """
+    if settings.backend == "cloud":
+        from .backends import cloud_mapquery  # the [cloud] extra's packages load on first use
+
+        return cloud_mapquery
+    return ds
+
+
 class MapQueryHandle(GroupHandle):
     """The ``GroupHandle`` of a ``map_query``: its children are the shards; it also counts entities."""
 
     def checkpoints(self) -> list[ds.Checkpoint | None]:
         """Each shard's checkpoint, in shard order (one batched get)."""
-        return ds.get_checkpoints(self.id, self.total)
+        return _ds().get_checkpoints(self.id, self.total)
 
     @property
     def processed(self) -> int:
@@ -120,7 +135,8 @@ def map_query(
 ) -> MapQueryHandle:
     """Run fn(entity) (fn(key) with ``keys_only``) on every entity the query matches, in tasks.
 
-    The kind is cut into ``shards`` key ranges; each is walked ``page_size`` entities at a
+    query is a bundled ndb query on the appengine backend, a ``google.cloud.ndb`` one on the
+    cloud backend. The kind is cut into ``shards`` key ranges; each is walked ``page_size`` entities at a
     time by a task that hands over to a new one after ``time_budget`` seconds. Returns a
     ``GroupHandle`` whose children are the shards, each with the count it processed.
     With ``transactional_pages`` fn runs in the transaction that commits the checkpoint, so
@@ -128,12 +144,6 @@ def map_query(
     """
     if not callable(fn):
         raise TypeError(f"map_query() needs a callable, not {type(fn).__name__}")
-    if settings.backend != "appengine":
-        raise BackendError(
-            f"map_query() shards a bundled ndb query and runs on the appengine backend only, not on "
-            f"{settings.backend!r}: walk a Cloud NDB query in pages from a task of your own (fetch_page and "
-            "a cursor), re-adding the task with the next cursor"
-        )
     for name, value, low, high in (("shards", shards, 1, 1000), ("page_size", page_size, 1, MAX_PAGE_SIZE)):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ValueError(f"map_query(): {name} must be an int from {low} to {high}, got {value!r}")
@@ -141,7 +151,7 @@ def map_query(
         raise ValueError(f"map_query(): attempts must be an int of at least 1, got {attempts!r}")
     if not time_budget > 0:
         raise ValueError(f"map_query(): time_budget must be positive, got {time_budget!r}")
-    ds.check_query(query)
+    _ds().check_query(query)
     func = fn.__wrapped__ if isinstance(fn, TaskFunction) else fn
     leaves = store.leaves_for(shards)
     group_id = new_group_id(time.time(), shards, leaves)
@@ -153,28 +163,28 @@ def map_query(
         codec.dumps(job)
     except Exception as e:
         raise UnpicklableArgumentError(f"map_query({fn!r}): the function or the query cannot be pickled: {e}") from e
-    ranges = ds.split(query, shards)
+    ranges = _ds().split(query, shards)
     store.put(store.new_group_entity(group_id, shards, leaves, queue))
     try:
         for first in range(0, shards, SHARDS_PER_TRANSACTION):
-            ds.transaction(functools.partial(_start_shards, job, ranges, first))
+            _ds().transaction(functools.partial(_start_shards, job, ranges, first))
     except BaseException:
         cancel_group(group_id)  # the shards started so far stop at their next page
         raise
-    log.info("map_query %s: %d shards over %s", group_id, shards, ds.check_query(query))  # the kind
+    log.info("map_query %s: %d shards over %s", group_id, shards, _ds().check_query(query))  # the kind
     return MapQueryHandle(group_id, shards, leaves)
 
 
 def _start_shards(job: Job, ranges: list[str | None], first: int) -> None:
     for shard in range(first, min(first + SHARDS_PER_TRANSACTION, job.shards)):
-        if ds.get_checkpoint(job.group_id, shard) is not None:
+        if _ds().get_checkpoint(job.group_id, shard) is not None:
             continue
         key_range = ranges[shard]
         if key_range is None:
-            ds.put_checkpoint(ds.Checkpoint(job.group_id, shard, "", status=DONE))
+            _ds().put_checkpoint(ds.Checkpoint(job.group_id, shard, "", status=DONE))
             _finish(job, shard, 0, None)
         else:
-            ds.put_checkpoint(ds.Checkpoint(job.group_id, shard, key_range))
+            _ds().put_checkpoint(ds.Checkpoint(job.group_id, shard, key_range))
             _walker(job)(job, shard, 0)
 
 
@@ -226,7 +236,7 @@ class _Walker:
 
     def run(self) -> None:
         try:
-            checkpoint = ds.transaction(self._claim)
+            checkpoint = _ds().transaction(self._claim)
         except _Leased as e:
             raise RetryTaskException(f"{self.name} is walked by another delivery: {e}") from None
         if checkpoint is None:
@@ -240,11 +250,11 @@ class _Walker:
         group = GroupHandle(self.job.group_id, self.job.shards, self.job.leaves)
         while True:
             if group.done():  # cancelled, or another shard failed
-                ds.transaction(lambda: self._settle(CANCELLED, None))
+                _ds().transaction(lambda: self._settle(CANCELLED, None))
                 log.info("%s stops: its group is %s", self.name, group.status)
                 return
             job = self.job
-            items, more = ds.fetch(
+            items, more = _ds().fetch(
                 job.query,
                 checkpoint.key_range,
                 checkpoint.cursor,
@@ -255,43 +265,43 @@ class _Walker:
             try:
                 checkpoint = self._page(checkpoint, items)
             except _Moved:
-                fresh = ds.get_checkpoint(self.job.group_id, self.shard)
+                fresh = _ds().get_checkpoint(self.job.group_id, self.shard)
                 assert fresh is not None
                 checkpoint = fresh
                 continue
             except _ItemFailed as failed:
-                if ds.transaction(functools.partial(self._failed, failed)):
+                if _ds().transaction(functools.partial(self._failed, failed)):
                     return
                 raise failed.error from None
             if not more:
-                ds.transaction(lambda: self._settle(DONE, None))
+                _ds().transaction(lambda: self._settle(DONE, None))
                 log.info("%s is done: %d entities", self.name, checkpoint.count)
                 return
             if time.monotonic() - self.started >= self.job.time_budget:
-                ds.transaction(self._hand_over)
+                _ds().transaction(self._hand_over)
                 return
 
     # -- each step is one transaction on the checkpoint --------------------------------------
 
     def _claim(self) -> ds.Checkpoint | None:
-        checkpoint = ds.get_checkpoint(self.job.group_id, self.shard)
+        checkpoint = _ds().get_checkpoint(self.job.group_id, self.shard)
         if checkpoint is None or checkpoint.generation != self.generation or checkpoint.status != WALKING:
             log.info("%s: generation %d has nothing left to do", self.name, self.generation)
             return None
-        if checkpoint.owner not in (None, self.token) and checkpoint.lease > ds.now():
-            raise _Leased(f"its lease runs {checkpoint.lease - ds.now():.0f} more seconds")
+        if checkpoint.owner not in (None, self.token) and checkpoint.lease > _ds().now():
+            raise _Leased(f"its lease runs {checkpoint.lease - _ds().now():.0f} more seconds")
         checkpoint.owner = self.token
         checkpoint.lease = self._lease_end()
-        ds.put_checkpoint(checkpoint)
+        _ds().put_checkpoint(checkpoint)
         return checkpoint
 
     def _lease_end(self) -> float:
         """Until when a claim or a commit holds the shard: a crashed walker's retry waits this long."""
-        return ds.now() + max(2 * self.job.time_budget, MIN_LEASE)
+        return _ds().now() + max(2 * self.job.time_budget, MIN_LEASE)
 
     def _own(self, cursor: bytes | None | object = _ANYWHERE) -> ds.Checkpoint:
         """Inside a transaction: the checkpoint, if this walker still holds it (where it left it)."""
-        checkpoint = ds.get_checkpoint(self.job.group_id, self.shard)
+        checkpoint = _ds().get_checkpoint(self.job.group_id, self.shard)
         if (
             checkpoint is None
             or checkpoint.status != WALKING
@@ -309,15 +319,15 @@ class _Walker:
         if not self.job.transactional_pages:
             for item in items:
                 self._call(item.value, item)
-            return ds.transaction(lambda: self._advance(checkpoint.cursor, items))  # type: ignore[no-any-return]
+            return _ds().transaction(lambda: self._advance(checkpoint.cursor, items))  # type: ignore[no-any-return]
         for piece in _pieces(items):
-            checkpoint = ds.transaction(functools.partial(self._piece, checkpoint.cursor, piece))
+            checkpoint = _ds().transaction(functools.partial(self._piece, checkpoint.cursor, piece))
         return checkpoint
 
     def _piece(self, cursor: bytes | None, piece: list[ds.Item]) -> ds.Checkpoint:
         checkpoint = self._own(cursor)
         keys = [item.key for item in piece]
-        values = keys if self.job.keys_only else ds.get_fresh(keys)
+        values = keys if self.job.keys_only else _ds().get_fresh(keys)
         done = 0
         for item, value in zip(piece, values, strict=True):
             if value is not None:  # deleted since the page was read
@@ -333,7 +343,7 @@ class _Walker:
         checkpoint.count += done
         checkpoint.failures = 0
         checkpoint.lease = self._lease_end()
-        ds.put_checkpoint(checkpoint)
+        _ds().put_checkpoint(checkpoint)
         return checkpoint
 
     def _call(self, value: Any, item: ds.Item) -> None:
@@ -344,12 +354,12 @@ class _Walker:
 
     def _failed(self, failed: _ItemFailed) -> bool:
         """Count a failure at this cursor; True when the shard has failed for good (its child is told)."""
-        checkpoint = ds.get_checkpoint(self.job.group_id, self.shard)
+        checkpoint = _ds().get_checkpoint(self.job.group_id, self.shard)
         if checkpoint is None or checkpoint.owner != self.token or checkpoint.generation != self.generation:
             return True  # another walker has the shard now
         checkpoint.failures += 1
         line = f"{type(failed.error).__name__}: {failed.error}"
-        message = f"{self.name}: {_name(self.job.fn)} failed on {ds.describe_key(failed.item.key)}: {line}"
+        message = f"{self.name}: {_name(self.job.fn)} failed on {_ds().describe_key(failed.item.key)}: {line}"
         final = checkpoint.failures >= self.job.attempts or isinstance(failed.error, PermanentTaskFailure)
         if final:
             checkpoint.status, checkpoint.error = FAILED, message
@@ -358,13 +368,13 @@ class _Walker:
         else:
             log.warning("%s (attempt %d of %d)", message, checkpoint.failures, self.job.attempts)
         checkpoint.owner, checkpoint.lease = None, 0.0  # the queue's retry takes it at once
-        ds.put_checkpoint(checkpoint)
+        _ds().put_checkpoint(checkpoint)
         return final
 
     def _settle(self, status: str, failure: str | None) -> None:
         checkpoint = self._own()
         checkpoint.status, checkpoint.owner, checkpoint.lease = status, None, 0.0
-        ds.put_checkpoint(checkpoint)
+        _ds().put_checkpoint(checkpoint)
         if status == DONE:
             _finish(self.job, self.shard, checkpoint.count, failure)
 
@@ -372,7 +382,7 @@ class _Walker:
         checkpoint = self._own()
         checkpoint.generation += 1
         checkpoint.owner, checkpoint.lease = None, 0.0
-        ds.put_checkpoint(checkpoint)
+        _ds().put_checkpoint(checkpoint)
         _walker(self.job)(self.job, self.shard, checkpoint.generation)
 
 
@@ -387,7 +397,7 @@ def _pieces(items: list[ds.Item]) -> list[list[ds.Item]]:
     pieces: list[list[ds.Item]] = [[]]
     groups: set[Any] = set()
     for item in items:
-        group = ds.group_of(item.key)
+        group = _ds().group_of(item.key)
         if group not in groups and len(groups) == PIECE_GROUPS:
             pieces.append([])
             groups = set()

@@ -47,7 +47,11 @@ def sweep(older_than: datetime.timedelta | float) -> int:
 
         sent = cloud_outbox.send_lost()
     deleted = spill.sweep(before) + results_store.sweep(before)
-    if settings.backend == "appengine":  # map_query runs there only
+    if settings.backend == "cloud":  # map_query's checkpoints, in Cloud Datastore
+        from .backends import cloud_mapquery
+
+        deleted += cloud_mapquery.sweep(before)
+    else:
         from . import mapquery_store
 
         deleted += mapquery_store.sweep(before)

@@ -249,12 +249,6 @@ def test_unique_admits_one_of_two_calls_with_its_state_in_cloud_datastore(tasks_
     assert tasklib.ran == [("unique", 1)]
 
 
-def test_map_query_on_the_cloud_backend_fails_at_the_call_and_adds_nothing(tasks_emulator, cloud):
-    with cloud.context(), pytest.raises(taskutils.BackendError, match="appengine backend only"):
-        taskutils.map_query(print, CloudNote.query())
-    assert queued(tasks_emulator) == []
-
-
 # -- the port itself ------------------------------------------------------------------------
 
 
