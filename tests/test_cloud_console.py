@@ -229,8 +229,10 @@ def test_the_cloud_queue_page_in_a_headless_browser_lists_the_task_and_deletes_i
             pytest.fail(f"CI=true and the browser test cannot run: {', '.join(missing)} missing")
         pytest.skip(f"no browser to drive: {', '.join(missing)} missing")
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     name = _enqueue(server, "record", "browsed", queue="browsed", countdown=3600)
     options = webdriver.ChromeOptions()
@@ -243,17 +245,16 @@ def test_the_cloud_queue_page_in_a_headless_browser_lists_the_task_and_deletes_i
     try:
         driver.get(server.base + CONSOLE + "/")
         driver.find_element(By.LINK_TEXT, "browsed").click()
-        assert driver.find_element(By.TAG_NAME, "h1").text == "Queue browsed"
+        # Each click loads a new page: read it only once it is there (an element of the old one goes stale).
+        wait = WebDriverWait(driver, 30, ignored_exceptions=(StaleElementReferenceException,))
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "h1").text == "Queue browsed")
         [row] = [r for r in driver.find_elements(By.CSS_SELECTOR, "tbody tr") if name in r.text]
         assert "console_app.record" in row.text
         driver.save_screenshot(str(tmp_path / "cloud-queue.png"))
 
         [delete] = [b for b in row.find_elements(By.TAG_NAME, "button") if b.text == "Delete"]
         delete.click()
-        deadline = time.monotonic() + 30
-        while "was deleted" not in driver.find_element(By.TAG_NAME, "main").text:
-            assert time.monotonic() < deadline, driver.page_source
-            time.sleep(0.1)
+        wait.until(lambda d: "was deleted" in d.find_element(By.TAG_NAME, "main").text)
         assert name not in driver.find_element(By.TAG_NAME, "main").text.replace(f"Task {name} was deleted", "")
     finally:
         driver.quit()

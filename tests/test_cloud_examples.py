@@ -153,7 +153,15 @@ def example(request: pytest.FixtureRequest, cloud_task_testbed: Any) -> Iterator
     """The example's WSGI app, as serve would run it, and a client on it."""
     module = _load(request.param)
     wsgi_app = getattr(module, SPECS[request.param].partition(":")[2])
-    yield wsgi_app, werkzeug.test.Client(wsgi_app)
+    yield wsgi_app, _BufferedClient(wsgi_app)
+
+
+class _BufferedClient(werkzeug.test.Client):
+    """Reads every response whole and closes the app's iterable, as a WSGI server does (an
+    ASGI app seen through a2wsgi otherwise keeps its request's coroutine pending)."""
+
+    def open(self, *args: Any, buffered: bool = True, **kwargs: Any) -> Any:
+        return super().open(*args, buffered=buffered, **kwargs)
 
 
 def _json(client: werkzeug.test.Client, path: str) -> Any:
