@@ -97,7 +97,7 @@ CLOUD_APPS = {
     ),
     "flask": ("readme_apps.cloud_flask_app", "/notes", "app.wsgi_app = taskutils.mount(app.wsgi_app)"),
 }
-CLOUD_LINES = ("taskutils.configure(backend=\"cloud\")", "from google.cloud import ndb")
+CLOUD_LINES = ('taskutils.configure(backend="cloud")', "from google.cloud import ndb")
 
 
 def _source(module_name):

@@ -1,7 +1,8 @@
 """The README's other code examples, run as written on the cloud backend under ``cloud_task_testbed``.
 
-The README's ``@task`` block, its results and fan-in lines, and its control options (with a
-periodic job fired as App Engine's cron service fires it), each against the real Cloud Tasks
+The README's ``@task`` block, its results and fan-in lines, and its control options (with
+``debounce`` and ``concurrency`` from docs/controls.md, and a periodic job fired as App
+Engine's cron service fires it), each against the real Cloud Tasks
 and Datastore emulators: every task added is drained through ``taskutils.app`` in process.
 The three mountings have their own tests in test_readme_apps.py.
 """
@@ -118,6 +119,16 @@ def charge(account_id, amount):
     ran.append(("charge", account_id, amount))
 
 
+@task(debounce=30, key=lambda feed_id, **_: feed_id)
+def refresh_feed(feed_id, reason=""):
+    ran.append(("refresh_feed", feed_id))
+
+
+@task(concurrency=4)
+def render(page):
+    ran.append(("render", page))
+
+
 @task(rate="10/m")
 def call_partner_api(order_id):
     ran.append(("call_partner_api", order_id))
@@ -145,10 +156,13 @@ def test_the_readmes_control_options_hold_on_the_cloud_backend(cloud_task_testbe
     charge(7, 200)
     for order_id in range(3):
         call_partner_api(order_id)
+    refresh_feed("news", reason="a")
+    refresh_feed("news", reason="b")
+    render(1)
 
     requests = cloud_task_testbed.drain()
 
-    assert requests > 6  # three calls at once spend 10/m: some were put back on Cloud Tasks and run later
+    assert requests > 8  # three calls at once spend 10/m: some were put back on Cloud Tasks and run later
 
     assert sorted(ran, key=repr) == sorted(
         [
@@ -158,6 +172,8 @@ def test_the_readmes_control_options_hold_on_the_cloud_backend(cloud_task_testbe
             ("call_partner_api", 0),
             ("call_partner_api", 1),
             ("call_partner_api", 2),
+            ("refresh_feed", "news"),
+            ("render", 1),
         ],
         key=repr,
     )
