@@ -21,6 +21,7 @@ from typing import Any, NoReturn, Protocol
 from google.appengine.api import taskqueue
 from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPermanentTaskFailure
 
+from .. import backends
 from ..exc import CorruptPayloadError, PermanentTaskFailure, RunPutBack
 from . import spec, store
 
@@ -309,7 +310,7 @@ def _put_back(
     if environ.get("QUERY_STRING"):
         url += "?" + environ["QUERY_STRING"]
     queue = info.queue_name or "default"
-    taskqueue.Queue(queue).add(
+    backends.queue(queue).add_task(  # the backend in use: the taskqueue SDK's queue, or Cloud Tasks'
         taskqueue.Task(payload=body, url=url, headers=headers, countdown=max(0.0, delay), **kwargs)
     )
     raise RunPutBack(f"put back for {max(0.0, delay):.2f} s: {why}")
