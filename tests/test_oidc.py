@@ -482,3 +482,21 @@ def test_the_body_is_not_read_before_the_token_is_checked(cloud):
 
     b"".join(taskutils.app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
     assert statuses == ["403 Forbidden"]
+
+
+# The periodic jobs' cron route: off App Engine, X-Appengine-Cron is anyone's to send.
+
+
+def test_with_a_target_the_cron_route_needs_an_allowed_senders_token_not_app_engines_header(cloud, monkeypatch):
+    from taskutils.controls import jobs as declared
+
+    monkeypatch.setattr(declared, "_jobs", {})  # no job due: a request let in adds nothing, and answers so
+    app = webtest.TestApp(taskutils.mount(lambda env, start: []))
+
+    def get(headers: dict[str, str]) -> tuple[int, str]:
+        response = app.get("/cron/taskutils-periodic", headers=headers, expect_errors=True)
+        return response.status_int, response.text
+
+    assert get({"X-Appengine-Cron": "true"}) == (403, "cron requests only\n")
+    assert get({"Authorization": f"Bearer {mint(claims(email='someone@gmail.com'))}"})[0] == 403
+    assert get({"Authorization": f"Bearer {mint()}"}) == (200, "added 0\n")

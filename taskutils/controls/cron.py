@@ -16,6 +16,8 @@ from typing import Any
 
 from google.appengine.api import taskqueue
 
+from ..config import settings
+from ..exc import CertsUnavailableError, UntrustedRequestError
 from . import keys, store
 from .jobs import jobs
 from .spec import CRON_PATH
@@ -82,19 +84,41 @@ def listing(now: datetime.datetime | None = None) -> list[dict[str, Any]]:
 
 
 def cron_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """The cron route: add due periodic jobs on a GET from App Engine's cron service; 403 for anyone else.
+    """The cron route: add due periodic jobs on a GET from the scheduler; 403 for anyone else.
 
-    App Engine strips ``X-Appengine-Cron`` from requests that do not come from its
-    cron service, so the header is the proof.
+    On App Engine, which strips ``X-Appengine-Cron`` from requests that do not come
+    from its cron service, the header is the proof. On the cloud backend with a
+    ``target`` (Cloud Run, GKE) anyone can send that header: there the request must
+    carry an OIDC token of an allowed sender, as Cloud Scheduler attaches with
+    ``--oidc-service-account-email`` (its audience the target), checked as a task's is.
     """
-    if environ.get(CRON_HEADER) != "true":
-        log.warning("refused a periodic cron request without X-Appengine-Cron: true")
-        start_response("403 Forbidden", [("Content-Type", "text/plain")])
+    why = _refusal(environ)
+    if why is not None:
+        log.warning("refused a periodic cron request: %s", why)
+        status = "500 Internal Server Error" if why.startswith("cannot check") else "403 Forbidden"
+        start_response(status, [("Content-Type", "text/plain")])
         return [b"cron requests only\n"]
     added = fire()
     body = f"added {len(added)}\n".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def _refusal(environ: dict[str, Any]) -> str | None:
+    """Why this request is not the scheduler's; None when it is."""
+    if settings.backend == "cloud" and settings.cloud.target is not None:
+        from ..backends import oidc
+
+        try:
+            oidc.trust(settings.cloud).verify(environ)
+        except UntrustedRequestError as e:
+            return f"OIDC token: {e}"
+        except (CertsUnavailableError, ImportError) as e:
+            return f"cannot check its OIDC token: {e}"
+        return None
+    if environ.get(CRON_HEADER) != "true":
+        return "no X-Appengine-Cron: true"
+    return None
 
 
 def cron_yaml() -> str:
