@@ -102,14 +102,21 @@ class ServeProcess:
         return body
 
     def wait_ready(self, path: str = "/", timeout: float = 60.0) -> ServeProcess:
-        """Poll until the server answers HTTP at all."""
+        """Poll until this serve process answers HTTP at all.
+
+        It must have said it serves on its port: the port was free when picked, but another
+        process (an emulator, a browser) may have bound it since, and would answer instead.
+        """
         deadline = time.monotonic() + timeout
+        serving = f"on {self.base}"
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 self.request("GET", path, timeout=5)
-                return self
+                if serving in self.log():
+                    return self
+                raise ConnectionRefusedError(f"no 'serving ... {serving}' line yet")
             except OSError:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"serve did not answer in {timeout}s:\n{self.log()}") from None
