@@ -1,6 +1,8 @@
 import logging
 import os
 import pathlib
+import sys
+import threading
 
 import pytest
 
@@ -13,6 +15,34 @@ import tasklib
 os.environ.setdefault(
     "TASKUTILS_EMULATOR_VENV", str(pathlib.Path(__file__).resolve().parents[1] / ".cache" / "cloudtasks-emulator-venv")
 )
+
+if sys.version_info >= (3, 13):
+    # The README's bundled-services apps call wrap_wsgi_app when collected, which makes os.environ
+    # per thread and hooks _thread.start_new_thread to copy it into each new thread (reloading
+    # threading). From Python 3.13 threading starts threads through
+    # _thread.start_joinable_thread, which the SDK does not hook: without this, a thread started
+    # later in this process (the FastAPI example's a2wsgi event loop, its thread pool) would see an
+    # empty os.environ, without the emulators' hosts.
+    import _thread
+
+    from google.appengine.runtime import request_environment
+
+    _start_joinable_thread = _thread.start_joinable_thread
+
+    def _start_with_environ(function, *args, **kwargs):
+        install = request_environment.current_request.CloneRequestEnvironment()
+
+        def run():
+            install()
+            try:
+                function()
+            finally:
+                request_environment.current_request.Clear()
+
+        return _start_joinable_thread(run, *args, **kwargs)
+
+    _thread.start_joinable_thread = _start_with_environ  # what threading takes when the SDK reloads it
+    threading._start_joinable_thread = _start_with_environ
 
 pytest_plugins = ["pytester"]  # test_plugin.py runs user projects on a fresh pytest
 
