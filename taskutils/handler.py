@@ -22,6 +22,10 @@ from google.appengine.ext.deferred import SingularTaskFailure
 
 from . import codec, logs, results_ids
 from .backends.base import Trust
+from .backends.namespace import ENVIRON_KEY as NAMESPACE_KEY
+from .backends.namespace import HEADER as NAMESPACE_HEADER
+from .backends.namespace import checked as checked_namespace
+from .backends.namespace import scope as namespace_scope
 from .config import get_keyring, settings
 from .controls.spec import CRON_PATH
 from .controls.spec import ENVIRON_KEY as CONTROLS_KEY
@@ -219,13 +223,14 @@ class _Run(Scope):
     ``current_task()``, log records and tasks added by the run read.
     """
 
-    __slots__ = ("path", "body", "pointer", "outcome", "error_line", "_info", "started")
+    __slots__ = ("path", "body", "pointer", "namespace", "outcome", "error_line", "_info", "started")
 
     def __init__(self, environ: dict[str, Any]) -> None:
         self.environ = environ
         self.path: str = environ.get("PATH_INFO", "")
         self.body = b""
         self.pointer: bytes | None = None
+        self.namespace = ""  # the cloud backend's Datastore namespace the task was added in
         self.outcome: tuple[str, int, BaseException | None] | None = None  # None: refused before running
         self.error_line: str | None = None
         self._info: TaskInfo | None = None
@@ -267,13 +272,21 @@ class _Run(Scope):
         size = int(length)
         if size > MAX_BODY:
             return self.refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes")
+        if settings.backend != "cloud":
+            self.outcome = _OK
+            self.body = _read_body(environ, size)
+            return self.run(self.body)
+        namespace = environ.get(NAMESPACE_KEY)
+        if namespace is not None:
+            try:
+                self.namespace = checked_namespace(namespace)
+            except ValueError as e:
+                return self.refuse(HTTPStatus.BAD_REQUEST, f"{NAMESPACE_HEADER} header: {e}")
         self.outcome = _OK
         self.body = _read_body(environ, size)
-        if settings.backend != "cloud":
-            return self.run(self.body)
         from .backends.cloud_store import task_context  # task code uses google.cloud.ndb as a request would
 
-        with task_context():
+        with task_context(self.namespace):  # the namespace the task was added in, as on App Engine
             return self.run(self.body)
 
     def verify_token(self) -> HTTPStatus | None:
@@ -315,6 +328,8 @@ class _Run(Scope):
             except ValueError as e:
                 self.outcome = (f"refused: {CONTROLS_HEADER} header: {e}", logging.WARNING, None)
                 return HTTPStatus.BAD_REQUEST
+        if self.namespace:  # the cloud backend's: signed for it too (taskutils.backends.namespace)
+            signed_for = namespace_scope(self.namespace, signed_for)
         try:
             flags, data = codec.unframe(signed_for, body, get_keyring())
             if flags & codec.POINTER:

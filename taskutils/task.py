@@ -16,6 +16,9 @@ from . import codec, results_port
 from .backends import queue
 from .backends.appengine import NO_API_ERRORS, discard_spills, no_api_proxy
 from .backends.base import Queue
+from .backends.namespace import HEADER as NAMESPACE_HEADER
+from .backends.namespace import carried as carried_namespace
+from .backends.namespace import scope as namespace_scope
 from .config import get_keyring, settings
 from .controls.options import Controls, controls_of
 from .exc import PayloadError
@@ -274,8 +277,11 @@ class TaskFunction(Generic[P, R]):
         if countdown is not None:  # a debounced run's delay (taskutils.controls), over the task's own
             task_kwargs = {k: v for k, v in task_kwargs.items() if k not in ("eta", "countdown")}
             task_kwargs["countdown"] = countdown
+        namespace = carried_namespace()  # the cloud backend's Datastore namespace, bound to the signature
+        if namespace:
+            task_kwargs = {**task_kwargs, "headers": {**task_kwargs["headers"], NAMESPACE_HEADER: namespace}}
         path = settings.route + self._suffix
-        signed_for = path if scope is None else scope(path)
+        signed_for = namespace_scope(namespace, path if scope is None else scope(path))
         flags = self._flags | (codec.BY_URL if by_url else 0)
         keyring = get_keyring()
         if len(data) < taskqueue.MAX_PUSH_TASK_SIZE_BYTES:
@@ -322,11 +328,15 @@ class TaskFunction(Generic[P, R]):
         trace = task_headers()  # the trace every task of this map joins (taskutils.tracing)
         if trace:
             task_kwargs = {**task_kwargs, "headers": {**trace, **task_kwargs["headers"]}}
+        namespace = carried_namespace()  # as _task_of: the header, and the signature bound to it
+        if namespace:
+            task_kwargs = {**task_kwargs, "headers": {**task_kwargs["headers"], NAMESPACE_HEADER: namespace}}
+        signed_for = namespace_scope(namespace, path)
         limit = taskqueue.MAX_PUSH_TASK_SIZE_BYTES
 
         def make(data: bytes) -> taskqueue.Task:
             if len(data) < limit:
-                payload = prefix + data if prefix is not None else codec.frame(path, data, flags, keyring)
+                payload = prefix + data if prefix is not None else codec.frame(signed_for, data, flags, keyring)
                 try:
                     return taskqueue.Task(payload=payload, url=path, **task_kwargs)
                 except taskqueue.TaskTooLargeError:

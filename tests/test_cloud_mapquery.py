@@ -268,3 +268,19 @@ def test_an_or_or_in_query_is_refused_at_the_call_and_adds_nothing(cloud_task_te
             with pytest.raises(TypeError, match="OR or IN"):
                 taskutils.map_query(count_call, query)
     assert cloud_task_testbed.tasks() == [] and count(cloud_task_testbed, SHARD_KIND) == 0
+
+
+def test_a_map_started_in_a_namespace_walks_that_namespaces_entities_and_keeps_its_records_there(cloud_task_testbed):
+    make_accounts(cloud_task_testbed, 30)  # the default namespace's: not mapped
+    client = cloud_task_testbed.ndb_client()
+    with client.context(namespace="tenant1"):
+        ndb.put_multi([CloudAccount(id=i + 1, active=True, age=i) for i in range(120)])
+        g = taskutils.map_query(touch, CloudAccount.query(), shards=3, page_size=25)
+
+    cloud_task_testbed.drain()
+
+    with client.context(namespace="tenant1"):
+        mapped = CloudAccount.query().fetch(use_cache=False, use_global_cache=False)
+        assert sorted(a.touched for a in mapped) == [1] * 120
+        assert (g.status, g.processed) == ("succeeded", 120)
+    assert set(touched(cloud_task_testbed).values()) == {0}

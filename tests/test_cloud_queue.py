@@ -498,3 +498,23 @@ def test_sweep_on_the_cloud_backend_sends_transactional_tasks_whose_send_was_los
 
     assert len(listed(cloud)) == 1
     assert staged(datastore) == 0
+
+
+def test_the_sweep_sends_a_lost_transactional_task_staged_in_another_namespace(
+    cloud, datastore, tasks_emulator, monkeypatch
+):
+    from google.cloud import ndb
+
+    transactional = taskutils.task(tasklib.plain, transactional=True)
+    monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", f"127.0.0.1:{free_port()}")  # the send after commit fails
+    with datastore.context(namespace="tenant1"):
+        ndb.transaction(lambda: transactional(1))
+    monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", tasks_emulator.address)
+
+    assert cloud_outbox.send_lost(older_than=datetime.timedelta(0)) == 1
+
+    [in_queue] = listed(cloud)
+    with datastore.context(namespace="tenant1"):
+        assert cloud_outbox.Outbox.query().count() == 0
+    assert run_in_handler(in_queue).status_int == 200
+    assert tasklib.ran == [("plain", 1, 0)]

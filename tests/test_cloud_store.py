@@ -316,3 +316,77 @@ def test_sweep_deletes_a_finished_handle_and_an_orphaned_payload_from_cloud_data
 
     assert (count(cloud, HANDLE_KIND), count(cloud, CHUNK_KIND)) == (0, 0)
     assert taskutils.TaskHandle.get(handle.id) is None
+
+
+# -- namespaces -----------------------------------------------------------------------------
+
+
+@task
+def note_size(blob: bytes) -> int:
+    CloudNote(text=f"{len(blob)} bytes").put()  # in the handler's context: the namespace the task was added in
+    return len(blob)
+
+
+def notes(client: ndb.Client, namespace: str) -> list[str]:
+    with client.context(namespace=namespace):
+        return [n.text for n in CloudNote.query().fetch()]
+
+
+def test_a_task_added_in_a_namespace_runs_in_it_and_finds_its_big_argument_and_handle_there(
+    tasks_emulator, cloud, signed
+):
+    blob = os.urandom(300_000)  # spilled: its chunk is written in the caller's namespace
+    with cloud.context(namespace="tenant1"):
+        handle = note_size.submit(blob)
+
+    drain(tasks_emulator)
+
+    assert notes(cloud, "tenant1") == ["300000 bytes"]
+    assert notes(cloud, "") == []
+    with cloud.context(namespace="tenant1"):
+        assert handle.result() == 300_000
+        assert CHUNK_KIND not in ndb.metadata.get_kinds()  # the chunk was read there, and deleted
+
+
+def test_a_tasks_namespace_header_changed_removed_or_malformed_is_refused_and_nothing_runs(
+    tasks_emulator, cloud, signed
+):
+    with cloud.context(namespace="tenant1"):
+        tasklib.record("mine")
+    [added] = cloudtasks.emulator_client(tasks_emulator.address).list_tasks(
+        request={"parent": tasks_emulator.queue_path(QUEUE), "response_view": FULL_VIEW}
+    )
+    request = added.app_engine_http_request
+    headers = {**dict(request.headers), "X-AppEngine-QueueName": QUEUE, "X-AppEngine-TaskName": "t1"}
+    assert headers["X-Taskutils-Namespace"] == "tenant1"
+    app = webtest.TestApp(taskutils.app)
+
+    def post(changed: dict[str, str | None]) -> int:
+        sent = {k: v for k, v in {**headers, **changed}.items() if v is not None}
+        return app.post(request.relative_uri, request.body, headers=sent, expect_errors=True).status_int  # type: ignore[no-any-return]
+
+    assert post({"X-Taskutils-Namespace": "tenant2"}) == 403  # the payload is signed for tenant1
+    assert post({"X-Taskutils-Namespace": None}) == 403
+    assert post({"X-Taskutils-Namespace": "no spaces/here"}) == 400
+    assert tasklib.ran == []
+    assert post({}) == 200
+    assert tasklib.ran == [(("mine",), {})]
+
+
+def test_a_task_added_in_a_namespace_runs_in_it_under_an_apps_own_cloud_ndb_middleware(tasks_emulator, cloud, signed):
+    def with_context(environ: dict[str, Any], start_response: Any) -> Any:
+        with cloud.context():  # the middleware Cloud NDB's docs show: one context per request
+            return list(taskutils.app(environ, start_response))
+
+    with cloud.context(namespace="tenant1"):
+        note_size(b"abc")
+    [added] = cloudtasks.emulator_client(tasks_emulator.address).list_tasks(
+        request={"parent": tasks_emulator.queue_path(QUEUE), "response_view": FULL_VIEW}
+    )
+    request = added.app_engine_http_request
+    headers = {**dict(request.headers), "X-AppEngine-QueueName": QUEUE, "X-AppEngine-TaskName": "t1"}
+
+    assert webtest.TestApp(with_context).post(request.relative_uri, request.body, headers=headers).status_int == 200
+
+    assert notes(cloud, "tenant1") == ["3 bytes"]
+    assert notes(cloud, "") == []

@@ -23,6 +23,7 @@ from typing import Any
 from google.appengine.api import taskqueue
 from google.cloud import ndb
 from google.cloud.ndb import context as ndb_context
+from google.cloud.ndb import metadata
 
 from . import cloud_requests, cloud_store
 
@@ -119,7 +120,12 @@ def send_lost(older_than: datetime.timedelta = LOST_AFTER) -> int:
     swept = refused = 0
     with cloud_store.context():
         before = _utcnow() - older_than
-        for entity in Outbox.query(Outbox.created < before).iter():
+        staged = (
+            entity
+            for namespace in metadata.get_namespaces()  # a task is staged in its transaction's namespace
+            for entity in Outbox.query(Outbox.created < before, namespace=namespace or "").iter()
+        )
+        for entity in staged:
             request = cloud_requests.deserialize(entity.request)
             try:
                 added = _send(entity.queue, request)

@@ -71,13 +71,31 @@ def context() -> AbstractContextManager[Any]:
     return client().context()  # taskutils' own kinds skip its caches: their models say so
 
 
-def task_context() -> AbstractContextManager[Any]:
-    """What the handler runs a task in: ``context()``, or none where no credentials for Datastore are found.
+def current_namespace() -> str:
+    """The namespace taskutils' keys are made in here ("" for the default one): the store's
+    ``in_namespace``, else the active Cloud NDB context's."""
+    namespace = _namespace.get()
+    if namespace is not None:
+        return namespace
+    active = ndb.get_context(raise_context_error=False)
+    return (active.get_namespace() or "") if active is not None else ""
+
+
+def task_context(namespace: str = "") -> AbstractContextManager[Any]:
+    """What the handler runs a task in: ``context()`` in the namespace the task was added in
+    (``taskutils.backends.namespace``), or none where no credentials for Datastore are found.
 
     A task that does not use Datastore still runs there (a test with only a Cloud Tasks
     emulator); one that does gets the credentials error from its first Datastore call.
     """
     try:
+        active = ndb.get_context(raise_context_error=False)
+        if active is not None:  # the app's middleware opened one: the task runs in it, in its namespace
+            if (active.get_namespace() or "") == namespace:
+                return nullcontext()
+            return active.new(namespace=namespace).use()  # type: ignore[no-any-return]
+        if namespace:
+            return client().context(namespace=namespace)  # type: ignore[no-any-return]
         return context()
     except DefaultCredentialsError as e:
         if not _warned:
@@ -245,11 +263,7 @@ class CloudStore:
         return context.client if context is not None else client()
 
     def _current_namespace(self) -> str | None:
-        namespace = _namespace.get()
-        if namespace is not None:
-            return namespace
-        context = ndb.get_context(raise_context_error=False)
-        return context.get_namespace() if context is not None else None
+        return current_namespace() or None
 
     def adopt_key(self, key: Any) -> CloudKey:
         """The store's key for a ``google.cloud.ndb.Key`` (a task's ``parent``)."""
