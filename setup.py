@@ -25,12 +25,12 @@ setup(
         # The cloud backend: the Cloud Tasks client, Cloud Datastore through Cloud NDB, and
         # the RSA verification of the OIDC tokens Cloud Tasks attaches.
         "cloud": [
-            "google-cloud-tasks>=2.13",
+            "google-cloud-tasks>=2.25",  # BatchCreateTasks
             "google-cloud-ndb>=2.3",
             "cryptography>=41",
         ],
         "test": [
-            "google-cloud-tasks>=2.13",
+            "google-cloud-tasks>=2.25",  # BatchCreateTasks
             "google-cloud-ndb>=2.3",
             "cryptography>=41",
             "a2wsgi>=1.10",

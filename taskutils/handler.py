@@ -257,6 +257,13 @@ class _Run(Scope):
             refused = self.verify_token()
             if refused is not None:
                 return refused
+        elif settings.backend == "cloud" and os.environ.get("K_SERVICE") and os.environ.get("GAE_ENV") != "standard":
+            # Cloud Run (Knative) without a target: the X-AppEngine-* headers are anyone's to send there.
+            return self.refuse(
+                HTTPStatus.FORBIDDEN,
+                "on Cloud Run tasks need a target (configure(target=..., service_account=...)): "
+                "without one nothing proves who sent a task",
+            )
         elif "HTTP_X_APPENGINE_TASKNAME" not in environ or "HTTP_X_APPENGINE_QUEUENAME" not in environ:
             return self.refuse(HTTPStatus.FORBIDDEN, "no X-AppEngine-TaskName/QueueName headers")
         elif environ.get("REMOTE_ADDR") != TASKQUEUE_SOURCE and os.environ.get("GAE_ENV") == "standard":

@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .config import settings
+from .cronauth import CRON_HEADER as CRON_HEADER
+from .cronauth import refusal, refused_status
 
 log = logging.getLogger("taskutils.sweep")
 
-CRON_HEADER = "HTTP_X_APPENGINE_CRON"
 DEFAULT_AGE = datetime.timedelta(days=7)
 
 
@@ -59,14 +60,17 @@ def sweep(older_than: datetime.timedelta | float) -> int:
 
 
 def sweep_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """A WSGI app for cron: ``taskutils.sweep(7 days)`` on a GET from App Engine's cron service, else 403.
+    """A WSGI app for cron: ``taskutils.sweep(7 days)`` on a request from the scheduler, else 403.
 
-    App Engine strips ``X-Appengine-Cron`` from requests that do not come from
-    its cron service, so the header is the proof.
+    On App Engine the proof is ``X-Appengine-Cron``, which App Engine strips from
+    requests that do not come from its cron service. On the cloud backend with a
+    ``target`` it is an OIDC token of an allowed sender (Cloud Scheduler's), as for
+    the periodic jobs' route (``taskutils.cronauth``).
     """
-    if environ.get(CRON_HEADER) != "true":
-        log.warning("refused a sweep request without X-Appengine-Cron: true")
-        start_response("403 Forbidden", [("Content-Type", "text/plain")])
+    why = refusal(environ)
+    if why is not None:
+        log.warning("refused a sweep request: %s", why)
+        start_response(refused_status(why), [("Content-Type", "text/plain")])
         return [b"cron requests only\n"]
     deleted = sweep(DEFAULT_AGE)
     body = f"deleted {deleted}\n".encode()

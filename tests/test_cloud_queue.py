@@ -518,3 +518,12 @@ def test_the_sweep_sends_a_lost_transactional_task_staged_in_another_namespace(
         assert cloud_outbox.Outbox.query().count() == 0
     assert run_in_handler(in_queue).status_int == 200
     assert tasklib.ran == [("plain", 1, 0)]
+
+
+def test_a_target_without_a_service_account_fails_at_the_call_and_adds_nothing(cloud):
+    taskutils.configure(target="https://worker-abc.a.run.app")  # the handler would refuse every task: no token
+
+    with pytest.raises(ValueError, match=r"configure\(service_account=\.\.\.\)"):
+        tasklib.record(1)
+
+    assert listed(cloud) == []

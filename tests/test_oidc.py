@@ -500,3 +500,42 @@ def test_with_a_target_the_cron_route_needs_an_allowed_senders_token_not_app_eng
     assert get({"X-Appengine-Cron": "true"}) == (403, "cron requests only\n")
     assert get({"Authorization": f"Bearer {mint(claims(email='someone@gmail.com'))}"})[0] == 403
     assert get({"Authorization": f"Bearer {mint()}"}) == (200, "added 0\n")
+
+
+def test_with_a_target_the_sweep_app_needs_an_allowed_senders_token_not_app_engines_header(cloud, monkeypatch):
+    import sys
+
+    swept: list[object] = []  # the sweep itself (Cloud Datastore) is tested in test_cloud_store.py
+    monkeypatch.setattr(sys.modules["taskutils.sweep"], "sweep", lambda older_than: swept.append(older_than) or 0)
+    app = webtest.TestApp(taskutils.sweep_app)
+
+    def get(headers: dict[str, str]) -> tuple[int, str]:
+        response = app.get("/cron/taskutils-sweep", headers=headers, expect_errors=True)
+        return response.status_int, response.text
+
+    assert get({"X-Appengine-Cron": "true"}) == (403, "cron requests only\n")
+    assert get({"Authorization": f"Bearer {mint(claims(email='someone@gmail.com'))}"})[0] == 403
+    assert swept == []
+    assert get({"Authorization": f"Bearer {mint()}"}) == (200, "deleted 0\n")
+    assert len(swept) == 1
+
+
+# Cloud Run without a target: tasks would be App Engine tasks, whose headers anyone can send there.
+
+
+def test_on_cloud_run_without_a_target_every_task_is_refused_before_anything_is_unpickled(
+    client, canary, monkeypatch, caplog
+):
+    monkeypatch.setenv("K_SERVICE", "worker")  # what Cloud Run sets in every instance
+    taskutils.configure(backend="cloud", target=None, service_account=None, secret_keys=[KEY])
+    app_engine_task = {"X-AppEngine-QueueName": "default", "X-AppEngine-TaskName": "task-42"}
+    try:
+        assert post(client, canary.body(), headers=app_engine_task) == 403
+        assert not canary.fired()
+        assert "on Cloud Run tasks need a target" in caplog.text
+
+        monkeypatch.delenv("K_SERVICE")  # the same app under serve or the test fixture: App Engine routing
+        assert post(client, canary.body(), headers=app_engine_task) == 200
+        assert canary.fired()
+    finally:
+        taskutils.configure(backend="appengine")

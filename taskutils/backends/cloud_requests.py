@@ -102,11 +102,15 @@ def build(task: taskqueue.Task, parent: str) -> Any:
     cloud = settings.cloud
     fields: dict[str, Any] = {}
     if cloud.target:
-        request = pb.HttpRequest(url=cloud.target + task.url, http_method=method, headers=headers, body=body)
-        if cloud.service_account:
-            request.oidc_token.CopyFrom(
-                pb.OidcToken(service_account_email=cloud.service_account, audience=cloud.resolved_audience() or "")
+        if not cloud.service_account:  # the handler would refuse every one of them, and they would retry for days
+            raise ValueError(
+                f"tasks to the target {cloud.target} are HTTP tasks, checked by the OIDC token Cloud Tasks "
+                "attaches for a service account: configure(service_account=...) names it"
             )
+        request = pb.HttpRequest(url=cloud.target + task.url, http_method=method, headers=headers, body=body)
+        request.oidc_token.CopyFrom(
+            pb.OidcToken(service_account_email=cloud.service_account, audience=cloud.resolved_audience() or "")
+        )
         fields["http_request"] = request
     else:
         request = pb.AppEngineHttpRequest(relative_uri=task.url, http_method=method, headers=headers, body=body)

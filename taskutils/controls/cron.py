@@ -16,15 +16,14 @@ from typing import Any
 
 from google.appengine.api import taskqueue
 
-from ..config import settings
-from ..exc import CertsUnavailableError, UntrustedRequestError
+from ..cronauth import CRON_HEADER as CRON_HEADER
+from ..cronauth import refusal, refused_status
 from . import keys, store
 from .jobs import jobs
 from .spec import CRON_PATH
 
 log = logging.getLogger("taskutils.controls")
 
-CRON_HEADER = "HTTP_X_APPENGINE_CRON"
 CATCH_UP = datetime.timedelta(minutes=15)  # a slot this late is still added (a cron firing missed)
 
 
@@ -92,33 +91,15 @@ def cron_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
     carry an OIDC token of an allowed sender, as Cloud Scheduler attaches with
     ``--oidc-service-account-email`` (its audience the target), checked as a task's is.
     """
-    why = _refusal(environ)
+    why = refusal(environ)
     if why is not None:
         log.warning("refused a periodic cron request: %s", why)
-        status = "500 Internal Server Error" if why.startswith("cannot check") else "403 Forbidden"
-        start_response(status, [("Content-Type", "text/plain")])
+        start_response(refused_status(why), [("Content-Type", "text/plain")])
         return [b"cron requests only\n"]
     added = fire()
     body = f"added {len(added)}\n".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
-
-
-def _refusal(environ: dict[str, Any]) -> str | None:
-    """Why this request is not the scheduler's; None when it is."""
-    if settings.backend == "cloud" and settings.cloud.target is not None:
-        from ..backends import oidc
-
-        try:
-            oidc.trust(settings.cloud).verify(environ)
-        except UntrustedRequestError as e:
-            return f"OIDC token: {e}"
-        except (CertsUnavailableError, ImportError) as e:
-            return f"cannot check its OIDC token: {e}"
-        return None
-    if environ.get(CRON_HEADER) != "true":
-        return "no X-Appengine-Cron: true"
-    return None
 
 
 def cron_yaml() -> str:
