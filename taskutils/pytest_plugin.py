@@ -91,8 +91,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "taskutils_queue_yaml",
-        "queue.yaml for the task_testbed fixture (default: every queue is valid); "
-        "cloud_task_testbed creates its push queues in the Cloud Tasks emulator (default: only 'default')",
+        "queue.yaml for task_testbed and cloud_task_testbed: only its queues and 'default' exist "
+        "(cloud_task_testbed creates its push queues in the Cloud Tasks emulator). Without it, both accept "
+        "every queue name (cloud_task_testbed makes a queue in the emulator when a task first names it)",
     )
 
 

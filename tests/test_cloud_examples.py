@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 import werkzeug.test
 
+from taskutils.controls import jobs as declared
+
 from apps.serving import ServeProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,3 +204,18 @@ def test_submit_map_then_gets_every_result_in_order_once_under_the_fixture(
     cloud_task_testbed.drain(app=wsgi_app)
 
     assert _json(client, "/squares/run") == {"values": [i * i for i in range(12)], "calls": 1}
+
+
+def test_each_example_serves_the_periodic_jobs_cron_route_and_refuses_a_request_without_the_schedulers_proof(
+    example: tuple[Any, werkzeug.test.Client], cloud_task_testbed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, client = example
+    monkeypatch.setattr(declared, "_jobs", {})  # no periodic job is due: a firing adds nothing
+
+    refused = client.get("/cron/taskutils-periodic")
+    fired = client.get("/cron/taskutils-periodic", headers={"X-Appengine-Cron": "true"})
+
+    # taskutils' cron route answers, not a 404 (taskutils.app alone serves only the task URLs).
+    assert (refused.status_code, refused.get_data()) == (403, b"cron requests only\n")
+    assert (fired.status_code, fired.get_data()) == (200, b"added 0\n")
+    assert client.get("/no/such/page").status_code == 404

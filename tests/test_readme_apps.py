@@ -4,13 +4,15 @@ With bundled services (tests/readme_apps/{wsgi,webapp2,flask}_app.py) each app i
 ``wrap_wsgi_app`` and its task writes a bundled-ndb model; on the cloud backend
 (tests/readme_apps/cloud_*.py) the same app is mounted without it and its task writes a
 Cloud NDB model, under ``cloud_task_testbed`` here and under ``serve --backend cloud``, a
-real subprocess with its own Datastore and Cloud Tasks emulators, in the last test.
+real subprocess with its own Datastore and Cloud Tasks emulators. Last, each ``# main.py``
+snippet of the README's "Install and mount" runs as written.
 """
 
 import importlib
 import inspect
 import pathlib
 import re
+import sys
 import time
 
 import pytest
@@ -192,3 +194,61 @@ def test_under_serve_on_the_cloud_backend_each_app_runs_its_tasks_once_through_t
     runs = [line for line in log.splitlines() if f"task /_ah/task/{module_name}/save " in line]
     assert len(runs) == 10 and all(line.endswith(")") and " -> 200 ok " in line for line in runs), runs
     assert f"Datastore emulator at {found.group(1)} stopped" in log
+
+
+# Each "# main.py: ..." snippet of the README's "Install and mount", run as written: written to a
+# module of its own, imported (under task_testbed, or under cloud_task_testbed, which puts back
+# what its configure(backend="cloud") set), and asked for a page.
+
+SNIPPETS = dict(re.findall(r"```python\n# main\.py: ([^\n]*)\n(.*?)```", README, re.DOTALL))
+BUNDLED_SNIPPETS = {"a plain WSGI app": 200, "webapp2": 200, "Flask": 404}  # the Flask snippet has no route of its own
+CLOUD_SNIPPETS = ["a plain WSGI app, on the cloud backend", "webapp2, on the cloud backend"]
+CLOUD_NDB_SNIPPET = "Flask, on the cloud backend, with a Cloud NDB model"
+
+
+@pytest.fixture
+def import_snippet(tmp_path, monkeypatch):
+    """Import a README snippet as a module (importable by name, so its tasks' URLs resolve)."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    imported = []
+
+    def load(name):
+        module_name = "readme_main_" + re.sub(r"\W+", "_", name).strip("_").lower()
+        (tmp_path / f"{module_name}.py").write_text(SNIPPETS[name], encoding="utf-8")
+        imported.append(module_name)
+        return importlib.import_module(module_name)
+
+    yield load
+    for module_name in imported:
+        sys.modules.pop(module_name, None)
+
+
+def test_the_readme_has_the_mounting_snippets_these_tests_run():
+    assert sorted(SNIPPETS) == sorted([*BUNDLED_SNIPPETS, *CLOUD_SNIPPETS, CLOUD_NDB_SNIPPET])
+
+
+@pytest.mark.parametrize("name", list(BUNDLED_SNIPPETS))
+def test_each_bundled_services_mounting_snippet_runs_as_written(task_testbed, import_snippet, name):
+    module = import_snippet(name)
+
+    webtest.TestApp(module.app).get("/", status=BUNDLED_SNIPPETS[name])
+
+
+@pytest.mark.parametrize("name", CLOUD_SNIPPETS)
+def test_each_cloud_backend_mounting_snippet_runs_as_written(cloud_task_testbed, import_snippet, name):
+    client = webtest.TestApp(import_snippet(name).app)
+
+    assert client.get("/").text == "hello\n"
+    assert client.get("/cron/taskutils-periodic", status=403).text == "cron requests only\n"
+
+
+def test_the_cloud_backend_flask_snippet_runs_its_task_and_reads_its_cloud_ndb_model_as_written(
+    cloud_task_testbed, import_snippet
+):
+    module = import_snippet(CLOUD_NDB_SNIPPET)
+    client = webtest.TestApp(module.app)
+
+    client.post("/notes/hello", status=202)
+    assert cloud_task_testbed.drain(app=module.app) == 1
+
+    assert client.get("/notes/hello").text == "1\n"

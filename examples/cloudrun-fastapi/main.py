@@ -1,8 +1,10 @@
 """taskutils in a FastAPI (ASGI) app on Cloud Run: the WSGI task handler mounted through a2wsgi.
 
-``taskutils.app`` is a WSGI app; ``a2wsgi.WSGIMiddleware`` runs it inside the ASGI app, on a
-thread pool. It is mounted at ``/``, after the app's own routes, so it sees the whole task URL
-(``/_ah/task/main/square``): a mount at ``/_ah/task`` would hand it the path without its prefix.
+``taskutils.mount(not_found)`` is a WSGI app that serves the task URLs and the periodic jobs'
+cron route (``/cron/taskutils-periodic``), and answers 404 to anything else;
+``a2wsgi.WSGIMiddleware`` runs it inside the ASGI app, on a thread pool. It is mounted at
+``/``, after the app's own routes, so it sees the whole path (``/_ah/task/main/square``): a
+mount at ``/_ah/task`` would hand it the path without its prefix.
 
 Locally: ``python -m taskutils serve main:wsgi --backend cloud`` (serve is a WSGI server:
 ``wsgi`` is this app seen through ``a2wsgi.ASGIMiddleware``). On Cloud Run:
@@ -14,6 +16,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from a2wsgi import ASGIMiddleware, WSGIMiddleware
 from fastapi import FastAPI, Request, Response
@@ -130,6 +134,15 @@ def get_squares(run_id: str) -> dict[str, object] | None:
     return None if found is None else {"values": found.values, "calls": found.calls}
 
 
-app.mount("/", WSGIMiddleware(taskutils.app))  # last: every path no route above took, tasks' among them
+def not_found(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """What no route above, no task URL and no cron route took: 404, as FastAPI answers it."""
+    body = b'{"detail":"Not Found"}'
+    start_response("404 Not Found", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+# Last: every path no route above took. taskutils.mount serves the task URLs and the periodic
+# jobs' cron route (taskutils.app alone serves only the task URLs), and hands the rest to not_found.
+app.mount("/", WSGIMiddleware(taskutils.mount(not_found)))
 
 wsgi = ASGIMiddleware(app)  # the same app as WSGI, for `python -m taskutils serve main:wsgi`
