@@ -85,6 +85,7 @@ def _messages() -> Any:
         OidcToken=tasks_v2.OidcToken.pb(),
         RetryConfig=tasks_v2.RetryConfig.pb(),
         CreateTaskRequest=tasks_v2.CreateTaskRequest.pb(),
+        wrap_request=tasks_v2.CreateTaskRequest.wrap,  # proto-plus' view of it, without the copy its constructor makes
         Duration=duration_pb2.Duration,
         Timestamp=timestamp_pb2.Timestamp,
         methods={name: int(value) for name, value in tasks_v2.HttpMethod.__members__.items()},
@@ -181,7 +182,9 @@ def deserialize(data: bytes) -> Any:
 def create(parent: str, request: Any) -> str:
     """Create one task; its full name. Cloud Tasks' errors raised as the taskqueue SDK's."""
     try:
-        return str(client().create_task(request=_messages().CreateTaskRequest(parent=parent, task=request)).name)
+        pb = _messages()
+        created = client().create_task(request=pb.wrap_request(pb.CreateTaskRequest(parent=parent, task=request)))
+        return str(created.name)
     except Exception as e:
         raise translate(e) from e
 
