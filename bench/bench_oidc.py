@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import os
 import sys
 import threading
 import time
@@ -129,6 +130,13 @@ def rows(bench: Bench) -> list[Result]:
 
         return run
 
+    from taskutils.backends import cloud_store
+
+    # Each task runs in a Cloud NDB context, as in production, where the client finds credentials
+    # once: an emulator address (never called here) stands in for them.
+    saved = os.environ.get("DATASTORE_EMULATOR_HOST")
+    os.environ["DATASTORE_EMULATOR_HOST"] = "127.0.0.1:9"
+    cloud_store.reset_client()
     taskutils.configure(backend="cloud", service_account=SENDER, oidc_certs_url=certs.url)
     try:
         headers_side = batch(template, None)
@@ -163,6 +171,11 @@ def rows(bench: Bench) -> list[Result]:
         )
     finally:
         taskutils.configure(backend="appengine", target=None, service_account=None, oidc_certs_url=None, secret_keys=[])
+        if saved is None:
+            os.environ.pop("DATASTORE_EMULATOR_HOST", None)
+        else:
+            os.environ["DATASTORE_EMULATOR_HOST"] = saved
+        cloud_store.reset_client()
         certs.stop()
     return results
 

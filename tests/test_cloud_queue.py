@@ -527,3 +527,27 @@ def test_a_target_without_a_service_account_fails_at_the_call_and_adds_nothing(c
         tasklib.record(1)
 
     assert listed(cloud) == []
+
+
+def test_without_credentials_for_datastore_tasks_run_and_only_the_first_looks_for_them(cloud, monkeypatch):
+    import google.auth
+    from google.cloud.ndb import client as ndb_client
+
+    from taskutils.backends import cloud_store
+
+    looked: list[int] = []
+    real_default = google.auth.default
+
+    def counted(*args, **kwargs):
+        looked.append(1)  # on a machine without credentials this asks the metadata server: ~2 ms
+        return real_default(*args, **kwargs)
+
+    monkeypatch.setattr(ndb_client.google.auth, "default", counted)
+    monkeypatch.delenv("DATASTORE_EMULATOR_HOST", raising=False)
+    cloud_store.reset_client()
+    for n in range(3):
+        tasklib.record(n)
+
+    assert [run_in_handler(t).status_int for t in listed(cloud)] == [200, 200, 200]
+    assert sorted(tasklib.ran) == [((0,), {}), ((1,), {}), ((2,), {})]
+    assert len(looked) == 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextvars
 import datetime
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -38,6 +39,7 @@ log = logging.getLogger("taskutils.cloud_store")
 
 _client: ndb.Client | None = None
 _warned: list[bool] = []
+_no_credentials: list[tuple[str | None, str | None]] = []  # where tasks last found no credentials
 _client_lock = threading.Lock()
 _namespace: contextvars.ContextVar[str | None] = contextvars.ContextVar("taskutils_cloud_namespace", default=None)
 _models: dict[str, type[ndb.Expando]] = {}
@@ -62,6 +64,12 @@ def reset_client() -> None:
     """Forget the client, so that the next call makes one for the project (and emulator) configured then."""
     global _client
     _client = None
+    _no_credentials.clear()
+
+
+def _credentials_source() -> tuple[str | None, str | None]:
+    """What decides whether a client finds credentials: tasks found none for these values."""
+    return os.environ.get("DATASTORE_EMULATOR_HOST"), os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
 
 
 def context() -> AbstractContextManager[Any]:
@@ -94,10 +102,13 @@ def task_context(namespace: str = "") -> AbstractContextManager[Any]:
             if (active.get_namespace() or "") == namespace:
                 return nullcontext()
             return active.new(namespace=namespace).use()  # type: ignore[no-any-return]
+        if _client is None and _no_credentials and _no_credentials[0] == _credentials_source():
+            return nullcontext()  # looking again would ask the metadata server each time: about 2 ms a task
         if namespace:
             return client().context(namespace=namespace)  # type: ignore[no-any-return]
         return context()
     except DefaultCredentialsError as e:
+        _no_credentials[:] = [_credentials_source()]
         if not _warned:
             _warned.append(True)
             log.warning("tasks run without a Cloud NDB context: no credentials for Cloud Datastore (%s)", e)
