@@ -257,7 +257,7 @@ class _Run(Scope):
             refused = self.verify_token()
             if refused is not None:
                 return refused
-        elif settings.backend == "cloud" and os.environ.get("K_SERVICE") and os.environ.get("GAE_ENV") != "standard":
+        elif settings.backend == "cloud" and os.environ.get("K_SERVICE"):
             # Cloud Run (Knative) without a target: the X-AppEngine-* headers are anyone's to send there.
             return self.refuse(
                 HTTPStatus.FORBIDDEN,

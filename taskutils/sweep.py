@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .config import settings
-from .cronauth import CRON_HEADER as CRON_HEADER
 from .cronauth import refusal, refused_status
 
 log = logging.getLogger("taskutils.sweep")

@@ -16,8 +16,7 @@ from . import codec, results_port
 from .backends import queue
 from .backends.appengine import NO_API_ERRORS, discard_spills, no_api_proxy
 from .backends.base import Queue
-from .backends.namespace import HEADER as NAMESPACE_HEADER
-from .backends.namespace import carried as carried_namespace
+from .backends.namespace import carried_in
 from .backends.namespace import scope as namespace_scope
 from .config import get_keyring, settings
 from .controls.options import Controls, controls_of
@@ -277,9 +276,7 @@ class TaskFunction(Generic[P, R]):
         if countdown is not None:  # a debounced run's delay (taskutils.controls), over the task's own
             task_kwargs = {k: v for k, v in task_kwargs.items() if k not in ("eta", "countdown")}
             task_kwargs["countdown"] = countdown
-        namespace = carried_namespace()  # the cloud backend's Datastore namespace, bound to the signature
-        if namespace:
-            task_kwargs = {**task_kwargs, "headers": {**task_kwargs["headers"], NAMESPACE_HEADER: namespace}}
+        task_kwargs, namespace = carried_in(task_kwargs)  # the cloud backend's namespace, bound to the signature
         path = settings.route + self._suffix
         signed_for = namespace_scope(namespace, path if scope is None else scope(path))
         flags = self._flags | (codec.BY_URL if by_url else 0)
@@ -328,9 +325,7 @@ class TaskFunction(Generic[P, R]):
         trace = task_headers()  # the trace every task of this map joins (taskutils.tracing)
         if trace:
             task_kwargs = {**task_kwargs, "headers": {**trace, **task_kwargs["headers"]}}
-        namespace = carried_namespace()  # as _task_of: the header, and the signature bound to it
-        if namespace:
-            task_kwargs = {**task_kwargs, "headers": {**task_kwargs["headers"], NAMESPACE_HEADER: namespace}}
+        task_kwargs, namespace = carried_in(task_kwargs)  # as _task_of
         signed_for = namespace_scope(namespace, path)
         limit = taskqueue.MAX_PUSH_TASK_SIZE_BYTES
 

@@ -104,9 +104,7 @@ def task_context(namespace: str = "") -> AbstractContextManager[Any]:
             return active.new(namespace=namespace).use()  # type: ignore[no-any-return]
         if _client is None and _no_credentials and _no_credentials[0] == _credentials_source():
             return nullcontext()  # looking again would ask the metadata server each time: about 2 ms a task
-        if namespace:
-            return client().context(namespace=namespace)  # type: ignore[no-any-return]
-        return context()
+        return client().context(namespace=namespace or None)  # type: ignore[no-any-return]
     except DefaultCredentialsError as e:
         _no_credentials[:] = [_credentials_source()]
         if not _warned:

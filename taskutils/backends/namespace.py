@@ -13,6 +13,7 @@ the caller wrote them, and task code sees the namespace the caller had, as on Ap
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from ..config import settings
 
@@ -29,6 +30,14 @@ def carried() -> str:
     from .cloud_store import current_namespace
 
     return current_namespace()
+
+
+def carried_in(task_kwargs: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """task_kwargs with the namespace header added where a task carries one, and that namespace ("" if none)."""
+    namespace = carried()
+    if namespace:
+        task_kwargs = {**task_kwargs, "headers": {**task_kwargs["headers"], HEADER: namespace}}
+    return task_kwargs, namespace
 
 
 def scope(namespace: str, signed_for: str) -> str:

@@ -16,7 +16,6 @@ from typing import Any
 
 from google.appengine.api import taskqueue
 
-from ..cronauth import CRON_HEADER as CRON_HEADER
 from ..cronauth import refusal, refused_status
 from . import keys, store
 from .jobs import jobs
