@@ -18,6 +18,7 @@ import json
 import logging
 import pathlib
 import pickle
+import secrets
 import threading
 import time
 from typing import Any
@@ -158,7 +159,9 @@ class CertsServer:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/oauth2/v1/certs"
+        # A path of its own: the process keeps certs per URL, and a later test's server may
+        # get an earlier one's port, whose certs would then count as fetched already.
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/{secrets.token_hex(8)}/oauth2/v1/certs"
         self.thread = threading.Thread(
             target=self.httpd.serve_forever, args=(0.05,), name="test-oidc-certs", daemon=True
         )
