@@ -288,6 +288,25 @@ def test_an_entity_read_and_written_back_keeps_its_big_values_unindexed(cloud):
     ]
 
 
+def test_a_query_reads_its_results_a_page_at_a_time_as_they_are_iterated(cloud):
+    store = backends.store()
+
+    def put(n: int) -> None:
+        entity = store.entity(store.key("_TaskutilsTest", f"paged-{n}"))
+        entity["n"] = n
+        store.put([entity])
+
+    for n in range(5):
+        put(n)
+    found = store.query("_TaskutilsTest", where=("n", ">=", 0), batch_size=2)
+    assert next(found)["n"] == 0
+    put(9)  # after the first page was read: a query that read every result at its call would miss it
+
+    assert [e["n"] for e in found] == [1, 2, 3, 4, 9]
+    limited = store.query("_TaskutilsTest", where=("n", ">=", 0), keys_only=True, limit=5, batch_size=2)
+    assert [k.name() for k in limited] == [f"paged-{n}" for n in (0, 1, 2, 3, 4)]
+
+
 def test_the_stores_own_transaction_commits_even_when_the_callers_rolls_back(cloud):
     store = backends.store()
 

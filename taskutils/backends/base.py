@@ -121,7 +121,7 @@ class Store(Protocol):
         batch_size: int = 500,
     ) -> Iterator[Any]:
         """Entities (or keys) of kind in the current namespace, with one filter ``(property, op, value)``
-        or ordered by a property, descending."""
+        or ordered by a property, descending; read ``batch_size`` at a time as they are iterated."""
         ...
 
     def namespaces(self) -> list[str]:

@@ -239,6 +239,22 @@ def _commits(entities: list[CloudEntity], models: list[ndb.Expando]) -> Iterator
         yield batch
 
 
+def _pages(query: ndb.Query, *, keys_only: bool, limit: int | None, batch_size: int) -> Iterator[Any]:
+    """The query's results, batch_size at a time as they are iterated: a sweep over a million
+    records holds one page of them, and each page is read in a context of its own."""
+    cursor, left = None, limit
+    while left is None or left > 0:
+        size = batch_size if left is None else min(batch_size, left)
+        with context():
+            found, cursor, more = query.fetch_page(size, start_cursor=cursor, keys_only=keys_only, use_cache=False)
+        for item in found:
+            yield CloudKey(item) if keys_only else _from_model(item)
+        if left is not None:
+            left -= len(found)
+        if not (more and found and cursor):
+            return
+
+
 def _scoped(fn: Callable[..., T], transactional: bool | None) -> Callable[..., T]:
     """fn, run in the transaction running (None), the caller's (True, required) or none (False)."""
     if transactional is False:
@@ -361,14 +377,11 @@ class CloudStore:
         with context():
             query = ndb.Query(
                 kind=kind,
-                namespace=self._current_namespace() or "",
+                namespace=self._current_namespace() or "",  # now: the pages are read later, maybe elsewhere
                 filters=None if where is None else ndb.FilterNode(*where),
                 orders=None if newest_first is None else [-ndb.GenericProperty(newest_first)],
             )
-            found = list(query.iter(keys_only=keys_only, limit=limit, use_cache=False))  # ndb sizes its batches
-        if keys_only:
-            return iter([CloudKey(k) for k in found])
-        return iter([_from_model(m) for m in found])
+        return _pages(query, keys_only=keys_only, limit=limit, batch_size=batch_size)
 
     def namespaces(self) -> list[str]:
         with context():
