@@ -13,15 +13,20 @@ setup(
     packages=find_packages(include=["taskutils", "taskutils.*"]),
     package_data={"taskutils": ["py.typed"], "taskutils.webconsole": ["static/*.css", "static/*.js"]},
     python_requires=">=3.10",
+    # What both backends need: the pickler and the handler's framework.
     install_requires=[
-        "appengine-python-standard>=1.1.6",
         "cloudpickle>=2.2",
         "webapp2>=3.0.0b1",
-        "waitress>=2.1",
         # webapp2 imports cgi, which Python 3.13 no longer ships.
         "legacy-cgi>=2.6; python_version >= '3.13'",
     ],
     extras_require={
+        # The App Engine backend (bundled services: the taskqueue SDK, bundled Datastore), and
+        # the local server (python -m taskutils serve) and task_testbed, on Google's stubs.
+        "appengine": [
+            "appengine-python-standard>=1.1.6",
+            "waitress>=2.1",
+        ],
         # The cloud backend: the Cloud Tasks client, Cloud Datastore through Cloud NDB, and
         # the RSA verification of the OIDC tokens Cloud Tasks attaches.
         "cloud": [
@@ -30,6 +35,8 @@ setup(
             "cryptography>=41",
         ],
         "test": [
+            "appengine-python-standard>=1.1.6",
+            "waitress>=2.1",
             "google-cloud-tasks>=2.25",  # BatchCreateTasks
             "google-cloud-ndb>=2.3",
             "cryptography>=41",
@@ -48,7 +55,7 @@ setup(
     },
     entry_points={
         "pytest11": ["taskutils = taskutils.pytest_plugin"],
-        "console_scripts": ["taskutils = taskutils.cli:main"],
+        "console_scripts": ["taskutils = taskutils.__main__:run"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -226,7 +226,7 @@ def servers(root: Path, folder: Path) -> Iterator[tuple[Server, Server]]:
     app.mkdir()
     (app / "main.py").write_text(MAIN)
     (app / "app.yaml").write_text(APP_YAML.format(minor=sys.version_info.minor))
-    (app / "requirements.txt").write_text(f"{REPO}\ngunicorn\n")
+    (app / "requirements.txt").write_text(f"{REPO}[appengine]\ngunicorn\n")
     env = {**os.environ, "TASKUTILS_SECRET_KEYS": KEY, "PYTHONPATH": str(app)}
     for name in ("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE", "GAE_ENV"):
         env.pop(name, None)

@@ -2,6 +2,7 @@
 
 from . import _sdk  # noqa: F401  (first: loads the SDK without its own import-time deprecation warnings)
 from . import hooks as hooks
+from ._sdk import taskqueue as taskqueue  # the SDK's taskqueue, or taskutils' copy of its task model
 from .config import configure as configure
 from .config import get_taskroute as get_taskroute
 from .config import set_taskroute as set_taskroute
@@ -88,5 +89,6 @@ __all__ = [
     "sweep",
     "sweep_app",
     "task",
+    "taskqueue",
     "traced",
 ]

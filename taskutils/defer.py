@@ -7,9 +7,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from google.appengine.api import taskqueue
-from google.appengine.ext import deferred
-
+from ._sdk import taskqueue
 from .task import task
 
 log = logging.getLogger("taskutils.defer")
@@ -83,4 +81,6 @@ def run_deferred(environ: dict[str, Any], start_response: Callable[..., Any]) ->
         environ.setdefault("SERVER_SOFTWARE", "")
     else:
         environ["SERVER_SOFTWARE"] = DEVELOPMENT_SERVER
+    from google.appengine.ext import deferred  # only deferred's own tasks come here: the SDK is installed
+
     return deferred.application(environ, start_response)

@@ -17,10 +17,10 @@ from http import HTTPStatus
 from typing import Any
 
 import webapp2
-from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPermanentTaskFailure
-from google.appengine.ext.deferred import SingularTaskFailure
 
 from . import codec, logs, results_ids
+from ._sdk import PermanentTaskFailure as DeferredPermanentTaskFailure
+from ._sdk import SingularTaskFailure, require_sdk
 from .backends.base import Trust
 from .backends.namespace import ENVIRON_KEY as NAMESPACE_KEY
 from .backends.namespace import HEADER as NAMESPACE_HEADER
@@ -573,6 +573,8 @@ def mount(wsgi_app: WSGIApp, *, deferred: bool = False) -> WSGIApp:
     both kinds run while old queues drain. Tasks added and lines logged while
     wsgi_app answers join the request's trace (``taskutils.tracing``).
     """
+    if deferred:
+        require_sdk("mount(app, deferred=True) (deferred's own handler)")
     logs.install()
     web_app = traced(wsgi_app)
 

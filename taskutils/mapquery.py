@@ -38,10 +38,10 @@ from types import ModuleType
 from typing import Any
 
 from . import codec
-from . import mapquery_store as ds
 from . import results_store as store
 from .config import settings
 from .exc import MapQueryError, PermanentTaskFailure, RetryTaskException, UnpicklableArgumentError
+from .mapquery_checkpoints import Checkpoint, Item
 from .results import GroupHandle
 from .results_ids import new_group_id
 from .results_run import cancel_group, enqueue
@@ -87,13 +87,15 @@ def _ds() -> ModuleType:
         from .backends import cloud_mapquery  # the [cloud] extra's packages load on first use
 
         return cloud_mapquery
-    return ds
+    from . import mapquery_store  # bundled ndb: the App Engine SDK
+
+    return mapquery_store
 
 
 class MapQueryHandle(GroupHandle):
     """The ``GroupHandle`` of a ``map_query``: its children are the shards; it also counts entities."""
 
-    def checkpoints(self) -> list[ds.Checkpoint | None]:
+    def checkpoints(self) -> list[Checkpoint | None]:
         """Each shard's checkpoint, in shard order (one batched get)."""
         return _ds().get_checkpoints(self.id, self.total)
 
@@ -181,10 +183,10 @@ def _start_shards(job: Job, ranges: list[str | None], first: int) -> None:
             continue
         key_range = ranges[shard]
         if key_range is None:
-            _ds().put_checkpoint(ds.Checkpoint(job.group_id, shard, "", status=DONE))
+            _ds().put_checkpoint(Checkpoint(job.group_id, shard, "", status=DONE))
             _finish(job, shard, 0, None)
         else:
-            _ds().put_checkpoint(ds.Checkpoint(job.group_id, shard, key_range))
+            _ds().put_checkpoint(Checkpoint(job.group_id, shard, key_range))
             _walker(job)(job, shard, 0)
 
 
@@ -246,7 +248,7 @@ class _Walker:
         except _LeaseLost:
             log.warning("%s lost its lease: another walker goes on from its checkpoint", self.name)
 
-    def _walk(self, checkpoint: ds.Checkpoint) -> None:
+    def _walk(self, checkpoint: Checkpoint) -> None:
         group = GroupHandle(self.job.group_id, self.job.shards, self.job.leaves)
         while True:
             if group.done():  # cancelled, or another shard failed
@@ -283,7 +285,7 @@ class _Walker:
 
     # -- each step is one transaction on the checkpoint --------------------------------------
 
-    def _claim(self) -> ds.Checkpoint | None:
+    def _claim(self) -> Checkpoint | None:
         checkpoint = _ds().get_checkpoint(self.job.group_id, self.shard)
         if checkpoint is None or checkpoint.generation != self.generation or checkpoint.status != WALKING:
             log.info("%s: generation %d has nothing left to do", self.name, self.generation)
@@ -299,7 +301,7 @@ class _Walker:
         """Until when a claim or a commit holds the shard: a crashed walker's retry waits this long."""
         return _ds().now() + max(2 * self.job.time_budget, MIN_LEASE)
 
-    def _own(self, cursor: bytes | None | object = _ANYWHERE) -> ds.Checkpoint:
+    def _own(self, cursor: bytes | None | object = _ANYWHERE) -> Checkpoint:
         """Inside a transaction: the checkpoint, if this walker still holds it (where it left it)."""
         checkpoint = _ds().get_checkpoint(self.job.group_id, self.shard)
         if (
@@ -313,7 +315,7 @@ class _Walker:
             raise _Moved()
         return checkpoint
 
-    def _page(self, checkpoint: ds.Checkpoint, items: list[ds.Item]) -> ds.Checkpoint:
+    def _page(self, checkpoint: Checkpoint, items: list[Item]) -> Checkpoint:
         if not items:
             return checkpoint
         if not self.job.transactional_pages:
@@ -324,7 +326,7 @@ class _Walker:
             checkpoint = _ds().transaction(functools.partial(self._piece, checkpoint.cursor, piece))
         return checkpoint
 
-    def _piece(self, cursor: bytes | None, piece: list[ds.Item]) -> ds.Checkpoint:
+    def _piece(self, cursor: bytes | None, piece: list[Item]) -> Checkpoint:
         checkpoint = self._own(cursor)
         keys = [item.key for item in piece]
         values = keys if self.job.keys_only else _ds().get_fresh(keys)
@@ -335,10 +337,10 @@ class _Walker:
                 done += 1
         return self._commit(checkpoint, piece[-1].cursor, done)
 
-    def _advance(self, cursor: bytes | None, items: list[ds.Item]) -> ds.Checkpoint:
+    def _advance(self, cursor: bytes | None, items: list[Item]) -> Checkpoint:
         return self._commit(self._own(cursor), items[-1].cursor, len(items))
 
-    def _commit(self, checkpoint: ds.Checkpoint, cursor: bytes | None, done: int) -> ds.Checkpoint:
+    def _commit(self, checkpoint: Checkpoint, cursor: bytes | None, done: int) -> Checkpoint:
         checkpoint.cursor = cursor
         checkpoint.count += done
         checkpoint.failures = 0
@@ -346,7 +348,7 @@ class _Walker:
         _ds().put_checkpoint(checkpoint)
         return checkpoint
 
-    def _call(self, value: Any, item: ds.Item) -> None:
+    def _call(self, value: Any, item: Item) -> None:
         try:
             self.job.fn(value)
         except Exception as e:
@@ -387,14 +389,14 @@ class _Walker:
 
 
 class _ItemFailed(Exception):
-    def __init__(self, item: ds.Item, error: Exception) -> None:
+    def __init__(self, item: Item, error: Exception) -> None:
         super().__init__(str(error))
         self.item, self.error = item, error
 
 
-def _pieces(items: list[ds.Item]) -> list[list[ds.Item]]:
+def _pieces(items: list[Item]) -> list[list[Item]]:
     """The page cut where the next entity would make more than PIECE_GROUPS entity groups."""
-    pieces: list[list[ds.Item]] = [[]]
+    pieces: list[list[Item]] = [[]]
     groups: set[Any] = set()
     for item in items:
         group = _ds().group_of(item.key)

@@ -26,8 +26,8 @@ from google.appengine.ext import ndb
 from google.appengine.ext.key_range import KeyRange
 from google.appengine.ext.ndb import metadata
 
-OVERSAMPLING = 32  # scatter keys read per shard, as appengine-mapreduce's DatastoreInputReader did
-SHARD_KIND = "_TaskutilsShard"
+from .mapquery_checkpoints import OVERSAMPLING, SHARD_KIND, Checkpoint, Item
+
 _INEQUALITIES = frozenset(("<", "<=", ">", ">=", "!="))
 
 
@@ -51,32 +51,6 @@ class _Shard(ndb.Model):
     @classmethod
     def _get_kind(cls) -> str:
         return SHARD_KIND
-
-
-@dataclasses.dataclass
-class Checkpoint:
-    """A shard's checkpoint as the walker sees it."""
-
-    group_id: str
-    shard: int
-    key_range: str
-    cursor: bytes | None = None
-    count: int = 0
-    generation: int = 0
-    owner: str | None = None
-    lease: float = 0.0
-    status: str = "walking"
-    failures: int = 0
-    error: str | None = None
-
-
-@dataclasses.dataclass
-class Item:
-    """One result of a page: what the function gets, its key, and the cursor just after it (if asked for)."""
-
-    value: Any
-    key: Any
-    cursor: bytes | None
 
 
 def _shard_key(group_id: str, shard: int) -> ndb.Key:

@@ -8,8 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from google.appengine.api import taskqueue
-
+from ._sdk import taskqueue
 from .controls.options import OPTIONS as CONTROL_OPTIONS
 from .controls.options import check_combination, controls_of
 from .exc import TaskOptionError

@@ -58,16 +58,25 @@ def set_app_engine_environment(environ: MutableMapping[str, str] | None = None) 
     The app id is APPLICATION_ID or GAE_APPLICATION if either is set, else
     GOOGLE_CLOUD_PROJECT, else the testbed's own ``testbed-test``.
     """
-    from google.appengine.api import full_app_id
-
     env = os.environ if environ is None else environ
     app_id = env.get("APPLICATION_ID") or env.get("GAE_APPLICATION") or env.get("GOOGLE_CLOUD_PROJECT")
     app_id = app_id or DEFAULT_APP_ID
     env.setdefault("APPLICATION_ID", app_id)
     env.setdefault("GAE_APPLICATION", app_id)
-    env.setdefault("GOOGLE_CLOUD_PROJECT", full_app_id.project_id(app_id))
+    env.setdefault("GOOGLE_CLOUD_PROJECT", _project_id(app_id))
     for key, value in APP_ENGINE_ENVIRONMENT.items():
         env.setdefault(key, value)
+
+
+def _project_id(app_id: str) -> str:
+    """The project of an app id ("s~my-app" -> "my-app"), as the SDK's ``full_app_id.project_id`` reads it."""
+    from ._sdk import HAS_SDK
+
+    if HAS_SDK:
+        from google.appengine.api import full_app_id
+
+        return str(full_app_id.project_id(app_id))
+    return app_id.rpartition("~")[2]  # without the SDK: the partition prefix dropped, as it does
 
 
 def _filter_sdk_warnings() -> None:

@@ -19,10 +19,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPermanentTaskFailure
-
 from . import codec
 from . import results_store as store
+from ._sdk import PermanentTaskFailure as DeferredPermanentTaskFailure
 from .current import current_task
 from .exc import PermanentTaskFailure, ResultError
 from .results_ids import LIMIT_KEY

@@ -28,9 +28,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from google.appengine.api import datastore_errors, taskqueue
-from google.appengine.ext import ndb
-
+from ._sdk import HAS_SDK, taskqueue
 from .backends.current import store as current_store
 from .codec import MAX_PAYLOAD, MAX_TRANSACTIONAL_PAYLOAD, POINTER, SIGNED, SIGNED_PREFIX
 from .exc import (
@@ -56,22 +54,30 @@ _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _spilled_in: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
 
 
-class TaskPayloadChunk(ndb.Model):
-    """The shape of one piece of a spilled task payload, for queries; taskutils writes it with the low-level API."""
+if HAS_SDK:  # bundled Datastore; the cloud store writes the same kind through Cloud NDB
+    from google.appengine.api import datastore_errors
+    from google.appengine.ext import ndb
 
-    _use_cache = False
-    _use_memcache = False
+    _CROSS_GROUP_ERRORS: tuple[type[BaseException], ...] = (datastore_errors.BadRequestError,)
 
-    data = ndb.BlobProperty(required=True)
-    due = ndb.DateTimeProperty()  # when its task is first due to run (UTC): what sweep looks at
+    class TaskPayloadChunk(ndb.Model):
+        """The shape of one piece of a spilled task payload, for queries; taskutils writes it with the low-level API."""
 
-    @classmethod
-    def _get_kind(cls) -> str:
-        return CHUNK_KIND
+        _use_cache = False
+        _use_memcache = False
 
-    def __repr__(self) -> str:
-        # ndb names every batched put after its entity: never render a megabyte.
-        return f"TaskPayloadChunk(key={self._key!r}, {len(self.data or b'')} bytes)"
+        data = ndb.BlobProperty(required=True)
+        due = ndb.DateTimeProperty()  # when its task is first due to run (UTC): what sweep looks at
+
+        @classmethod
+        def _get_kind(cls) -> str:
+            return CHUNK_KIND
+
+        def __repr__(self) -> str:
+            # ndb names every batched put after its entity: never render a megabyte.
+            return f"TaskPayloadChunk(key={self._key!r}, {len(self.data or b'')} bytes)"
+else:
+    _CROSS_GROUP_ERRORS = ()
 
 
 def _chunk_keys(group: Any, count: int) -> list[Any]:
@@ -161,7 +167,7 @@ def store(
         )
     try:
         pointer = _write(data, parent, task_kwargs, True, digest)
-    except datastore_errors.BadRequestError as e:
+    except _CROSS_GROUP_ERRORS as e:
         if parent is None and "cross-group" in str(e):
             raise PayloadError(
                 f"task {task_name}: its payload is spilled to Datastore in a new entity group, which this "

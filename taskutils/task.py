@@ -10,11 +10,10 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from google.appengine.api import taskqueue
-
 from . import codec, results_port
+from ._sdk import taskqueue
 from .backends import queue
-from .backends.appengine import NO_API_ERRORS, discard_spills, no_api_proxy
+from .backends.adding import NO_API_ERRORS, discard_spills, no_api_proxy
 from .backends.base import Queue
 from .backends.namespace import carried_in
 from .backends.namespace import scope as namespace_scope

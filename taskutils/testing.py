@@ -9,26 +9,39 @@ import os
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from google.appengine.api import namespace_manager
-from google.appengine.api.taskqueue import taskqueue_stub
-from google.appengine.datastore import datastore_stub_util
-from google.appengine.ext import ndb, testbed
-
 from . import config, taskheaders
+from ._sdk import require_sdk
 from .defer import DEFERRED_URL, run_deferred
 from .exc import TaskFailedError
 from .handler import EXC_INFO_KEY, TASKQUEUE_SOURCE
 from .handler import app as task_app
 
 if TYPE_CHECKING:
+    from google.appengine.api.taskqueue import taskqueue_stub
+
     from .local.cloud import CloudEmulators
 
 MAX_ROUNDS = 1000
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-# Headers the queue sets itself: a task's own copies are replaced, as the stub's dispatcher does.
-_QUEUE_HEADERS = taskqueue_stub.BUILT_IN_HEADERS | {"host", "content-type", "user-agent"}
+# Headers the queue sets itself: a task's own copies are replaced, as the stub's dispatcher does
+# (its BUILT_IN_HEADERS, and Host, Content-Type and User-Agent).
+_QUEUE_HEADERS = frozenset(
+    {
+        "content-length",
+        "x-appengine-development-payload",
+        "x-appengine-queuename",
+        "x-appengine-tasketa",
+        "x-appengine-taskexecutioncount",
+        "x-appengine-taskname",
+        "x-appengine-taskpreviousresponse",
+        "x-appengine-taskretrycount",
+        "host",
+        "content-type",
+        "user-agent",
+    }
+)
 
 
 class TaskTestbed:
@@ -39,11 +52,17 @@ class TaskTestbed:
     """
 
     def __init__(self, queue_yaml: str | os.PathLike[str] | None = None) -> None:
+        require_sdk("task_testbed (Google's testbed)")
+        from google.appengine.ext import testbed
+
         self.queue_yaml = queue_yaml
         self.testbed = testbed.Testbed()
         self.taskqueue: taskqueue_stub.TaskQueueServiceStub
 
     def activate(self) -> TaskTestbed:
+        from google.appengine.datastore import datastore_stub_util
+        from google.appengine.ext import ndb, testbed
+
         self.testbed.activate()
         self.testbed.init_datastore_v3_stub(
             consistency_policy=datastore_stub_util.PseudoRandomHRConsistencyPolicy(probability=1)
@@ -180,7 +199,7 @@ def _environ(task: Any, retry_count: int, previous_response: int | None) -> dict
         "SERVER_NAME": "localhost",
         "SERVER_PORT": "80",
         "SERVER_PROTOCOL": "HTTP/1.1",
-        "SERVER_SOFTWARE": os.environ.get("SERVER_SOFTWARE", testbed.DEFAULT_SERVER_SOFTWARE),
+        "SERVER_SOFTWARE": os.environ.get("SERVER_SOFTWARE", "Development/1.0 (testbed)"),  # the testbed's default
         "REMOTE_ADDR": TASKQUEUE_SOURCE,
         "CONTENT_TYPE": own.get("content-type", "application/octet-stream"),
         "CONTENT_LENGTH": str(len(body)),
@@ -199,7 +218,9 @@ def _environ(task: Any, retry_count: int, previous_response: int | None) -> dict
 
 def _call(wsgi_app: WSGIApp, env: dict[str, Any], namespace: str | None) -> int:
     """Run one request through a WSGI app in the task's namespace; return its status."""
-    if namespace is not None:
+    if namespace is not None:  # a task_testbed task: the App Engine SDK is there
+        from google.appengine.api import namespace_manager
+
         namespace_manager.set_namespace(namespace)
     status: list[str] = []
 

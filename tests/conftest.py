@@ -1,6 +1,8 @@
 import logging
 import os
 import pathlib
+import shutil
+import subprocess
 import sys
 import threading
 
@@ -54,6 +56,20 @@ def _fresh_settings():
     yield
     taskutils.set_taskroute(DEFAULT_ROUTE)
     taskutils.configure(secret_keys=None)
+
+
+@pytest.fixture(scope="session")
+def taskutils_wheel(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """taskutils' wheel built from this checkout, as ``pip wheel`` builds it for the examples' deploys."""
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    source, folder = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheels")
+    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):  # built in a copy: no build/ left here
+        shutil.copy(repo / name, source)
+    shutil.copytree(repo / "taskutils", source / "taskutils", ignore=shutil.ignore_patterns("__pycache__"))
+    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(folder), str(source)]
+    subprocess.run(build, check=True, timeout=300)
+    (built,) = folder.glob("taskutils_gae-*.whl")
+    return built
 
 
 @pytest.fixture

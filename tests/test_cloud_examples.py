@@ -224,35 +224,26 @@ def test_each_example_serves_the_periodic_jobs_cron_route_and_refuses_a_request_
 
 
 # Deploy: until taskutils-gae is on PyPI, each example's requirements.txt installs the wheel
-# its README has pip build into wheels/.
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """taskutils' wheel built from this checkout, as the examples' READMEs build it."""
-    source, folder = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheels")
-    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):  # built in a copy: no build/ left here
-        shutil.copy(REPO / name, source)
-    shutil.copytree(REPO / "taskutils", source / "taskutils", ignore=shutil.ignore_patterns("__pycache__"))
-    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(folder), str(source)]
-    subprocess.run(build, check=True, timeout=300)
-    (built,) = folder.glob("taskutils_gae-*.whl")
-    return built
+# its README has pip build into wheels/; requirements-dev.txt adds the SDK serve runs on.
 
 
 @pytest.mark.parametrize("example", sorted(SPECS))
+@pytest.mark.parametrize(
+    ("requirements", "sdk"), [("requirements.txt", False), ("requirements-dev.txt", True)], ids=["deploy", "dev"]
+)
 def test_an_examples_requirements_install_taskutils_from_the_wheel_its_readme_builds(
-    example: str, wheel: Path, tmp_path: Path
+    example: str, requirements: str, sdk: bool, taskutils_wheel: Path, tmp_path: Path
 ) -> None:
     folder = tmp_path / example
     shutil.copytree(EXAMPLES / example, folder)
     (folder / "wheels").mkdir()
-    shutil.copy(wheel, folder / "wheels")
+    shutil.copy(taskutils_wheel, folder / "wheels")
     report = tmp_path / "report.json"
-    resolve = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--ignore-installed", "--quiet"]
-    resolve += ["--report", str(report), "--requirement", "requirements.txt"]
+    resolve = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
+    resolve += ["--report", str(report), "--requirement", requirements]
     subprocess.run(resolve, cwd=folder, check=True, timeout=300)  # as the deploy build runs it, in the folder
 
     installs = {i["metadata"]["name"].lower(): i for i in json.loads(report.read_text())["install"]}
-    assert installs["taskutils-gae"]["download_info"]["url"] == (folder / "wheels" / wheel.name).as_uri()
-    assert installs["taskutils-gae"]["requested_extras"] == ["cloud"]
+    assert installs["taskutils-gae"]["download_info"]["url"] == (folder / "wheels" / taskutils_wheel.name).as_uri()
+    assert {"google-cloud-tasks", "google-cloud-ndb", "cryptography"} <= set(installs)  # the [cloud] extra
+    assert ("appengine-python-standard" in installs) is sdk  # the deployed service gets no App Engine SDK

@@ -6,8 +6,10 @@ bundled services, or the cloud backend (Cloud Datastore through Cloud NDB).
 
 from __future__ import annotations
 
+from typing import Any
+
+from .._sdk import HAS_SDK, require_sdk
 from ..config import settings
-from .appengine import AppEngineQueue
 from .base import Queue, Store
 from .current import store as store
 
@@ -28,4 +30,26 @@ def queue(name: str) -> Queue:
 
             found = _cloud_queues[name] = CloudQueue(name)
         return found
+    if not HAS_SDK:
+        return _NoSdkQueue(name)
+    from .appengine import AppEngineQueue  # the taskqueue SDK: appengine-python-standard
+
     return AppEngineQueue(name)
+
+
+class _NoSdkQueue:
+    """The App Engine backend's queue where its SDK is not installed: a task function made
+    before ``configure(backend="cloud")`` holds it until then; adding to it says what to install."""
+
+    backend = "appengine"
+    max_tasks_per_add = max_transactional_tasks_per_add = 1
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def add_task(self, task: Any, transactional: bool = False) -> Any:
+        require_sdk("the appengine backend (the default)")
+
+    def add_tasks(self, tasks: list[Any], transactional: bool = False) -> list[Any]:
+        require_sdk("the appengine backend (the default)")
+        return []

@@ -1,8 +1,7 @@
 """The App Engine backend's queue: the taskqueue SDK (App Engine's Task Queue, or Cloud Tasks through it).
 
-``AppEngineQueue`` implements ``taskutils.backends.base.Queue``. Beside it, what the
-code adding tasks shares about this SDK: its error when no App Engine API is reachable,
-and cleanup of spilled payloads whose task the queue refused.
+``AppEngineQueue`` implements ``taskutils.backends.base.Queue``; what both backends share
+when they add tasks is in ``adding``.
 """
 
 from __future__ import annotations
@@ -12,13 +11,9 @@ import os
 from typing import Any
 
 from google.appengine.api import taskqueue
-from google.appengine.runtime import apiproxy_errors
 
-from .. import codec
-from ..config import settings
-from ..exc import NoApiProxyError
-from ..hooks import TaskEvent, on_enqueue
-from ..tracing import current_trace
+from ..hooks import on_enqueue
+from .adding import announce
 
 log = logging.getLogger("taskutils.task")  # the enqueue path logs as the task function does
 
@@ -58,24 +53,6 @@ class AppEngineQueue(taskqueue.Queue):  # type: ignore[misc]
         return _add_batch(self, tasks, transactional)
 
 
-def announce(queue: str, added: taskqueue.Task | list[taskqueue.Task]) -> None:
-    """Tell ``taskutils.hooks.on_enqueue``'s receivers what a queue added (one event per add)."""
-    tasks = added if isinstance(added, list) else [added]
-    if not tasks:
-        return
-    url, route = tasks[0].url.partition("?")[0], settings.route
-    trace = current_trace()
-    event = TaskEvent(
-        "enqueue",
-        url[len(route) + 1 :] if url.startswith(route + "/") else url,
-        queue,
-        task_name=tasks[0].name if len(tasks) == 1 else None,
-        count=len(tasks),
-        trace_id=trace.trace_id if trace is not None else None,
-    )
-    on_enqueue.send(event)
-
-
 def _cloud_tasks_endpoint() -> str | None:
     """Where the SDK sends push tasks when it uses Cloud Tasks; None on the App Engine Task Queue."""
     if os.environ.get("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE", "").lower() != "true":
@@ -108,35 +85,3 @@ def _add_batch(queue: taskqueue.Queue, batch: list[taskqueue.Task], transactiona
                 e,
             )
     return [t if t.was_enqueued else queue.add(t) for t in batch]
-
-
-def discard_spills(built: list[taskqueue.Task], transactional: bool, error: BaseException | None = None) -> None:
-    """Delete the spilled payloads of built tasks the queue surely did not take (see spill.discard_unadded)."""
-    if any(t.payload and t.payload[0] & codec.POINTER for t in built):
-        from .. import spill
-
-        spill.discard_unadded(built, error, transactional=transactional)
-
-
-NO_API_ERRORS = (AssertionError, apiproxy_errors.RPCFailedError)
-
-
-def no_api_proxy(error: BaseException) -> NoApiProxyError | None:
-    """NoApiProxyError when the SDK's error says no App Engine API is reachable here; None for any other.
-
-    That is the SDK's ``No api proxy found`` (no stubs at all: a plain script), or, off App
-    Engine, a call with no security ticket (``wrap_wsgi_app`` under ``flask run``).
-    """
-    message = str(error).lower()
-    if isinstance(error, AssertionError):
-        if "api proxy" not in message:
-            return None
-    elif not isinstance(error, apiproxy_errors.RPCFailedError) or "security ticket" not in message:
-        return None
-    elif os.environ.get("GAE_ENV") == "standard":
-        return None  # on App Engine: a call outside a request, not a missing server
-    return NoApiProxyError(
-        "no App Engine API here to add the task to (the SDK says: "
-        f"{error}). Outside App Engine, run the app with `python -m taskutils serve MODULE:APP`, "
-        "or use the `task_testbed` pytest fixture in tests"
-    )

@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 import re
 
-from google.appengine.api import taskqueue
-
+from .._sdk import taskqueue
 from ..config import settings
 from ..hooks import on_enqueue
 from . import cloud_requests
-from .appengine import announce
+from .adding import announce
 from .cloud_requests import MAX_TASKS_PER_ADD
 
 log = logging.getLogger("taskutils.task")  # the enqueue path logs as the task function does

@@ -27,7 +27,7 @@ from typing import Any
 
 from google.cloud import ndb
 
-from ..mapquery_store import OVERSAMPLING, SHARD_KIND, Checkpoint, Item
+from ..mapquery_checkpoints import OVERSAMPLING, SHARD_KIND, Checkpoint, Item
 from . import cloud_store
 from .current import store
 

@@ -20,11 +20,11 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from google.appengine.api import taskqueue
 from google.cloud import ndb
 from google.cloud.ndb import context as ndb_context
 from google.cloud.ndb import metadata
 
+from .._sdk import taskqueue
 from . import cloud_requests, cloud_store
 
 log = logging.getLogger("taskutils.backends.cloud")

@@ -17,8 +17,7 @@ import time
 import types
 from typing import Any
 
-from google.appengine.api import taskqueue
-
+from .._sdk import taskqueue
 from ..config import settings
 from ..exc import QueueUnavailableError
 

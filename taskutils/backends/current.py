@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+from .._sdk import require_sdk
 from ..config import settings
-from .appengine_store import AppEngineStore
 from .base import Store
 
-_stores: dict[str, Store] = {"appengine": AppEngineStore()}
+_stores: dict[str, Store] = {}
 
 
 def store() -> Store:
-    """The store of the backend in use; the cloud one loads Cloud NDB on first use."""
+    """The store of the backend in use, made on first use: bundled Datastore needs the SDK, the
+    cloud one loads Cloud NDB."""
     found = _stores.get(settings.backend)
     if found is None:
-        if settings.backend != "cloud":
-            raise ValueError(f"unknown backend {settings.backend!r}")
-        from .cloud_store import CloudStore
+        if settings.backend == "cloud":
+            from .cloud_store import CloudStore
 
-        found = _stores["cloud"] = CloudStore()
+            found = _stores["cloud"] = CloudStore()
+        elif settings.backend == "appengine":
+            require_sdk("the appengine backend")
+            from .appengine_store import AppEngineStore
+
+            found = _stores["appengine"] = AppEngineStore()
+        else:
+            raise ValueError(f"unknown backend {settings.backend!r}")
     return found
 
 

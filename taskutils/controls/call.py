@@ -13,8 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from google.appengine.api import taskqueue
-
+from .._sdk import taskqueue
 from . import keys, spec, store
 from .options import Controls
 

@@ -14,8 +14,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from google.appengine.api import taskqueue
-
+from .._sdk import taskqueue
 from ..cronauth import refusal, refused_status
 from . import keys, store
 from .jobs import jobs

@@ -18,10 +18,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
-from google.appengine.api import taskqueue
-from google.appengine.ext.deferred import PermanentTaskFailure as DeferredPermanentTaskFailure
-
 from .. import backends
+from .._sdk import PermanentTaskFailure as DeferredPermanentTaskFailure
+from .._sdk import taskqueue
 from ..exc import CorruptPayloadError, PermanentTaskFailure, RunPutBack
 from . import spec, store
 

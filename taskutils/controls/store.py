@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .. import codec
+from .._sdk import taskqueue
 from ..backends.current import store as current_store
 from ..config import get_keyring
 
@@ -90,9 +91,9 @@ def transaction(fn: Callable[..., T], *args: Any) -> T:
 def in_callers_transaction(fn: Callable[[bool], T]) -> T:
     """fn(True) in the caller's ndb (or Cloud NDB) transaction: a State made joined commits or rolls back with it."""
     if not current_store().in_transaction():
-        from google.appengine.api import datastore_errors
-
-        raise datastore_errors.BadRequestError("transactional=True with unique= or debounce= needs a transaction")
+        raise taskqueue.BadTransactionStateError(
+            "transactional=True with unique= or debounce= needs a running ndb (or Cloud NDB) transaction"
+        )
     return fn(True)
 
 

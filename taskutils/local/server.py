@@ -332,7 +332,7 @@ class LocalServer:
             app = user_app
         else:
             app = mount(user_app, deferred=True)
-        from ..webconsole import mount_console  # the console at /_ah/taskutils/
+        from ..webconsole.local import mount_console  # the console at /_ah/taskutils/
 
         return mount_console(self, app)
 

@@ -9,7 +9,16 @@
 
 from __future__ import annotations
 
-from .local import PREFIX as PREFIX
-from .local import LocalConsole as LocalConsole
-from .local import mount_console as mount_console
+from typing import Any
+
 from .production import console as console
+
+
+def __getattr__(name: str) -> Any:
+    """The local console's names (``PREFIX``, ``LocalConsole``, ``mount_console``), loaded on first use:
+    it reads the taskqueue stub, so it needs the App Engine SDK where ``console`` does not."""
+    if name in ("PREFIX", "LocalConsole", "mount_console"):
+        from . import local
+
+        return getattr(local, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,11 +13,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from google.appengine.api import datastore_errors
-
+from .._sdk import HAS_SDK
 from . import inert
 from .decode import function_of
 from .html import esc, path_part, progress, status_badge, table, when
+
+if HAS_SDK:
+    from google.appengine.api import datastore_errors
+
+    _BAD_KEY_ERRORS: tuple[type[BaseException], ...] = (
+        ValueError,
+        TypeError,
+        datastore_errors.BadValueError,
+        datastore_errors.BadArgumentError,
+    )
+else:
+    _BAD_KEY_ERRORS = (ValueError, TypeError)
 
 log = logging.getLogger("taskutils.webconsole")
 
@@ -155,7 +166,7 @@ def group_detail(group_id: str, handle_link: str | None = None) -> tuple[bool, s
     if getter is not None and len(group_id.encode("utf-8", "surrogatepass")) <= MAX_ID_BYTES:
         try:
             group = getter(group_id)
-        except (ValueError, TypeError, datastore_errors.BadValueError, datastore_errors.BadArgumentError):
+        except _BAD_KEY_ERRORS:
             group = None  # not an id any group could have
     if group is None:
         return False, "<p>There is no such group.</p>"
@@ -195,7 +206,7 @@ def handle_detail(
     if results is not None and len(handle_id.encode("utf-8", "surrogatepass")) <= MAX_ID_BYTES:
         try:
             handle = results.TaskHandle.get(handle_id)
-        except (ValueError, TypeError, datastore_errors.BadValueError, datastore_errors.BadArgumentError):
+        except _BAD_KEY_ERRORS:
             handle = None  # not an id any handle could have
     if handle is None:
         return False, "<p>There is no such handle (yet: a handle is recorded once its task has started).</p>"
